@@ -1,0 +1,55 @@
+# The two commands a newcomer needs are `make up` and `make test`; everything else is a
+# step they call. Both install into .venv/ at the repo root.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_PREFIX := $(VENV)/node
+BUF := $(NODE_PREFIX)/node_modules/.bin/buf
+GEN := extproc/_gen
+
+.PHONY: up test venv generate check-generate lint unit bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_PREFIX)/.installed: tests/js/package.json
+	mkdir -p $(NODE_PREFIX)
+	cp tests/js/package.json tests/js/package-lock.json $(NODE_PREFIX)/ 2>/dev/null || cp tests/js/package.json $(NODE_PREFIX)/
+	cd $(NODE_PREFIX) && npm install --silent --no-audit --no-fund
+	touch $@
+
+venv: $(VENV)/.installed $(NODE_PREFIX)/.installed
+
+up: venv
+	$(VENV)/bin/agentcube-e2b up
+
+# One command regenerates every stub; CI fails if the checked-in ones differ.
+generate: $(VENV)/.installed
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -I proto/envd -I $$($(PY) -c 'import grpc_tools,os;print(os.path.dirname(grpc_tools.__file__))')/_proto \
+	  --plugin=protoc-gen-py=$(VENV)/bin/protoc-gen-py --plugin=protoc-gen-connectrpc=$(VENV)/bin/protoc-gen-connectrpc \
+	  --py_out=$(GEN) --connectrpc_out=$(GEN) process/process.proto filesystem/filesystem.proto
+	$(PY) -m grpc_tools.protoc -I proto -I $$($(PY) -c 'import grpc_tools,os;print(os.path.dirname(grpc_tools.__file__))')/_proto \
+	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) agentcube/e2b/v1/lifecycle.proto
+	# grpc_python_out writes absolute imports; the stubs live inside our package.
+	sed -i 's/^from agentcube\.e2b\.v1 import/from extproc._gen.agentcube.e2b.v1 import/' $(GEN)/agentcube/e2b/v1/*_grpc.py
+	for d in agentcube agentcube/e2b agentcube/e2b/v1; do touch $(GEN)/$$d/__init__.py; done
+	printf '"""Generated protobuf and RPC stubs. Do not edit: run `make generate`."""\n' > $(GEN)/__init__.py
+
+check-generate: generate
+	git diff --exit-code --stat -- $(GEN) || (echo "extproc/_gen is stale: run make generate and commit" && exit 1)
+	test -z "$$(git status --porcelain -- $(GEN))" || (git status --porcelain -- $(GEN); echo "extproc/_gen has untracked or changed files" && exit 1)
+
+lint: venv
+	$(BUF) lint
+	$(VENV)/bin/ruff check extproc tests envoy
+	$(VENV)/bin/mypy extproc
+
+test: venv check-generate lint
+	$(VENV)/bin/pytest
+
+bench: venv
+	@echo "benchmarks: run the scripts in tests/bench/ one by one, e.g. $(PY) tests/bench/picod_bench.py"

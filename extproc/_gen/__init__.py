@@ -1,0 +1,1 @@
+"""Generated protobuf and RPC stubs. Do not edit: run `make generate`."""

@@ -1,0 +1,44 @@
+"""picod's settings: one frozen dataclass, filled from flags and AGENTCUBE_E2B_PICOD_* env."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The envd version we report. The SDK gates features on it (notes §4.5): 0.5.7 streamed and
+# gzip uploads, 0.6.2 file metadata, 0.6.3 watch include_entry, 0.6.4 network mounts.
+# Raise it only together with the features it promises.
+ENVD_VERSION = "0.6.4"
+
+# E2B's defaults for the sandbox user.
+DEFAULT_USER = "user"
+DEFAULT_HOME = Path("/home/user")
+
+# Header the edge uses to hand on the SDK's `Authorization: Basic base64(user:)` choice,
+# because behind the gateway `Authorization` carries the gateway's JWT. Envoy strips it from
+# client requests before ext_authz runs, so only the edge can set it; picod trusts it only
+# on requests that carried a valid gateway JWT.
+USER_HEADER = "x-agentcube-e2b-user"
+
+
+@dataclass(frozen=True)
+class PicodSettings:
+    # Address to listen on (default 0.0.0.0; the envd port is 49983).
+    host: str = "0.0.0.0"
+    port: int = 49983
+    # This sandbox's id; a gateway JWT whose session_id differs is refused. None: not checked.
+    sandbox_id: str | None = None
+    # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
+    jwt_public_key: str | None = None
+    # E2B's envd access token (X-Access-Token). None: not required.
+    access_token: str | None = None
+    # Explicitly serve without any auth (local debugging only).
+    no_auth: bool = False
+    # The default user's name and home; relative paths resolve against the user's home.
+    default_user: str = DEFAULT_USER
+    home: Path = DEFAULT_HOME
+    # Env vars every process gets (the sandbox's envVars); also served by GET /envs.
+    env_vars: dict[str, str] = field(default_factory=dict)
+    # Largest unary request body / RPC message accepted, in bytes (default 16 MiB).
+    max_message_bytes: int = 16 * 1024 * 1024
+    envd_version: str = ENVD_VERSION
