@@ -41,4 +41,6 @@ class PicodSettings:
     env_vars: dict[str, str] = field(default_factory=dict)
     # Largest unary request body / RPC message accepted, in bytes (default 16 MiB).
     max_message_bytes: int = 16 * 1024 * 1024
+    # Largest /files upload accepted, in bytes; None (the default) means only the disk limits.
+    max_upload_bytes: int | None = None
     envd_version: str = ENVD_VERSION

@@ -1,0 +1,251 @@
+"""The picod ASGI app: CORS, then auth, then a router over envd's routes.
+
+Connect services are mounted by path prefix (connectrpc's ASGI apps), the small envd
+HTTP endpoints are answered here, and the filesystem service and `/files` come from
+their own modules. Every error is JSON: Connect error JSON on RPC routes (connectrpc),
+`{"code": <int>, "message": ...}` everywhere else, as envd answers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+from extproc._gen.process.process_connect import ProcessASGIApplication
+from extproc.picod.auth import AuthMiddleware
+from extproc.picod.environment import Environment
+from extproc.picod.processes import CLIENT_WATCH, ClientWatch, ProcessService, ProcessTable
+from extproc.picod.rpc_errors import ErrorMappingInterceptor, codecs, guard_envelopes
+from extproc.picod.settings import PicodSettings
+from extproc.picod.sysinfo import SystemMetrics
+
+ASGIApp = Any
+Scope = MutableMapping[str, Any]
+INIT_MAX_BYTES = 1024 * 1024
+# envd's small HTTP endpoints and the one method each answers.
+_METHODS = {"/health": "GET", "/envs": "GET", "/metrics": "GET", "/init": "POST"}
+CORS_EXPOSE = (
+    b"Connect-Protocol-Version, Connect-Content-Encoding, Connect-Accept-Encoding, "
+    b"Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, X-Envd-Version"
+)
+
+
+def _optional(module: str, name: str) -> Any | None:
+    """A class from a module that may not exist yet (built by another engineer)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return None
+
+
+async def respond(
+    send: Any,
+    status: int,
+    body: bytes = b"",
+    content_type: bytes | None = None,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    head = [(b"content-length", str(len(body)).encode()), *headers]
+    if content_type is not None:
+        head.append((b"content-type", content_type))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(send: Any, status: int, value: Any) -> None:
+    await respond(send, status, json.dumps(value).encode(), b"application/json")
+
+
+async def error(send: Any, status: int, message: str) -> None:
+    await respond_json(send, status, {"code": status, "message": message})
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None when it exceeds `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class Router:
+    def __init__(self, settings: PicodSettings) -> None:
+        self.settings = settings
+        self.environment = Environment.from_settings(settings)
+        self.processes = ProcessTable()
+        self._metrics = SystemMetrics(settings.home)
+        common: dict[str, Any] = {
+            "interceptors": [ErrorMappingInterceptor()],
+            "read_max_bytes": settings.max_message_bytes,
+            "codecs": codecs(),
+        }
+        self._process_rpc = ProcessASGIApplication(
+            ProcessService(self.environment, self.processes), **common
+        )
+        self._filesystem_rpc: ASGIApp | None = None
+        service = _optional("extproc.picod.filesystem", "FilesystemService")
+        if service is not None:
+            from extproc._gen.filesystem.filesystem_connect import FilesystemASGIApplication
+
+            self._filesystem_rpc = FilesystemASGIApplication(
+                service(settings, self.environment), **common
+            )
+        endpoint = _optional("extproc.picod.files", "FilesEndpoint")
+        self._files = endpoint(settings, self.environment) if endpoint is not None else None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/process.Process/"):
+            await self._rpc(self._process_rpc, scope, receive, send)
+        elif path.startswith("/filesystem.Filesystem/") and self._filesystem_rpc is not None:
+            await self._rpc(self._filesystem_rpc, scope, receive, send)
+        elif path == "/files" and self._files is not None:
+            await self._files(scope, receive, send)
+        elif path in _METHODS:
+            allowed = _METHODS[path]
+            if method != allowed and not (method == "HEAD" and allowed == "GET"):
+                await error(send, 405, f"method {method} is not allowed here; use {allowed}")
+            elif path == "/health":
+                await respond(send, 204)
+            elif path == "/envs":
+                await respond_json(send, 200, self.environment.env_vars)
+            elif path == "/metrics":
+                await respond_json(send, 200, self._metrics.snapshot())
+            else:
+                await self._init(receive, send)
+        else:
+            await error(send, 404, "no such route")
+
+    async def _rpc(self, app: ASGIApp, scope: Scope, receive: Any, send: Any) -> None:
+        watch = ClientWatch()
+
+        async def watched() -> MutableMapping[str, Any]:
+            message: MutableMapping[str, Any] = await receive()
+            if message["type"] == "http.disconnect":
+                watch.mark_gone()
+            return message
+
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        streaming = content_type.startswith((b"application/connect+", b"application/grpc"))
+        CLIENT_WATCH.set(watch)
+        limit = self.settings.max_message_bytes
+        await app(scope, guard_envelopes(watched, limit) if streaming else watched, send)
+
+    async def _init(self, receive: Any, send: Any) -> None:
+        body = await read_body(receive, INIT_MAX_BYTES)
+        if body is None:
+            await error(send, 413, "request body too large")
+            return
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            await error(send, 400, "body must be JSON")
+            return
+        env_vars = request.get("envVars") if isinstance(request, dict) else None
+        user = request.get("defaultUser") if isinstance(request, dict) else None
+        workdir = request.get("defaultWorkdir") if isinstance(request, dict) else None
+        if not (
+            isinstance(request, dict)
+            and (env_vars is None or _is_str_map(env_vars))
+            and (user is None or isinstance(user, str))
+            and (workdir is None or (isinstance(workdir, str) and workdir.startswith("/")))
+        ):
+            await error(
+                send,
+                400,
+                "expected {envVars?: {str: str}, defaultUser?: str, defaultWorkdir?: abs path}",
+            )
+            return
+        self.environment.apply_init(env_vars or {}, user, workdir)
+        await respond(
+            send, 204, headers=((b"x-envd-version", self.settings.envd_version.encode()),)
+        )
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class CorsMiddleware:
+    """envd's CORS: every origin, method and header; Connect headers exposed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            allow_headers = headers.get(b"access-control-request-headers", b"*")
+            await respond(
+                send,
+                204,
+                headers=(
+                    (b"access-control-allow-origin", b"*"),
+                    (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS"),
+                    (b"access-control-allow-headers", allow_headers),
+                    (b"access-control-max-age", b"7200"),
+                ),
+            )
+            return
+
+        async def with_cors(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"access-control-allow-origin", b"*"),
+                    (b"access-control-expose-headers", CORS_EXPOSE),
+                ]
+            await send(message)
+
+        await self._app(scope, receive, with_cors)
+
+
+class Picod:
+    """The whole ASGI app; `.processes` lets the server stop every child on shutdown."""
+
+    def __init__(self, settings: PicodSettings) -> None:
+        router = Router(settings)
+        self.environment = router.environment
+        self.processes = router.processes
+        self._asgi = CorsMiddleware(AuthMiddleware(router, settings))
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
+
+
+def build_app(settings: PicodSettings) -> Picod:
+    return Picod(settings)

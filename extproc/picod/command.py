@@ -1,0 +1,119 @@
+"""`agentcube-e2b picod`: flags (each also AGENTCUBE_E2B_PICOD_<FLAG>) -> PicodSettings.
+
+Imports stay lean here (the server, Connect and uvicorn load only in `run`): picod is
+started once per sandbox, and its start-to-serving time is on the sandbox create path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from extproc.picod.settings import DEFAULT_HOME, DEFAULT_USER, PicodSettings
+
+ENV_PREFIX = "AGENTCUBE_E2B_PICOD_"
+# AgentCube's PicoD takes the gateway's public key PEM itself from this variable.
+AGENTCUBE_KEY_ENV = "PICOD_AUTH_PUBLIC_KEY"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=_env("LISTEN") or "0.0.0.0:49983",
+        metavar="HOST:PORT",
+        help="address to serve on (default 0.0.0.0:49983, envd's port)",
+    )
+    parser.add_argument(
+        "--sandbox-id", default=_env("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
+    )
+    parser.add_argument(
+        "--jwt-public-key",
+        default=_env("JWT_PUBLIC_KEY"),
+        metavar="FILE",
+        help=f"PEM RSA public key of the gateway (or the PEM itself in ${AGENTCUBE_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--access-token", default=_env("ACCESS_TOKEN"), help="envd's X-Access-Token"
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=(_env("NO_AUTH") or "").lower() in TRUE_WORDS,
+        help="serve without any auth (local debugging only)",
+    )
+    parser.add_argument("--user", default=_env("USER") or DEFAULT_USER, help="default user")
+    parser.add_argument(
+        "--home", default=_env("HOME") or str(DEFAULT_HOME), help="the default user's home"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[line for line in (_env("ENV") or "").splitlines() if line],
+        metavar="KEY=VALUE",
+        help="sandbox env var for every process (repeatable; env: one per line)",
+    )
+    parser.set_defaults(run=run, parser=parser)
+
+
+def settings_from_args(args: argparse.Namespace) -> PicodSettings:
+    """Build settings or raise ValueError naming the flag and what was expected."""
+    host, sep, port_text = str(args.listen).rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    key_pem: str | None = None
+    if args.jwt_public_key:
+        try:
+            key_pem = Path(args.jwt_public_key).read_text()
+        except OSError as e:
+            raise ValueError(f"--jwt-public-key: cannot read {args.jwt_public_key}: {e}") from e
+    elif os.environ.get(AGENTCUBE_KEY_ENV):
+        key_pem = os.environ[AGENTCUBE_KEY_ENV]
+    if key_pem is not None:
+        from extproc.picod.auth import load_public_key
+
+        load_public_key(key_pem)
+    env_vars: dict[str, str] = {}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"--env: expected KEY=VALUE, got {item!r}")
+        env_vars[name] = value
+    if not (key_pem or args.access_token or args.no_auth):
+        raise ValueError(
+            "no auth configured: pass --jwt-public-key and/or --access-token, "
+            "or --no-auth to serve without auth"
+        )
+    return PicodSettings(
+        host=host.strip("[]") or "0.0.0.0",
+        port=int(port_text),
+        sandbox_id=args.sandbox_id or None,
+        jwt_public_key=key_pem,
+        access_token=args.access_token or None,
+        no_auth=bool(args.no_auth) and not (key_pem or args.access_token),
+        default_user=args.user,
+        home=Path(args.home),
+        env_vars=env_vars,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s picod %(levelname)s %(message)s"
+    )
+    try:
+        settings = settings_from_args(args)
+        settings.home.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as e:
+        print(f"agentcube-e2b picod: error: {e}", file=sys.stderr)
+        return 2
+    from extproc.picod.server import run as serve
+
+    return serve(settings)

@@ -1,0 +1,78 @@
+"""Serving picod: uvicorn in-process, signals, and a bounded shutdown.
+
+uvicorn runs with httptools on the caller's uvloop, with no access log (a command
+stream is one long request; per-request logs would only cost time). On SIGTERM/SIGINT
+picod first stops its children (SIGTERM to every process group, SIGKILL after the
+grace), so open command streams end with a real `end` event, then uvicorn closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from extproc.picod.app import build_app
+from extproc.picod.settings import PicodSettings
+
+# Seconds children get between SIGTERM and SIGKILL, and open requests get afterwards.
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's version re-raises the signal after serving, which would end the
+        # process before picod's own shutdown ran; picod handles the signals itself.
+        yield
+
+
+async def serve(settings: PicodSettings) -> None:
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+        # Command streams are idle between keepalives (the SDK asks every 50 s).
+        timeout_keep_alive=650,
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Task[None] | None = None
+
+    async def stop() -> None:
+        await app.processes.shutdown(SHUTDOWN_GRACE_SECONDS)
+        server.should_exit = True
+
+    def on_signal() -> None:
+        nonlocal stopping
+        if stopping is None:
+            stopping = loop.create_task(stop(), name="picod-shutdown")
+        else:  # a second signal: stop waiting
+            server.force_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await server.serve()
+    finally:
+        await app.processes.shutdown(0.5)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run(settings: PicodSettings) -> int:
+    import uvloop
+
+    uvloop.run(serve(settings))
+    return 0

@@ -1,0 +1,64 @@
+"""Suite-wide guards: a test that leaves a child process of the test runner alive fails.
+
+Fixtures of wider scope are set up before this function-scoped autouse fixture and torn
+down after it, so their long-lived processes (a session's picod, a gateway) are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# How long a child may take to exit after the test's own teardown asked it to.
+_EXIT_GRACE_SECONDS = 3.0
+
+
+def _live_children(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        children.update(int(child) for child in text.split())
+    live: set[int] = set()
+    for child in children:
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            continue
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if state != "Z":
+            live.add(child)
+    return live
+
+
+def _command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_child_processes() -> Iterator[None]:
+    before = _live_children(os.getpid())
+    yield
+    deadline = time.monotonic() + _EXIT_GRACE_SECONDS
+    leaked = _live_children(os.getpid()) - before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leaked = _live_children(os.getpid()) - before
+    if leaked:
+        described = [f"{pid}: {_command_line(pid)}" for pid in sorted(leaked)]
+        for pid in leaked:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail("test left child processes running:\n" + "\n".join(described))

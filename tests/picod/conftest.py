@@ -1,0 +1,175 @@
+"""Fixtures that run real `agentcube-e2b picod` subprocesses for the SDK to drive.
+
+`picod_sdk_env` is the session's picod on 127.0.0.1:49983 without auth: the SDK's debug
+mode talks to http://localhost:49983 with envd version 99.99.99 and no token.
+`start_picod(**flags)` starts more picods (for auth) on free ports; `sdk_sandbox` builds
+SDK Sandbox objects against any of them with chosen headers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from e2b import AsyncSandbox, ConnectionConfig, Sandbox
+from packaging.version import Version
+
+PICOD = str(Path(sys.executable).with_name("agentcube-e2b"))
+SDK_PORT = 49983
+START_TIMEOUT_SECONDS = 15.0
+
+
+@dataclass
+class PicodProcess:
+    url: str
+    home: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM (picod stops its children), then SIGKILL the group if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _argv(flags: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                argv += [flag, str(item)]
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return argv
+
+
+def launch_picod(tmp: Path, port: int, **flags: Any) -> PicodProcess:
+    home = Path(flags.pop("home", tmp / "home"))
+    log = tmp / f"picod-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCUBE_E2B_PICOD_")}
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [PICOD, "picod", "--listen", f"127.0.0.1:{port}", "--home", str(home), *_argv(flags)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    picod = PicodProcess(f"http://127.0.0.1:{port}", home, port, proc, log, flags)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    with httpx.Client(timeout=1) as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"picod exited with {proc.returncode}:\n{picod.stderr()}")
+            try:
+                if client.get(f"{picod.url}/health").status_code == 204:
+                    return picod
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                picod.stop()
+                raise RuntimeError(f"picod did not become healthy:\n{picod.stderr()}")
+            time.sleep(0.01)  # polling a port that is not open yet: nothing to await
+
+
+@pytest.fixture(scope="session")
+def picod_sdk_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PicodProcess]:
+    picod = launch_picod(tmp_path_factory.mktemp("picod-sdk"), SDK_PORT, no_auth=True)
+    yield picod
+    code = picod.stop()
+    if code != 0:
+        print(f"session picod exited with {code}:\n{picod.stderr()}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    """One client for raw requests (a new httpx client costs ~0.2 s of TLS setup)."""
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def sync_sandbox(picod_sdk_env: PicodProcess) -> Sandbox:
+    return Sandbox.create(debug=True)
+
+
+@pytest.fixture
+async def async_sandbox(picod_sdk_env: PicodProcess) -> AsyncIterator[AsyncSandbox]:
+    yield await AsyncSandbox.create(debug=True)
+
+
+@pytest.fixture
+def start_picod(tmp_path: Path) -> Iterator[Callable[..., PicodProcess]]:
+    started: list[PicodProcess] = []
+
+    def start(**flags: Any) -> PicodProcess:
+        where = tmp_path / f"p{len(started)}"
+        where.mkdir(exist_ok=True)
+        picod = launch_picod(where, free_port(), **flags)
+        started.append(picod)
+        return picod
+
+    yield start
+    for picod in started:
+        picod.stop()
+
+
+def _sandbox_opts(url: str, headers: dict[str, str], version: str) -> dict[str, Any]:
+    return {
+        "sandbox_id": "sbxtest",
+        "sandbox_domain": None,
+        "envd_version": Version(version),
+        "envd_access_token": headers.get("X-Access-Token"),
+        "traffic_access_token": None,
+        "connection_config": ConnectionConfig(sandbox_url=url, extra_sandbox_headers=headers),
+    }
+
+
+@pytest.fixture
+def sdk_sandbox() -> Callable[..., Sandbox]:
+    """A sync SDK Sandbox for a picod at `url` sending `headers` on every envd call."""
+
+    def make(url: str, headers: dict[str, str], version: str = "0.6.4") -> Sandbox:
+        return Sandbox(**_sandbox_opts(url, headers, version))
+
+    return make
+
+
+@pytest.fixture
+def async_sdk_sandbox() -> Callable[..., AsyncSandbox]:
+    def make(url: str, headers: dict[str, str], version: str = "0.6.4") -> AsyncSandbox:
+        return AsyncSandbox(**_sandbox_opts(url, headers, version))
+
+    return make
