@@ -1,0 +1,1 @@
+"""The lifecycle service: sandboxes and templates behind one gRPC contract."""

@@ -1,0 +1,83 @@
+"""Re-adoption after a restart: what the last lifecycle process left running.
+
+The rule that keeps both promises ("a restarted service serves every live sandbox" and
+"nothing leaks"): a sandbox is adopted only if SQLite has a live row for it, its supervisor
+pid still runs with the recorded start time, and its picod answers /health (a paused one is
+stopped and cannot answer, so for it the live process is enough). Everything else is killed:
+rows whose processes are gone become ENDED ("died"), and any supervisor carrying this state
+dir's marker without an adopted row (warm-pool sandboxes, a crash between spawn and commit)
+is killed by process group. Directories of sandboxes not adopted are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from extproc.core.tokens import access_token
+from extproc.lifecycle import spawning
+from extproc.lifecycle.processes import (
+    Watched,
+    is_alive,
+    kill_group,
+    scan_supervisors,
+    start_ticks,
+)  # fmt: skip
+from extproc.lifecycle.sandboxes import State
+from extproc.lifecycle.store import Row
+
+if TYPE_CHECKING:
+    from extproc.lifecycle.local import LocalBackend
+
+log = logging.getLogger(__name__)
+
+
+async def _alive(row: Row) -> bool:
+    if row.pooled or not is_alive(row.pid, row.pid_start):
+        return False
+    if row.sandbox.state is State.PAUSED:
+        return True
+    return await spawning.is_healthy(row.sandbox.endpoint_host, limit_s=2.0)
+
+
+async def recover(backend: LocalBackend) -> None:
+    from extproc.lifecycle.local import Live  # the backend module imports this one
+
+    started = time.monotonic()
+    rows = await backend.store.load_live()
+    verdicts = await asyncio.gather(*(_alive(r) for r in rows))
+    adopted, ended = 0, 0
+    for row, alive in zip(rows, verdicts, strict=True):
+        token = access_token(backend.seed, row.sandbox.sandbox_id)
+        sandbox = replace(row.sandbox, envd_access_token=token)
+        if alive:
+            entry = Live(replace(row, sandbox=sandbox), Watched(row.pid, row.pid_start, None))
+            backend.live[sandbox.sandbox_id] = entry
+            backend.addresses.take(sandbox.endpoint_host)
+            backend.watch_exit(entry)
+            if sandbox.state is State.RUNNING:
+                backend.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
+            adopted += 1
+            continue
+        kill_group(row.pid, row.pid_start)
+        ended += 1
+        gone = replace(sandbox, state=State.ENDED, end_reason="died", end_at=backend.clock())
+        await backend.store.put(replace(row, sandbox=gone))
+    keep = {e.process.pid for e in backend.live.values()}
+    marker = spawning.marker(backend.settings, "")
+    strays = [pid for pid in scan_supervisors(marker) if pid not in keep]
+    for pid in strays:
+        ticks = start_ticks(pid)
+        if ticks is not None:
+            kill_group(pid, ticks)
+    for path in backend.sandboxes_dir.iterdir():
+        if path.name not in backend.live:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+    log.info(
+        "recovered state in %.0f ms: %d sandboxes adopted, %d ended, %d stray processes killed",
+        (time.monotonic() - started) * 1000, adopted, ended, len(strays),
+    )

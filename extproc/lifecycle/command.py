@@ -1,0 +1,123 @@
+"""`agentcube-e2b lifecycle`: flags (each also AGENTCUBE_E2B_LIFECYCLE_<FLAG>) -> settings.
+
+gRPC and the backend are imported only in `run`, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
+
+ENV_PREFIX = "AGENTCUBE_E2B_LIFECYCLE_"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    server, local = ServerSettings(), LocalSettings()
+    add = parser.add_argument
+    add("--backend", default=_env("BACKEND", "local"), choices=["local"],
+        help="sandbox backend (default local)")
+    add("--listen", default=_env("LISTEN", server.listen), metavar="HOST:PORT",
+        help=f"gRPC address (default {server.listen})")
+    add("--grace", default=_env("GRACE", server.grace_s), metavar="SECONDS",
+        help=f"seconds in-flight RPCs get on SIGTERM (default {server.grace_s})")
+    add("--state-dir", default=_env("STATE_DIR", str(local.state_dir)), metavar="DIR",
+        help=f"SQLite db, token seed, templates.json, sandbox homes (default {local.state_dir})")
+    add("--jwt-public-key", default=_env("JWT_PUBLIC_KEY", None), metavar="FILE",
+        help="PEM public key picod verifies the gateway's JWTs with (default none)")
+    add("--pool-size", default=_env("POOL_SIZE", local.pool_size), metavar="N",
+        help=f"warm sandboxes kept for template base (default {local.pool_size})")
+    add("--max-timeout", default=_env("MAX_TIMEOUT", local.max_timeout_s), metavar="SECONDS",
+        help=f"longest sandbox life (default {local.max_timeout_s})")
+    add("--max-sandboxes", default=_env("MAX_SANDBOXES", local.max_sandboxes), metavar="N",
+        help=f"most live sandboxes, pool included (default {local.max_sandboxes})")
+    add("--picod-command", default=_env("PICOD_COMMAND", None), metavar="CMD",
+        help="picod command before its flags, shell-quoted (default: this Python -m "
+             "extproc.cli picod)")
+    add("--isolation", default=_env("ISOLATION", "on"), metavar="on|off",
+        help="bubblewrap isolation when bwrap is installed (default on)")
+    add("--address-space-factor", default=_env("ADDRESS_SPACE_FACTOR",
+        local.address_space_factor), metavar="N",
+        help="RLIMIT_AS per sandbox process = template memory x N (default "
+             f"{local.address_space_factor})")
+    add("--ready-timeout", default=_env("READY_TIMEOUT", local.ready_timeout_s),
+        metavar="SECONDS", help=f"seconds picod gets to start (default {local.ready_timeout_s})")
+    add("--kill-on-exit", default=_env("KILL_ON_EXIT", "off"), metavar="on|off",
+        help="kill every sandbox on SIGTERM instead of leaving them for re-adoption "
+             "(default off)")
+    parser.set_defaults(run=run, parser=parser)  # fmt: skip
+
+
+def _number(
+    args: argparse.Namespace, name: str, kind: type[int] | type[float], low: float
+) -> float:
+    raw = getattr(args, name)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--{name.replace('_', '-')}: expected a number, got {raw!r}") from exc
+    if value < low:
+        raise ValueError(f"--{name.replace('_', '-')}: expected >= {low}, got {value}")
+    return value
+
+
+def _switch(args: argparse.Namespace, name: str) -> bool:
+    raw = str(getattr(args, name)).lower()
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ValueError(f"--{name.replace('_', '-')}: expected on or off, got {raw!r}")
+
+
+def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
+    """Build settings or raise ValueError naming the flag and what was expected."""
+    host, sep, port = str(args.listen).rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    key = Path(args.jwt_public_key) if args.jwt_public_key else None
+    if key is not None and not key.is_file():
+        raise ValueError(f"--jwt-public-key: {key} is not a readable file")
+    local = LocalSettings(
+        state_dir=Path(args.state_dir),
+        jwt_public_key=key,
+        pool_size=int(_number(args, "pool_size", int, 0)),
+        max_timeout_s=int(_number(args, "max_timeout", int, 1)),
+        max_sandboxes=int(_number(args, "max_sandboxes", int, 1)),
+        isolation=_switch(args, "isolation"),
+        address_space_factor=int(_number(args, "address_space_factor", int, 1)),
+        ready_timeout_s=_number(args, "ready_timeout", float, 0.1),
+        kill_on_exit=_switch(args, "kill_on_exit"),
+        **({"picod_command": tuple(shlex.split(args.picod_command))}
+           if args.picod_command else {}),
+    )  # fmt: skip
+    server = ServerSettings(listen=args.listen, grace_s=_number(args, "grace", float, 0))
+    return LifecycleSettings(backend=args.backend, server=server, local=local)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    import uvloop
+
+    from extproc.lifecycle.server import run as serve
+
+    return uvloop.run(serve(settings))

@@ -1,0 +1,474 @@
+"""The local backend: sandboxes as supervised picod processes on this machine.
+
+State lives in an in-memory index (the authority for reads) mirrored to SQLite through one
+writer (`store`); every change is committed before the RPC that made it returns, so a
+restarted service re-adopts what the last one handed out (`adopting`). Per-sandbox changes
+are serialised by a per-sandbox lock; a killed sandbox leaves the index before its processes
+are gone, so it is never served half-dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from extproc.core import timeouts
+from extproc.core.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
+from extproc.core.ids import check_sandbox_id, new_sandbox_id
+from extproc.core.tokens import access_token, load_or_create_seed
+from extproc.lifecycle import adopting, listing, spawning
+from extproc.lifecycle.addresses import Addresses
+from extproc.lifecycle.measuring import Meter
+from extproc.lifecycle.pooling import Pool
+from extproc.lifecycle.processes import Watched, signal_tree, wait_gone
+from extproc.lifecycle.reaping import Clock, Reaper
+from extproc.lifecycle.sandboxes import (
+    CreateSpec,
+    Event,
+    EventType,
+    ListQuery,
+    Metric,
+    OnTimeout,
+    Page,
+    Sandbox,
+    State,
+)  # fmt: skip
+from extproc.lifecycle.settings import LocalSettings
+from extproc.lifecycle.store import Row, Store
+from extproc.lifecycle.templates import Catalog, Template
+from extproc.lifecycle.validation import check_env_vars, check_metadata
+from extproc.lifecycle.watching import Hub
+
+log = logging.getLogger(__name__)
+IDEMPOTENCY_WINDOW_S = 600.0
+_KILL_WAIT_S = 5.0
+
+
+@dataclass
+class Live:
+    row: Row
+    process: Watched
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.row.sandbox
+
+
+class LocalBackend:
+    def __init__(self, settings: LocalSettings, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.dir = settings.state_dir
+        self.sandboxes_dir = self.dir / "sandboxes"
+        self.seed = b""
+        self.catalog: Catalog | None = None
+        self.store = Store(self.dir / "lifecycle.sqlite3")
+        self.hub = Hub()
+        self.addresses = Addresses()
+        self.meter = Meter()
+        self.live: dict[str, Live] = {}
+        self.pools: dict[str, Pool[Live]] = {}
+        self.reaper = Reaper(clock, self._end_at_of, self._expire)
+        self.bwrap: str | None = None
+        self._idempotent: dict[tuple[str, str], tuple[float, Sandbox]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Sandbox]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._starting = 0
+
+    # -- start and stop -------------------------------------------------------------------
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        """Open state, re-adopt survivors; return the long-running tasks to supervise."""
+        self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        self.seed = load_or_create_seed(self.dir / "token-seed")
+        self.catalog = Catalog.load(self.dir / "templates.json")
+        self.bwrap = spawning.find_bwrap(self.settings)
+        if self.bwrap is None:
+            log.warning(
+                "ISOLATION IS OFF: bubblewrap (bwrap) %s; sandboxes run as plain processes "
+                "that can see and change this machine's files",
+                "is disabled" if not self.settings.isolation else "was not found on PATH",
+            )
+        await self.store.open(prune_before=self.clock() - 86400)
+        await adopting.recover(self)
+        tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper")]
+        if self.settings.pool_size > 0:
+            pool = Pool(
+                "base", self.settings.pool_size, lambda: self._warm("base"),
+                lambda e: not e.process.exited.done(), self._has_room,
+            )  # fmt: skip
+            self.pools["base"] = pool
+            tasks.append(asyncio.create_task(pool.run(), name="lifecycle-pool-base"))
+        return tasks
+
+    async def close(self) -> None:
+        pooled = [e for p in self.pools.values() for e in p.drain()]
+        await asyncio.gather(*(self._destroy(e) for e in pooled))
+        for entry in list(self.live.values()):
+            if self.settings.kill_on_exit:
+                await self._end(entry, EventType.KILLED, "killed")
+            else:
+                entry.process.close()  # keeps running; the next start re-adopts it
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    def _spawn_task(self, coro: Callable[[], object], name: str) -> None:
+        async def wrapper() -> None:
+            await coro()  # type: ignore[misc]
+
+        task = asyncio.create_task(wrapper(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @property
+    def _depth(self) -> int:
+        # sh -> bwrap (monitor) -> bwrap (pid 1 of the sandbox) -> picod; without bwrap,
+        # sh -> picod.
+        return 3 if self.bwrap else 1
+
+    def _has_room(self) -> bool:
+        pooled = sum(p.ready for p in self.pools.values())
+        return len(self.live) + pooled + self._starting < self.settings.max_sandboxes
+
+    def _end_at_of(self, sandbox_id: str) -> float | None:
+        entry = self.live.get(sandbox_id)
+        if entry is None or entry.sandbox.state is not State.RUNNING:
+            return None
+        return entry.sandbox.end_at
+
+    def _catalog(self) -> Catalog:
+        if self.catalog is None:
+            raise RuntimeError("backend not started")
+        return self.catalog
+
+    def home_of(self, sandbox_id: str) -> Path:
+        return self.sandboxes_dir / sandbox_id / "home"
+
+    def find(self, sandbox_id: str, tenant: str) -> Live:
+        check_sandbox_id(sandbox_id)
+        entry = self.live.get(sandbox_id)
+        # Another tenant's sandbox is indistinguishable from a missing one: no enumeration.
+        if entry is None or (tenant and entry.sandbox.tenant != tenant):
+            raise NotFound(f"sandbox {sandbox_id} not found")
+        return entry
+
+    def watch_exit(self, entry: Live) -> None:
+        sandbox_id = entry.sandbox.sandbox_id
+
+        def exited(_: asyncio.Future[None]) -> None:
+            if self.live.get(sandbox_id) is entry:
+                self._spawn_task(lambda: self._died(entry), f"lifecycle-died-{sandbox_id}")
+
+        entry.process.exited.add_done_callback(exited)
+
+    async def _commit(self, entry: Live, sandbox: Sandbox, event: EventType) -> Sandbox:
+        entry.row = replace(entry.row, sandbox=sandbox)
+        await self.store.put(entry.row)
+        self.hub.publish(event, sandbox)
+        if sandbox.state is State.RUNNING:
+            self.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
+        return sandbox
+
+    # -- starting sandboxes ---------------------------------------------------------------
+
+    async def _launch(self, template: Template, env: dict[str, str]) -> Live:
+        if not self._has_room():
+            raise ResourceExhausted(
+                f"this gateway runs at most {self.settings.max_sandboxes} sandboxes; "
+                "kill one or raise --max-sandboxes"
+            )
+        sandbox_id = new_sandbox_id()
+        host = self.addresses.allocate()
+        for _ in range(16):
+            if not await spawning.in_use(host):
+                break
+            host = self.addresses.allocate()  # the busy one stays marked as used
+        else:
+            raise ResourceExhausted("no free sandbox address found in 127.100.0.0/16")
+        token = access_token(self.seed, sandbox_id)
+        launch = spawning.Launch(
+            sandbox_id, token, host, self.home_of(sandbox_id), template.memory_mb, env
+        )
+        self._starting += 1
+        try:
+            process = spawning.spawn(self.settings, launch, self.bwrap)
+            try:
+                await spawning.wait_ready(process, host, self.settings.ready_timeout_s)
+            except BaseException:
+                process.kill()
+                process.close()
+                await asyncio.to_thread(shutil.rmtree, launch.home.parent, True)
+                self.addresses.release(host)
+                raise
+        except BaseException:
+            self.addresses.release(host)
+            raise
+        finally:
+            self._starting -= 1
+        now = self.clock()
+        sandbox = Sandbox(
+            sandbox_id=sandbox_id, template_id=template.template_id, alias="", tenant="",
+            metadata={}, env_vars=env, started_at=now, end_at=now, state=State.RUNNING,
+            cpu_count=template.cpu_count, memory_mb=template.memory_mb,
+            disk_size_mb=template.disk_size_mb, envd_version=template.envd_version,
+            envd_access_token=token, endpoint_host=host,
+        )  # fmt: skip
+        return Live(Row(sandbox, process.pid, process.ticks, pooled=True), process)
+
+    async def _warm(self, template_id: str) -> Live:
+        template, _ = self._catalog().resolve(template_id, "")
+        return await self._launch(template, {})
+
+    async def _from_pool(self, template: Template, env: dict[str, str]) -> Live | None:
+        pool = self.pools.get(template.template_id)
+        entry = pool.take() if pool else None
+        if entry is None:
+            return None
+        body = json.dumps({"envVars": env}).encode()
+        headers = {"X-Access-Token": entry.sandbox.envd_access_token,
+                   "Content-Type": "application/json"}  # fmt: skip
+        try:
+            status = await spawning.http_status(
+                entry.sandbox.endpoint_host, "POST", "/init", headers, body, 5.0
+            )
+        except (OSError, TimeoutError) as exc:
+            status = 0
+            log.warning("pooled sandbox %s refused /init: %s", entry.sandbox.sandbox_id, exc)
+        if status // 100 != 2:
+            await self._destroy(entry)
+            return None
+        return entry
+
+    async def create(self, spec: CreateSpec) -> Sandbox:
+        if not spec.tenant:
+            raise InvalidArgument("tenant is required")
+        key = (spec.tenant, spec.idempotency_key)
+        if spec.idempotency_key:
+            known = self._idempotent.get(key)
+            if known and known[0] > self.clock() - IDEMPOTENCY_WINDOW_S:
+                current = self.live.get(known[1].sandbox_id)
+                return current.sandbox if current else known[1]
+            if key in self._inflight:
+                return await asyncio.shield(self._inflight[key])
+            future: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            try:
+                sandbox = await self._create(spec)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters, if any, re-raise it
+                raise
+            else:
+                future.set_result(sandbox)
+                self._idempotent[key] = (self.clock(), sandbox)
+                return sandbox
+            finally:
+                del self._inflight[key]
+        return await self._create(spec)
+
+    async def _create(self, spec: CreateSpec) -> Sandbox:
+        metadata = check_metadata(spec.metadata)
+        env = check_env_vars(spec.env_vars)
+        template, alias = self._catalog().resolve(spec.template, spec.tenant)
+        if not template.available:
+            raise Conflict(template.unavailable_reason or f"template {spec.template} unavailable")
+        entry = await self._from_pool(template, env) or await self._launch(template, env)
+        now = self.clock()
+        sandbox = replace(
+            entry.sandbox, tenant=spec.tenant, alias=alias, metadata=metadata, env_vars=env,
+            started_at=now, end_at=now + spec.timeout_s, on_timeout=spec.on_timeout,
+            auto_resume=spec.auto_resume, secure=spec.secure,
+            allow_internet_access=spec.allow_internet_access,
+            idempotency_key=spec.idempotency_key,
+        )  # fmt: skip
+        entry.row = replace(entry.row, pooled=False)
+        self.live[sandbox.sandbox_id] = entry
+        self.watch_exit(entry)
+        try:
+            return await self._commit(entry, sandbox, EventType.CREATED)
+        except BaseException:
+            self.live.pop(sandbox.sandbox_id, None)
+            await self._destroy(entry)
+            raise
+
+    # -- ending sandboxes -----------------------------------------------------------------
+
+    async def _destroy(self, entry: Live) -> None:
+        """Kill the processes, free the address and the directory. Idempotent."""
+        pids = entry.process.kill()
+        if not await wait_gone(pids, _KILL_WAIT_S):
+            log.error("sandbox %s did not exit after SIGKILL", entry.sandbox.sandbox_id)
+        # Our own supervisor is reaped when its pidfd fires; let that happen first.
+        await asyncio.wait([entry.process.exited], timeout=_KILL_WAIT_S)
+        entry.process.close()
+        self.addresses.release(entry.sandbox.endpoint_host)
+        self.meter.forget(entry.sandbox.sandbox_id)
+        home = self.home_of(entry.sandbox.sandbox_id)
+        await asyncio.to_thread(shutil.rmtree, home.parent, True)
+        for pool in self.pools.values():
+            pool.poke()
+
+    async def _end(self, entry: Live, event: EventType, reason: str) -> None:
+        sandbox_id = entry.sandbox.sandbox_id
+        if self.live.get(sandbox_id) is not entry:
+            return
+        del self.live[sandbox_id]  # unroutable from here on
+        await self._destroy(entry)
+        ended = replace(entry.sandbox, state=State.ENDED, end_reason=reason, end_at=self.clock())
+        await self._commit(entry, ended, event)
+
+    async def _died(self, entry: Live) -> None:
+        async with entry.lock:
+            log.warning("sandbox %s died on its own", entry.sandbox.sandbox_id)
+            await self._end(entry, EventType.DIED, "died")
+
+    async def _expire(self, sandbox_id: str) -> None:
+        entry = self.live.get(sandbox_id)
+        if entry is None:
+            return
+        async with entry.lock:
+            sandbox = entry.sandbox
+            if sandbox.state is not State.RUNNING or sandbox.end_at > self.clock():
+                return
+            if sandbox.on_timeout is OnTimeout.PAUSE:
+                await self._pause_locked(entry)
+            else:
+                await self._end(entry, EventType.EXPIRED, "expired")
+
+    async def kill(self, sandbox_id: str, tenant: str) -> None:
+        entry = self.find(sandbox_id, tenant)
+        async with entry.lock:
+            await self._end(entry, EventType.KILLED, "killed")
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get(self, sandbox_id: str, tenant: str) -> Sandbox:
+        return self.find(sandbox_id, tenant).sandbox
+
+    def _template_ids(self, name: str) -> set[str]:
+        try:
+            return {self._catalog().resolve(name, "")[0].template_id}
+        except NotFound:
+            return set()
+
+    async def list_sandboxes(self, query: ListQuery) -> Page:
+        sandboxes = (e.sandbox for e in self.live.values())
+        return listing.page(sandboxes, query, self._template_ids)
+
+    def watch(self) -> AsyncIterator[Event]:
+        return self.hub.watch(lambda: [e.sandbox for e in self.live.values()])
+
+    async def metrics(self, sandbox_id: str, tenant: str) -> list[Metric]:
+        entry = self.find(sandbox_id, tenant)
+        home = self.home_of(sandbox_id)
+        sample = await asyncio.to_thread(
+            self.meter.sample, entry.sandbox, entry.process.pid, home, self.clock()
+        )
+        return [sample]
+
+    # -- timeouts, pause and resume -------------------------------------------------------
+
+    def _require_tenant(self, tenant: str) -> None:
+        if not tenant:
+            raise InvalidArgument("tenant is required")
+
+    async def set_timeout(self, sandbox_id: str, tenant: str, timeout_s: int) -> Sandbox:
+        self._require_tenant(tenant)
+        entry = self.find(sandbox_id, tenant)
+        async with entry.lock:
+            s = entry.sandbox
+            if s.state is State.PAUSED:
+                raise Conflict(f"sandbox {sandbox_id} is paused; connect to resume it first")
+            end_at = timeouts.set_end_at(
+                self.clock(), s.started_at, timeout_s, self.settings.max_timeout_s
+            )
+            return await self._commit(entry, replace(s, end_at=end_at), EventType.UPDATED)
+
+    async def refresh(self, sandbox_id: str, tenant: str, duration_s: int | None) -> Sandbox:
+        self._require_tenant(tenant)
+        entry = self.find(sandbox_id, tenant)
+        async with entry.lock:
+            s = entry.sandbox
+            if s.state is State.PAUSED:
+                raise Conflict(f"sandbox {sandbox_id} is paused; connect to resume it first")
+            return await self._extend(entry, duration_s)
+
+    async def _extend(self, entry: Live, timeout_s: int | None) -> Sandbox:
+        s = entry.sandbox
+        end_at = timeouts.extend_end_at(
+            self.clock(), s.started_at, s.end_at, timeout_s, self.settings.max_timeout_s
+        )
+        if end_at == s.end_at and s.state is State.RUNNING:
+            return s
+        return await self._commit(
+            entry, replace(s, end_at=end_at, state=State.RUNNING), EventType.UPDATED
+        )
+
+    async def _pause_locked(self, entry: Live) -> Sandbox:
+        s = entry.sandbox
+        if s.state is State.PAUSED:
+            raise Conflict(f"sandbox {s.sandbox_id} is already paused")
+        signal_tree(entry.process.pid, signal.SIGSTOP, self._depth)
+        return await self._commit(entry, replace(s, state=State.PAUSED), EventType.UPDATED)
+
+    async def pause(self, sandbox_id: str, tenant: str) -> Sandbox:
+        self._require_tenant(tenant)
+        entry = self.find(sandbox_id, tenant)
+        async with entry.lock:
+            return await self._pause_locked(entry)
+
+    async def connect(
+        self, sandbox_id: str, tenant: str, timeout_s: int | None
+    ) -> tuple[Sandbox, bool]:
+        self._require_tenant(tenant)
+        entry = self.find(sandbox_id, tenant)
+        async with entry.lock:
+            resumed = entry.sandbox.state is State.PAUSED
+            if resumed:
+                signal_tree(entry.process.pid, signal.SIGCONT, self._depth)
+            return await self._extend(entry, timeout_s), resumed
+
+    async def resume(self, sandbox_id: str, tenant: str, timeout_s: int | None) -> Sandbox:
+        self._require_tenant(tenant)
+        entry = self.find(sandbox_id, tenant)
+        async with entry.lock:
+            if entry.sandbox.state is not State.PAUSED:
+                raise Conflict(f"sandbox {sandbox_id} is not paused")
+            signal_tree(entry.process.pid, signal.SIGCONT, self._depth)
+            return await self._extend(entry, timeout_s)
+
+    # -- templates ------------------------------------------------------------------------
+
+    async def list_templates(self, tenant: str) -> list[Template]:
+        return self._catalog().list(tenant)
+
+    async def get_template(self, template: str, tenant: str) -> Template:
+        return self._catalog().resolve(template, tenant)[0]
+
+    async def create_template(self, tenant: str, template: Template) -> Template:
+        self._require_tenant(tenant)
+        return self._catalog().create(tenant, template)
+
+    async def update_template(self, tenant: str, template_id: str, public: bool) -> Template:
+        self._require_tenant(tenant)
+        return self._catalog().update(tenant, template_id, public)
+
+    async def delete_template(self, tenant: str, template_id: str) -> None:
+        self._require_tenant(tenant)
+        in_use = any(e.sandbox.template_id == template_id for e in self.live.values())
+        if in_use:
+            raise Conflict(f"template {template_id!r} has live sandboxes; kill them first")
+        self._catalog().delete(tenant, template_id)
+

@@ -1,0 +1,92 @@
+"""The warm pool: sandboxes started ahead of demand, per template.
+
+A pooled sandbox is a running picod with a pre-assigned id and access token and no tenant.
+Create takes one without waiting (an empty pool means a cold start, never a queue), sends it
+the tenant's env vars with POST /init, and the pool refills in the background. Pooled
+sandboxes are not written to SQLite: after a crash, the restart kills every supervisor it has
+no row for, which is exactly the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# After a failed start, wait this long before trying again (seconds), doubling to the cap.
+_BACKOFF_S, _BACKOFF_MAX_S = 0.5, 30.0
+
+
+class Pool(Generic[T]):
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        start: Callable[[], Awaitable[T]],
+        is_usable: Callable[[T], bool],
+        room: Callable[[], bool],
+    ) -> None:
+        self.name = name
+        self.size = size
+        self._start = start
+        self._is_usable = is_usable
+        self._room = room
+        self._ready: collections.deque[T] = collections.deque()
+        self._starting = 0
+        self._wanted = asyncio.Event()
+        self._wanted.set()
+
+    def take(self) -> T | None:
+        """A ready sandbox, or None at once when there is none."""
+        self._wanted.set()
+        while self._ready:
+            item = self._ready.popleft()
+            if self._is_usable(item):
+                return item
+        return None
+
+    def drain(self) -> list[T]:
+        items = list(self._ready)
+        self._ready.clear()
+        return items
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    async def _one(self) -> bool:
+        try:
+            item = await self._start()
+        except Exception as exc:
+            log.warning("pool %s: warm start failed: %s", self.name, exc)
+            return False
+        finally:
+            self._starting -= 1
+        self._ready.append(item)
+        return True
+
+    async def run(self) -> None:
+        backoff = _BACKOFF_S
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            missing = self.size - len(self._ready) - self._starting
+            if missing <= 0 or not self._room():
+                continue
+            self._starting += missing
+            results = await asyncio.gather(*(self._one() for _ in range(missing)))
+            if all(results):
+                backoff = _BACKOFF_S
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            self._wanted.set()  # takes may have happened meanwhile; re-check
+
+    def poke(self) -> None:
+        """Room may have appeared (a sandbox ended): re-check the pool's size."""
+        self._wanted.set()

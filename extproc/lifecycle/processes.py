@@ -1,0 +1,188 @@
+"""Finding, signalling and watching a sandbox's processes through /proc and pidfds.
+
+A sandbox is a process tree under one supervisor (see `spawning`). Its supervisor is the
+leader of its own process group, so `killpg` reaches it and bwrap; the sandbox's own processes
+sit in a pid namespace whose init dies with bwrap, so nothing inside survives either.
+Exit is observed with a pidfd, which works both for our children and for supervisors
+re-adopted after a restart (which are not our children and cannot be waited for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+_PROC = Path("/proc")
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None if it is gone."""
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and ')'; fields after the last ')' are fixed.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def is_alive(pid: int, ticks: int) -> bool:
+    """True if `pid` runs and is the same process that started at `ticks`."""
+    return pid > 0 and start_ticks(pid) == ticks
+
+
+def _parents() -> dict[int, list[int]]:
+    """ppid -> children, from every /proc/PID/stat (the `children` files miss processes
+    that bwrap clones into a new pid namespace on some kernels)."""
+    kids: dict[int, list[int]] = {}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def children(pid: int) -> list[int]:
+    return _parents().get(pid, [])
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, parents before children."""
+    kids = _parents()
+    order, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        order.append(current)
+        stack.extend(kids.get(current, []))
+    return order
+
+
+def _below(pid: int, depth: int) -> list[int]:
+    """Descendants of `pid` at least `depth` generations down, parents first."""
+    kids = _parents()
+    level = [pid]
+    for _ in range(depth):
+        level = [c for p in level for c in kids.get(p, [])]
+    return [p for top in level for p in tree(top)]
+
+
+def signal_tree(pid: int, signum: signal.Signals, depth: int) -> int:
+    """Send `signum` to the tree; returns how many processes were signalled.
+
+    Only processes `depth` generations below the supervisor are signalled: the shell and
+    bwrap's monitor stay running, because a stopped child makes them exit (which would end
+    the sandbox). SIGSTOP repeats until a pass finds no new process (a fork racing the stop
+    would otherwise escape it).
+    """
+    done: set[int] = set()
+    for _ in range(5):
+        fresh = [p for p in _below(pid, depth) if p not in done]
+        if not fresh:
+            break
+        for p in fresh:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signum)
+            done.add(p)
+    return len(done)
+
+
+def kill_group(pid: int, ticks: int) -> list[int]:
+    """SIGKILL the supervisor's tree and process group (if it is still that process).
+
+    The pid namespace would take the sandbox down with bwrap anyway; killing every process
+    we can see as well means none outlives this call by more than the kernel's teardown.
+    Returns the pids signalled, for `wait_gone`.
+    """
+    if not is_alive(pid, ticks):
+        return []
+    pids = tree(pid)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return raw[raw.rindex(")") + 2] != "Z"  # a zombie has released everything but its pid
+
+
+async def wait_gone(pids: list[int], limit_s: float) -> bool:
+    """Wait until none of `pids` runs; False if some still do after `limit_s` seconds."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    delay = 0.001
+    while any(_running(p) for p in pids):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+class Watched:
+    """A supervisor whose exit we want to hear about."""
+
+    def __init__(self, pid: int, ticks: int, popen: subprocess.Popen[bytes] | None) -> None:
+        self.pid = pid
+        self.ticks = ticks
+        self._popen = popen
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._fd = None
+            self._reap()
+            self.exited.set_result(None)
+            return
+        loop.add_reader(self._fd, self._on_exit)
+
+    def _reap(self) -> None:
+        if self._popen is not None:
+            # Our own child: collect it so it does not linger as a zombie.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(timeout=0)
+
+    def _on_exit(self) -> None:
+        self.close()
+        self._reap()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def kill(self) -> list[int]:
+        return kill_group(self.pid, self.ticks)
+
+
+def scan_supervisors(marker: str) -> list[int]:
+    """Pids of supervisors whose argv[1] (their `$0`) starts with `marker`."""
+    found = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 3 and argv[1] == b"-c" and argv[3].startswith(marker.encode()):
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,114 @@
+"""What the lifecycle service knows about one sandbox, and the events it publishes.
+
+Transport-free: the gRPC servicer converts these to protobuf, backends produce them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class State(enum.IntEnum):
+    # Values equal the proto's SandboxState numbers, so conversion is a cast.
+    STARTING = 1
+    RUNNING = 2
+    PAUSED = 3
+    ENDED = 4
+
+
+class OnTimeout(enum.IntEnum):
+    KILL = 1
+    PAUSE = 2
+
+
+class EventType(enum.IntEnum):
+    # Values equal the proto's SandboxEventType numbers.
+    EXISTING = 1
+    SYNCED = 2
+    CREATED = 3
+    UPDATED = 4
+    KILLED = 5
+    EXPIRED = 6
+    DIED = 7
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One sandbox. Times are unix seconds (floats)."""
+
+    sandbox_id: str
+    template_id: str
+    alias: str
+    tenant: str
+    metadata: dict[str, str]
+    env_vars: dict[str, str]
+    started_at: float
+    end_at: float
+    state: State
+    cpu_count: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str
+    envd_access_token: str
+    endpoint_host: str
+    on_timeout: OnTimeout = OnTimeout.KILL
+    auto_resume: bool = False
+    secure: bool = True
+    allow_internet_access: bool = True
+    end_reason: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """A validated CreateSandbox request (timeout already resolved to seconds)."""
+
+    tenant: str
+    template: str
+    timeout_s: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    on_timeout: OnTimeout = OnTimeout.KILL
+    auto_resume: bool = False
+    secure: bool = True
+    allow_internet_access: bool = True
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    tenant: str
+    states: frozenset[State] = frozenset({State.RUNNING, State.PAUSED})
+    template: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    started_after: float | None = None
+    page_size: int = 100
+    page_token: str = ""
+    ascending: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    sandboxes: list[Sandbox]
+    next_page_token: str
+    total_running: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    timestamp: float
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    mem_cache: int
+    disk_used: int
+    disk_total: int
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    sandbox: Sandbox | None
+    revision: int

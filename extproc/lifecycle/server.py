@@ -1,0 +1,85 @@
+"""The lifecycle process: one grpc.aio server, the backend's tasks, SIGTERM with a grace.
+
+Health (grpc.health.v1) says NOT_SERVING until the backend has re-adopted its sandboxes and
+SERVING after, for "" and for both services, so a client that waits for SERVING never sees a
+half-recovered directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.lifecycle.local import LocalBackend
+from extproc.lifecycle.service import SandboxServicer, TemplateServicer
+from extproc.lifecycle.settings import LifecycleSettings
+
+log = logging.getLogger(__name__)
+SERVICES = ("", "agentcube.e2b.v1.SandboxService", "agentcube.e2b.v1.TemplateService")
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    backend: LocalBackend
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: LifecycleSettings) -> AsyncIterator[Running]:
+    """Start the server and backend; on exit stop both within the configured grace."""
+    if settings.backend != "local":
+        raise ValueError(f"backend {settings.backend!r} is not available; use 'local'")
+    backend = LocalBackend(settings.local)
+    # Sandboxes carry long-lived watch streams; keepalives find dead clients.
+    server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 30_000)])
+    pb_grpc.add_SandboxServiceServicer_to_server(
+        SandboxServicer(backend, settings.local.max_timeout_s), server
+    )
+    pb_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(backend), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in SERVICES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(settings.server.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.server.listen}")
+    await server.start()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        tasks = await backend.start()
+        for name in SERVICES:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("lifecycle service listening on port %d", port)
+        yield Running(server, port, backend)
+    finally:
+        for name in SERVICES:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(settings.server.grace_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await backend.close()
+
+
+async def run(settings: LifecycleSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with serving(settings) as running:
+        ended = asyncio.create_task(running.server.wait_for_termination(), name="grpc-server")
+        stopping = asyncio.create_task(stop.wait(), name="lifecycle-stop-signal")
+        await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        log.info("lifecycle service stopping (grace %.1f s)", settings.server.grace_s)
+    ended.cancel()
+    return 0

@@ -1,0 +1,61 @@
+"""Settings of the lifecycle service: one frozen dataclass per concern, composed in a root.
+
+Every field is a flag of `agentcube-e2b lifecycle` and an AGENTCUBE_E2B_LIFECYCLE_* env var
+(see `command`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_picod() -> tuple[str, ...]:
+    # The same interpreter and package as this process: no PATH lookup inside the sandbox.
+    return (sys.executable, "-m", "extproc.cli", "picod")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    # gRPC listen address HOST:PORT (default 127.0.0.1:9002; port 0 picks a free one).
+    listen: str = "127.0.0.1:9002"
+    # Seconds in-flight RPCs get to finish on SIGTERM (default 5.0).
+    grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    # State directory: SQLite db, token seed (0600), templates.json, sandbox homes
+    # (default ./state/lifecycle).
+    state_dir: Path = Path("state/lifecycle")
+    # PEM public key picod verifies gateway JWTs with (default none: picod accepts only the
+    # access token).
+    jwt_public_key: Path | None = None
+    # Warm sandboxes kept started for template `base` (default 2; 0 disables the pool).
+    pool_size: int = 2
+    # Longest sandbox life in seconds, create to end (default 3600 = 1 h, E2B's Hobby limit).
+    max_timeout_s: int = 3600
+    # The picod command line before its flags (default: this Python, -m extproc.cli picod).
+    picod_command: tuple[str, ...] = field(default_factory=_default_picod)
+    # Isolate sandboxes with bubblewrap when it is installed (default true). False, or bwrap
+    # missing, runs plain processes and logs a loud warning.
+    isolation: bool = True
+    # RLIMIT_AS per sandbox process = template memory x this factor (default 4: virtual size
+    # runs well above resident size for Python and threaded programs).
+    address_space_factor: int = 4
+    # Seconds a starting picod gets to answer /health (default 20.0).
+    ready_timeout_s: float = 20.0
+    # Most live sandboxes, pool included (default 1000; each gets its own 127.100.x.y).
+    max_sandboxes: int = 1000
+    # Kill every sandbox when the service stops on SIGTERM (default false: live sandboxes
+    # keep running and the next start re-adopts them; pool sandboxes are always killed).
+    kill_on_exit: bool = False
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    # Sandbox backend (default "local"; only "local" exists).
+    backend: str = "local"
+    server: ServerSettings = field(default_factory=ServerSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)

@@ -1,0 +1,192 @@
+"""SQLite state of the local backend, so sandboxes outlive a lifecycle restart.
+
+WAL mode; one writer connection owned by one task that drains a queue and commits every
+queued change in one transaction (group commit: 50 concurrent Creates cost a few fsyncs, not
+50). The connection runs in a single worker thread because sqlite3 is blocking; callers only
+await. Reads at run time come from the backend's in-memory index; SQLite is read once, at
+start, to re-adopt. `synchronous=NORMAL` keeps commits durable across a process crash (the
+case re-adoption exists for), not across power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from extproc.lifecycle.sandboxes import OnTimeout, Sandbox, State
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+  sandbox_id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  template_id TEXT NOT NULL,
+  alias TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  env_vars TEXT NOT NULL,
+  started_at REAL NOT NULL,
+  end_at REAL NOT NULL,
+  state INTEGER NOT NULL,
+  cpu_count INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  disk_size_mb INTEGER NOT NULL,
+  envd_version TEXT NOT NULL,
+  endpoint_host TEXT NOT NULL,
+  on_timeout INTEGER NOT NULL,
+  auto_resume INTEGER NOT NULL,
+  secure INTEGER NOT NULL,
+  allow_internet_access INTEGER NOT NULL,
+  end_reason TEXT NOT NULL,
+  idempotency_key TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  pid_start INTEGER NOT NULL,
+  pooled INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandboxes_live ON sandboxes (state);
+"""
+_COLUMNS = (
+    "sandbox_id", "tenant", "template_id", "alias", "metadata", "env_vars", "started_at",
+    "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "endpoint_host",
+    "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason", "idempotency_key",
+    "pid", "pid_start", "pooled",
+)
+# Column names are constants, never input: these f-strings are not injectable.
+_UPSERT = (
+    f"INSERT OR REPLACE INTO sandboxes ({', '.join(_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+# Ended rows are history; keep a day of them for debugging, then drop them.
+_PRUNE = "DELETE FROM sandboxes WHERE state = ? AND end_at < ?"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A sandbox plus what only the local runtime needs to find its processes again."""
+
+    sandbox: Sandbox
+    # The per-sandbox supervisor's pid and its start time in clock ticks since boot
+    # (/proc/PID/stat field 22), which guards against pid reuse.
+    pid: int
+    pid_start: int
+    # True while it waits in the warm pool (never handed to a tenant).
+    pooled: bool
+
+
+def _encode(row: Row) -> tuple[object, ...]:
+    s = row.sandbox
+    return (
+        s.sandbox_id, s.tenant, s.template_id, s.alias, json.dumps(s.metadata),
+        json.dumps(s.env_vars), s.started_at, s.end_at, int(s.state), s.cpu_count,
+        s.memory_mb, s.disk_size_mb, s.envd_version, s.endpoint_host, int(s.on_timeout),
+        int(s.auto_resume), int(s.secure), int(s.allow_internet_access), s.end_reason,
+        s.idempotency_key, row.pid, row.pid_start, int(row.pooled),
+    )  # fmt: skip
+
+
+def _decode(values: sqlite3.Row, token: str) -> Row:
+    v = dict(zip(_COLUMNS, values, strict=True))
+    sandbox = Sandbox(
+        sandbox_id=v["sandbox_id"], template_id=v["template_id"], alias=v["alias"],
+        tenant=v["tenant"], metadata=json.loads(v["metadata"]),
+        env_vars=json.loads(v["env_vars"]), started_at=v["started_at"], end_at=v["end_at"],
+        state=State(v["state"]), cpu_count=v["cpu_count"], memory_mb=v["memory_mb"],
+        disk_size_mb=v["disk_size_mb"], envd_version=v["envd_version"],
+        envd_access_token=token, endpoint_host=v["endpoint_host"],
+        on_timeout=OnTimeout(v["on_timeout"]), auto_resume=bool(v["auto_resume"]),
+        secure=bool(v["secure"]), allow_internet_access=bool(v["allow_internet_access"]),
+        end_reason=v["end_reason"], idempotency_key=v["idempotency_key"],
+    )  # fmt: skip
+    return Row(sandbox, v["pid"], v["pid_start"], bool(v["pooled"]))
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lifecycle-sqlite")
+        self._queue: asyncio.Queue[tuple[Row, asyncio.Future[None]]] = asyncio.Queue()
+        self._conn: sqlite3.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    async def open(self, prune_before: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._executor, self._open)
+        await loop.run_in_executor(
+            self._executor, self._conn.execute, _PRUNE, (int(State.ENDED), prune_before)
+        )
+        self._writer = asyncio.create_task(self._write_loop(), name="lifecycle-store-writer")
+
+    async def load_live(self) -> list[Row]:
+        """Every row not ENDED. Tokens are filled in by the caller (they are not stored)."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("store not open")
+
+        def read() -> list[sqlite3.Row]:
+            cursor = conn.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM sandboxes WHERE state != ?",  # noqa: S608
+                (int(State.ENDED),),
+            )
+            return cursor.fetchall()
+
+        rows = await asyncio.get_running_loop().run_in_executor(self._executor, read)
+        return [_decode(r, "") for r in rows]
+
+    async def put(self, row: Row) -> None:
+        """Insert or replace `row`; returns once it is committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        await self._queue.put((row, future))
+        await future
+
+    def _commit(self, rows: list[Row]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("store not open")
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(_UPSERT, [_encode(r) for r in rows])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # Last write wins per sandbox inside one transaction, as it would one by one.
+            try:
+                await loop.run_in_executor(self._executor, self._commit, [r for r, _ in batch])
+            except Exception as exc:  # every waiter learns the write failed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            # Let queued writes land before stopping the writer.
+            await asyncio.gather(*self._pending, return_exceptions=True)
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,126 @@
+"""Lifecycle benchmarks: Create latency (warm pool and cold), sustained creates/s with the
+pool refilling, memory per idle sandbox, and 200 concurrent sandboxes.
+
+Run: .venv/bin/python tests/bench/lifecycle_bench.py [--sandboxes 200] [--pool 8]
+Prints numbers; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.lifecycle.processes import tree
+from extproc.lifecycle.server import serving
+from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+async def bench(args: argparse.Namespace) -> None:
+    state = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
+    settings = LifecycleSettings(
+        server=ServerSettings(listen="127.0.0.1:0"),
+        local=LocalSettings(state_dir=state, pool_size=args.pool, kill_on_exit=True),
+    )
+    async with serving(settings) as running, grpc.aio.insecure_channel(
+        f"127.0.0.1:{running.port}"
+    ) as channel:
+        stub = pb_grpc.SandboxServiceStub(channel)
+        backend = running.backend
+
+        async def create() -> tuple[float, pb.Sandbox]:
+            started = time.perf_counter()
+            reply = await stub.CreateSandbox(pb.CreateSandboxRequest(tenant="bench"))
+            return (time.perf_counter() - started) * 1000, reply.sandbox
+
+        async def kill(s: pb.Sandbox) -> None:
+            await stub.KillSandbox(pb.KillSandboxRequest(tenant="bench", sandbox_id=s.sandbox_id))
+
+        async def wait_pool() -> None:
+            while backend.pools["base"].ready < args.pool:
+                await asyncio.sleep(0.05)
+
+        # Warm: one create at a time, pool full before each.
+        warm = []
+        for _ in range(args.samples):
+            await wait_pool()
+            ms, sandbox = await create()
+            warm.append(ms)
+            await kill(sandbox)
+        print(f"create warm  (n={len(warm)}): p50 {pct(warm, .5):.1f} ms  "
+              f"p99 {pct(warm, .99):.1f} ms")  # fmt: skip
+        # Cold: empty the pool first.
+        backend.pools["base"].size = 0
+        for entry in backend.pools["base"].drain():
+            await backend._destroy(entry)
+        cold = []
+        for _ in range(max(args.samples // 3, 5)):
+            ms, sandbox = await create()
+            cold.append(ms)
+            await kill(sandbox)
+        print(f"create cold  (n={len(cold)}): p50 {pct(cold, .5):.1f} ms  "
+              f"p99 {pct(cold, .99):.1f} ms")  # fmt: skip
+        # Sustained: create+kill for a fixed time, pool refilling.
+        backend.pools["base"].size = args.pool
+        backend.pools["base"].poke()
+        await wait_pool()
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < args.seconds:
+            results = await asyncio.gather(*(create() for _ in range(4)))
+            done += len(results)
+            await asyncio.gather(*(kill(s) for _, s in results))
+        rate = done / (time.perf_counter() - started)
+        print(f"sustained create+kill, 4 in flight: {rate:.1f} creates/s over {args.seconds} s")
+        # Many: N concurrent sandboxes, then memory per idle sandbox.
+        started = time.perf_counter()
+        many = await asyncio.gather(*(create() for _ in range(args.sandboxes)))
+        took = time.perf_counter() - started
+        lat = [ms for ms, _ in many]
+        print(f"{args.sandboxes} concurrent creates: all up in {took:.1f} s "
+              f"(p50 {pct(lat, .5):.0f} ms, p99 {pct(lat, .99):.0f} ms)")  # fmt: skip
+        await asyncio.sleep(2)
+        pss = [rss_kib(backend.live[s.sandbox_id].process.pid) for _, s in many]
+        print(f"memory per idle sandbox (PSS of sh+bwrap+picod): mean "
+              f"{statistics.mean(pss) / 1024:.1f} MiB, max {max(pss) / 1024:.1f} MiB")
+        listed = await stub.ListSandboxes(pb.ListSandboxesRequest(tenant="bench"))
+        print(f"total_running after: {listed.total_running}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--pool", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--sandboxes", type=int, default=200)
+    args = parser.parse_args()
+    import uvloop
+
+    uvloop.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
