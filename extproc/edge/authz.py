@@ -1,0 +1,173 @@
+"""`envoy.service.auth.v3.Authorization`: the gRPC face of decision.py.
+
+Denials are CheckResponse answers with an HTTP status, a JSON content type and a body; a
+gRPC error from here means the edge itself broke (Envoy then answers its status_on_error).
+Responses are built once and reused: constant denials forever, an allowed sandbox answer
+(which embeds its JWT) until that JWT is due for re-signing. Serialising a prebuilt message
+is far cheaper than building one, and gRPC never mutates a response it sends. Metric label
+children are resolved once for the same reason (a `labels()` call costs a lock and a dict).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.service.auth.v3 import external_auth_pb2 as auth
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+
+from extproc.core.api_keys import KeyIndex
+from extproc.core.errors import DomainError
+from extproc.edge.decision import Allow, Deny, Miss, SandboxDecider, decide_platform, not_found
+from extproc.edge.decision import unavailable as unavailable_denial
+from extproc.edge.metrics import EdgeMetrics
+from extproc.edge.tokens import TokenSigner
+from extproc.edge.watching import DirectoryFeed
+
+log = logging.getLogger(__name__)
+
+_OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+# Most cached allowed responses; about 1 KiB each.
+_ALLOWED_CACHE_MAX = 50_000
+# google.rpc.Code values (the module ships no type stubs): Envoy only checks "non-zero", the
+# code is for its logs and access log.
+_UNAUTHENTICATED, _NOT_FOUND, _PERMISSION_DENIED = 16, 5, 7
+_GRPC_CODES = {401: _UNAUTHENTICATED, 404: _NOT_FOUND}
+MISCONFIGURED = Deny(
+    500, '{"code":500,"message":"the gateway route has no authz surface"}', "no_surface"
+)
+
+
+class _KeySource:
+    """Anything with a current `index` (the KeyStore)."""
+
+    index: KeyIndex
+
+
+def denied(deny: Deny) -> auth.CheckResponse:
+    response = auth.CheckResponse()
+    response.status.code = _GRPC_CODES.get(deny.status, _PERMISSION_DENIED)
+    denied_response = response.denied_response
+    denied_response.status.code = deny.status
+    header = denied_response.headers.add()
+    header.header.key = "content-type"
+    header.header.value = "application/json"
+    header.append_action = _OVERWRITE
+    denied_response.body = deny.body
+    return response
+
+
+class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        keys: Any,
+        decider: SandboxDecider,
+        feed: DirectoryFeed,
+        signer: TokenSigner,
+        metrics: EdgeMetrics,
+    ) -> None:
+        self._keys: _KeySource = keys
+        self._decider = decider
+        self._feed = feed
+        self._signer = signer
+        self._metrics = metrics
+        self._denials: dict[Deny, auth.CheckResponse] = {}
+        # (sandbox_id, upstream_host, user) -> (response, unix time it stops being reusable)
+        self._allowed_cache: dict[tuple[str, str, str], tuple[auth.CheckResponse, float]] = {}
+        self._observe = {
+            surface: metrics.check_seconds.labels(surface) for surface in ("platform", "sandbox")
+        }
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def _denied(self, deny: Deny) -> auth.CheckResponse:
+        response = self._denials.get(deny)
+        if response is None:
+            response = denied(deny)
+            if len(self._denials) < 1024:  # constants and per-id 502s; bounded either way
+                self._denials[deny] = response
+        return response
+
+    async def Check(self, request: auth.CheckRequest, context: Any) -> auth.CheckResponse:
+        started = time.perf_counter()
+        attributes = request.attributes
+        surface = attributes.context_extensions.get("surface", "")
+        http = attributes.request.http
+        headers = http.headers
+        decision: Allow | Deny | Miss
+        if surface == "sandbox":
+            decision = self._decider.decide(http.host, headers, http.method, http.path)
+            if isinstance(decision, Miss):
+                decision = await self._after_miss(decision, http, headers)
+        elif surface == "platform":
+            decision = decide_platform(self._keys.index, headers.get("x-api-key"))
+        else:
+            log.error("ext_authz request without a known 'surface' context extension: %r", surface)
+            decision = MISCONFIGURED
+        if isinstance(decision, Allow):
+            response = self._allowed(decision, surface)
+            outcome = "allow"
+        else:
+            assert not isinstance(decision, Miss)  # _after_miss never returns one
+            response = self._denied(decision)
+            outcome = decision.reason
+        counter = self._counters.get((surface, outcome))
+        if counter is None:
+            counter = self._metrics.decisions.labels(surface or "none", outcome)
+            self._counters[(surface, outcome)] = counter
+        counter.inc()
+        observe = self._observe.get(surface)
+        if observe is not None:
+            observe.observe(time.perf_counter() - started)
+        return response
+
+    async def _after_miss(self, miss: Miss, http: Any, headers: Any) -> Allow | Deny:
+        sandbox_id = miss.target.sandbox_id
+        if self._feed.known_missing(sandbox_id):
+            return not_found(sandbox_id)
+        try:
+            route = await self._feed.fetch(sandbox_id)
+        except DomainError as error:
+            return unavailable_denial(error.message)
+        if route is None:
+            return not_found(sandbox_id)
+        decision = self._decider.decide(http.host, headers, http.method, http.path, route)
+        assert not isinstance(decision, Miss)
+        return decision
+
+    def _allowed(self, allow: Allow, surface: str) -> auth.CheckResponse:
+        if surface != "platform":
+            key = (allow.sandbox_id, allow.upstream_host, allow.user)
+            cached = self._allowed_cache.get(key)
+            if cached is not None and time.time() < cached[1]:
+                return cached[0]
+            token, reusable_until = self._signer.token_until(allow.sandbox_id)
+            response = self._build_allowed(allow, surface, token)
+            if len(self._allowed_cache) >= _ALLOWED_CACHE_MAX:
+                self._allowed_cache.clear()  # rare; rebuilding costs one build per sandbox
+            self._allowed_cache[key] = (response, reusable_until)
+            return response
+        return self._build_allowed(allow, surface, "")
+
+    def _build_allowed(self, allow: Allow, surface: str, token: str) -> auth.CheckResponse:
+        response = auth.CheckResponse()
+        ok = response.ok_response
+        ok.headers_to_remove.append("x-api-key")
+        metadata = response.dynamic_metadata.fields
+        metadata["tenant"].string_value = allow.tenant
+        if surface == "platform":
+            metadata["key_hash"].string_value = allow.key_hash
+            return response
+        header = ok.headers.add()
+        header.header.key = "authorization"
+        header.header.value = "Bearer " + token
+        header.append_action = _OVERWRITE
+        if allow.user:
+            header = ok.headers.add()
+            header.header.key = "x-agentcube-e2b-user"
+            header.header.value = allow.user
+            header.append_action = _OVERWRITE
+        metadata["upstream_host"].string_value = allow.upstream_host
+        metadata["sandbox_id"].string_value = allow.sandbox_id
+        return response

@@ -1,0 +1,171 @@
+"""`agentcube-e2b edge`: flags (each also AGENTCUBE_E2B_EDGE_<FLAG>) -> EdgeSettings -> run.
+
+gRPC, Envoy stubs and uvloop are imported only in `run`, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from extproc.edge.settings import DirectorySettings, EdgeSettings, KeyStoreSettings, TokenSettings
+
+ENV_PREFIX = "AGENTCUBE_E2B_EDGE_"
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    directory, tokens = DirectorySettings(), TokenSettings(identity_directory=Path())
+    add = parser.add_argument
+    add(
+        "--listen",
+        default=_env("LISTEN", "127.0.0.1:9001"),
+        metavar="HOST:PORT",
+        help="gRPC address for ext_authz, ext_proc and health (default 127.0.0.1:9001)",
+    )
+    add(
+        "--lifecycle",
+        default=_env("LIFECYCLE", directory.lifecycle_target),
+        metavar="HOST:PORT",
+        help=f"lifecycle gRPC address (default {directory.lifecycle_target})",
+    )
+    add(
+        "--state-dir",
+        default=_env("STATE_DIR", "./state"),
+        metavar="DIR",
+        help="state directory: keys/ and identity/ (default ./state)",
+    )
+    add(
+        "--domain",
+        default=_env("DOMAIN", "e2b.localhost"),
+        metavar="DOMAIN",
+        help="sandbox domain: hosts {port}-{id}.DOMAIN (default e2b.localhost)",
+    )
+    add(
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN", "127.0.0.1:9091"),
+        metavar="HOST:PORT",
+        help="Prometheus /metrics address, '' to disable (default 127.0.0.1:9091)",
+    )
+    add(
+        "--grace",
+        default=_env("GRACE", 5.0),
+        metavar="SECONDS",
+        help="seconds in-flight RPCs get on SIGTERM (default 5)",
+    )
+    add(
+        "--keys-poll-interval",
+        default=_env("KEYS_POLL_INTERVAL", 0.25),
+        metavar="SECONDS",
+        help="seconds between checks of the key files (default 0.25)",
+    )
+    add(
+        "--lookup-timeout",
+        default=_env("LOOKUP_TIMEOUT", directory.lookup_timeout_s),
+        metavar="SECONDS",
+        help="deadline of the GetSandbox read on a directory miss "
+        f"(default {directory.lookup_timeout_s})",
+    )
+    add(
+        "--negative-ttl",
+        default=_env("NEGATIVE_TTL", directory.negative_ttl_s),
+        metavar="SECONDS",
+        help="seconds an unknown sandbox id stays cached as missing "
+        f"(default {directory.negative_ttl_s})",
+    )
+    add(
+        "--jwt-lifetime",
+        default=_env("JWT_LIFETIME", tokens.lifetime_s),
+        metavar="SECONDS",
+        help=f"picod JWT lifetime (default {tokens.lifetime_s})",
+    )
+    add(
+        "--jwt-refresh-margin",
+        default=_env("JWT_REFRESH_MARGIN", tokens.refresh_margin_s),
+        metavar="SECONDS",
+        help=f"re-sign a cached JWT when fewer seconds remain (default {tokens.refresh_margin_s})",
+    )
+    add(
+        "--log-level",
+        default=_env("LOG_LEVEL", "INFO"),
+        metavar="LEVEL",
+        help="logging level (default INFO)",
+    )
+    parser.set_defaults(run=run, parser=parser)  # fmt: skip
+
+
+def _number(args: argparse.Namespace, name: str, low: float) -> float:
+    raw = getattr(args, name)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--{name.replace('_', '-')}: expected a number, got {raw!r}") from error
+    if value < low:
+        raise ValueError(f"--{name.replace('_', '-')}: expected >= {low}, got {value}")
+    return value
+
+
+def _address(args: argparse.Namespace, name: str, optional: bool = False) -> str:
+    value = str(getattr(args, name))
+    if optional and not value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--{name.replace('_', '-')}: expected HOST:PORT, got {value!r}")
+    return value
+
+
+def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
+    """Build settings or raise ValueError naming the flag and what was expected."""
+    state_dir = Path(args.state_dir)
+    lifetime = int(_number(args, "jwt_lifetime", 10))
+    margin = int(_number(args, "jwt_refresh_margin", 0))
+    if margin >= lifetime:
+        raise ValueError("--jwt-refresh-margin: must be shorter than --jwt-lifetime")
+    domain = str(args.domain).strip(".").lower()
+    if not domain:
+        raise ValueError("--domain: expected a domain name")
+    return EdgeSettings(
+        listen=_address(args, "listen"),
+        keys=KeyStoreSettings(
+            directory=state_dir / "keys",
+            poll_interval_s=_number(args, "keys_poll_interval", 0.01),
+        ),
+        directory=DirectorySettings(
+            lifecycle_target=_address(args, "lifecycle"),
+            lookup_timeout_s=_number(args, "lookup_timeout", 0.01),
+            negative_ttl_s=_number(args, "negative_ttl", 0),
+        ),
+        tokens=TokenSettings(
+            identity_directory=state_dir / "identity",
+            lifetime_s=lifetime,
+            refresh_margin_s=margin,
+        ),
+        domain=domain,
+        metrics_listen=_address(args, "metrics_listen", optional=True),
+        shutdown_grace_s=_number(args, "grace", 0),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        args.parser.error(str(error))
+    logging.basicConfig(
+        level=str(args.log_level).upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    import uvloop
+
+    from extproc.edge.server import run as serve
+
+    uvloop.run(serve(settings))
+    return 0

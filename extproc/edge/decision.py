@@ -1,0 +1,178 @@
+"""The ext_authz decision, free of gRPC: request facts in, Allow / Deny / Miss out.
+
+Every input comes from precomputed state (the key index, the routing directory); nothing
+here awaits. A directory miss is returned as `Miss` so the adapter can do its one fallback
+read and decide again with the route it got. Denial bodies follow E2B: platform errors are
+`{"code","message"}`, a dead sandbox is the client-proxy's 502 "was not found" (the SDK keys
+on that phrase), a bad envd token is envd's own 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from extproc.core.api_keys import KeyIndex, KeyStatus
+from extproc.core.errors import InvalidArgument
+from extproc.core.hosts import ENVD_PORT, Target, parse_target
+from extproc.edge.routes import Directory, Route
+from extproc.edge.signing import signature_problem
+
+# envd routes only the control plane may call; the proxy hides them (E2B answers 404).
+INTERNAL_ENVD_PATHS = frozenset(
+    ("/init", "/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw")
+)
+# The SDK never sends a user name outside this POSIX-ish shape; anything else (e.g. CR/LF)
+# must not reach an upstream header.
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    tenant: str
+    # Platform only: a prefix of the key hash, for logs.
+    key_hash: str = ""
+    # Sandbox only:
+    sandbox_id: str = ""
+    upstream_host: str = ""
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    status: int
+    body: str
+    reason: str  # metrics label
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    target: Target
+
+
+def _error(status: int, message: str, reason: str) -> Deny:
+    return Deny(status, json.dumps({"code": status, "message": message}), reason)
+
+
+MISSING_KEY = _error(401, "missing API key: set the X-API-Key header", "missing_key")
+INVALID_KEY = _error(401, "invalid API key", "invalid_key")
+REVOKED_KEY = _error(401, "API key has been revoked", "revoked_key")
+EXPIRED_KEY = _error(401, "API key has expired", "expired_key")
+INTERNAL_PATH = _error(404, "not found", "internal_path")
+BAD_TOKEN = _error(
+    401, "unauthorized access, please provide a valid access token", "bad_access_token"
+)
+BAD_USER = _error(401, "invalid user in the Authorization header", "bad_user")
+_KEY_DENIALS = {KeyStatus.REVOKED: REVOKED_KEY, KeyStatus.EXPIRED: EXPIRED_KEY}
+
+
+def not_found(sandbox_id: str) -> Deny:
+    body = {"sandboxId": sandbox_id, "message": "The sandbox was not found", "code": 502}
+    return Deny(502, json.dumps(body), "not_found")
+
+
+def unavailable(message: str) -> Deny:
+    return _error(503, message, "directory_unavailable")
+
+
+def decide_platform(index: KeyIndex, api_key: str | None) -> Allow | Deny:
+    if not api_key:
+        return MISSING_KEY
+    key_hash = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
+    entry = index.entries.get(key_hash)
+    if entry is None:
+        return INVALID_KEY
+    if entry.status is not KeyStatus.VALID:
+        return _KEY_DENIALS[entry.status]
+    return Allow(tenant=entry.namespace, key_hash=key_hash[:12])
+
+
+def _basic_user(authorization: str | None) -> str | Deny:
+    """The user of `Authorization: Basic base64(user:)`, "" when absent or not Basic."""
+    if not authorization or authorization[:6].lower() != "basic ":
+        return ""
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return BAD_USER
+    user = decoded.split(":", 1)[0]
+    if not user:
+        return ""
+    return user if _USER_RE.fullmatch(user) else BAD_USER
+
+
+class SandboxDecider:
+    """Decides sandbox-surface requests from the directory; see `decide`."""
+
+    def __init__(
+        self, directory: Directory, domain: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._directory = directory
+        self._shared_host = f"sandbox.{domain}".lower()
+        self._clock = clock
+
+    def target(self, host: str, header_id: str | None, header_port: str | None) -> Target | Deny:
+        try:
+            return parse_target(host, header_id, header_port, self._shared_host)
+        except InvalidArgument as error:
+            return _error(400, error.message, "bad_target")
+
+    def decide(
+        self,
+        host: str,
+        headers: Mapping[str, str],
+        method: str,
+        path: str,
+        route: Route | None = None,
+    ) -> Allow | Deny | Miss:
+        """`headers` are lowercase-keyed; `route` is the fallback read's answer after a Miss."""
+        target = self.target(host, headers.get("e2b-sandbox-id"), headers.get("e2b-sandbox-port"))
+        if isinstance(target, Deny):
+            return target
+        path_only, _, query = path.partition("?")
+        envd = target.port == ENVD_PORT
+        if envd and path_only in INTERNAL_ENVD_PATHS:
+            return INTERNAL_PATH
+        if route is None:
+            route = self._directory.get(target.sandbox_id)
+            if route is None:
+                return Miss(target)
+        if not route.running or (route.end_at and route.end_at <= self._clock()):
+            return not_found(target.sandbox_id)
+        if envd and route.secure:
+            denial = self._check_envd_token(route, headers, method, path_only, query)
+            if denial is not None:
+                return denial
+        user = _basic_user(headers.get("authorization"))
+        if isinstance(user, Deny):
+            return user
+        return Allow(
+            tenant=route.tenant,
+            sandbox_id=route.sandbox_id,
+            upstream_host=f"{route.endpoint_host}:{target.port}",
+            user=user,
+        )
+
+    def _check_envd_token(
+        self, route: Route, headers: Mapping[str, str], method: str, path: str, query: str
+    ) -> Deny | None:
+        token = headers.get("x-access-token")
+        if token is not None and hmac.compare_digest(
+            token.encode(), route.envd_access_token.encode()
+        ):
+            return None
+        if method == "GET" and path == "/health":
+            return None
+        if path == "/files" and method in ("GET", "POST"):
+            problem = signature_problem(query, method, route.envd_access_token, self._clock())
+            if problem is None:
+                return None
+            return _error(401, f"unauthorized access, {problem}", "bad_signature")
+        return BAD_TOKEN

@@ -1,0 +1,133 @@
+"""`agentcube-e2b keys create|list|revoke`: manage API keys in `<state-dir>/keys/`.
+
+A key is shown once, at creation; only its sha256 is stored. The edge picks up every change
+within its poll interval, because writes replace whole files by rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from types import MappingProxyType
+
+from extproc.core.api_keys import (
+    KeyEntry,
+    KeyIndex,
+    KeyStatus,
+    hash_api_key,
+    is_api_key,
+    new_api_key,
+    validate_namespace,
+)
+from extproc.core.errors import DomainError, InvalidArgument, NotFound
+from extproc.edge.keyfiles import read_key_index, write_key_index
+
+STATE_DIR_ENV = "AGENTCUBE_E2B_EDGE_STATE_DIR"
+HASH_PREFIX_SHOWN = 12
+MIN_HASH_PREFIX = 6
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    state_default = os.environ.get(STATE_DIR_ENV, "./state")
+
+    def with_state_dir(action: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        action.add_argument(
+            "--state-dir",
+            default=state_default,
+            metavar="DIR",
+            help=f"state directory holding keys/ (default ./state, env {STATE_DIR_ENV})",
+        )
+        return action
+
+    create = with_state_dir(sub.add_parser("create", help="create a key and print it once"))
+    create.add_argument(
+        "--namespace", default=None, help="tenant of the key (default: defaultNamespace)"
+    )
+    create.add_argument("--name", default="", help="a label shown by `keys list`")
+    create.set_defaults(action=_create, run=run_action)
+    listing = with_state_dir(sub.add_parser("list", help="list keys (hash prefixes, never keys)"))
+    listing.set_defaults(action=_list, run=run_action)
+    revoke = with_state_dir(sub.add_parser("revoke", help="revoke a key by key or hash prefix"))
+    revoke.add_argument("key", metavar="KEY_OR_HASH_PREFIX")
+    revoke.set_defaults(action=_revoke, run=run_action)
+
+
+def _keys_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) / "keys"
+
+
+def _with(index: KeyIndex, entry: KeyEntry) -> KeyIndex:
+    entries = dict(index.entries)
+    entries[entry.key_hash] = entry
+    return KeyIndex(MappingProxyType(entries), index.default_namespace)
+
+
+def find_hash(index: KeyIndex, key_or_prefix: str) -> str:
+    """The stored hash a full key or a unique hash prefix names."""
+    if is_api_key(key_or_prefix):
+        key_hash = hash_api_key(key_or_prefix)
+        if key_hash not in index.entries:
+            raise NotFound("no such key")
+        return key_hash
+    prefix = key_or_prefix.lower()
+    if len(prefix) < MIN_HASH_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+        raise InvalidArgument(
+            f"expected an e2b_ key or at least {MIN_HASH_PREFIX} hex characters of its hash"
+        )
+    matches = [h for h in index.entries if h.startswith(prefix)]
+    if not matches:
+        raise NotFound(f"no key hash starts with {prefix}")
+    if len(matches) > 1:
+        raise InvalidArgument(f"hash prefix {prefix} is ambiguous ({len(matches)} keys match)")
+    return matches[0]
+
+
+def _create(args: argparse.Namespace) -> int:
+    directory = _keys_dir(args)
+    index = read_key_index(directory)
+    namespace = validate_namespace(args.namespace) if args.namespace else index.default_namespace
+    key = new_api_key()
+    entry = KeyEntry(hash_api_key(key), KeyStatus.VALID, namespace, args.name)
+    write_key_index(directory, _with(index, entry))
+    print(key)
+    print(
+        f"namespace {namespace}, hash {entry.key_hash[:HASH_PREFIX_SHOWN]}; "
+        "store the key now, it is not shown again",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    index = read_key_index(_keys_dir(args))
+    print(f"{'HASH':<{HASH_PREFIX_SHOWN}}  {'STATUS':<8}  {'NAMESPACE':<20}  NAME")
+    for entry in sorted(index.entries.values(), key=lambda e: (e.namespace, e.name, e.key_hash)):
+        print(
+            f"{entry.key_hash[:HASH_PREFIX_SHOWN]}  {entry.status.value:<8}  "
+            f"{entry.namespace:<20}  {entry.name}"
+        )
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    directory = _keys_dir(args)
+    index = read_key_index(directory)
+    key_hash = find_hash(index, args.key)
+    entry = index.entries[key_hash]
+    revoked = KeyEntry(key_hash, KeyStatus.REVOKED, entry.namespace, entry.name)
+    write_key_index(directory, _with(index, revoked))
+    print(f"revoked {key_hash[:HASH_PREFIX_SHOWN]}", file=sys.stderr)
+    return 0
+
+
+def run_action(args: argparse.Namespace) -> int:
+    """Run the chosen action; domain errors become a message and exit status 1."""
+    try:
+        code: int = args.action(args)
+    except DomainError as error:
+        print(f"agentcube-e2b keys: {error.message}", file=sys.stderr)
+        return 1
+    return code

@@ -1,0 +1,220 @@
+"""The E2B platform REST API: one method per operation, each one lifecycle call.
+
+Handlers receive the tenant ext_authz established (never a header) and pass it to
+lifecycle, which hides other tenants' sandboxes as NOT_FOUND. Success statuses are E2B's
+exactly (201 create/resume, 204 kill/timeout/refresh/pause, 200 or 201 connect) because the
+SDK accepts nothing else. Failures go through rest_wire's one table; operations that are not
+safe to repeat say `Should-Retry: false`, since the SDK otherwise retries 5xx/429 POSTs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.core.errors import Conflict, DomainError, InvalidArgument, NotFound
+from extproc.core.hosts import is_sandbox_id
+from extproc.edge import rest_json, rest_requests
+from extproc.edge.rest_routes import NoRoute, Operation, resolve
+from extproc.edge.rest_wire import Answer, error_answer, from_grpc, json_answer, no_content
+
+log = logging.getLogger(__name__)
+
+# Not safe to repeat blindly: a retry after an unseen success would act twice.
+_NOT_RETRYABLE = frozenset({"create_v1", "create_v2", "pause", "resume"})
+# Deadline for one lifecycle call, seconds; create waits for the sandbox to boot.
+_CALL_TIMEOUT_S = {"create_v1": 120.0, "create_v2": 120.0, "resume": 120.0}
+_DEFAULT_CALL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformRequest:
+    method: str
+    path: str  # with the query string
+    headers: dict[str, str]  # lowercase keys
+    body: bytes
+    tenant: str
+
+    @property
+    def query(self) -> str:
+        return self.path.partition("?")[2]
+
+
+class PlatformApi:
+    def __init__(self, channel: grpc.aio.Channel, domain: str) -> None:
+        self._sandboxes = pb_grpc.SandboxServiceStub(channel)
+        self._templates = pb_grpc.TemplateServiceStub(channel)
+        self._domain = domain
+        self._handlers: dict[str, Callable[[PlatformRequest, str], Awaitable[Answer]]] = {
+            "create_v1": self._create,
+            "create_v2": self._create,
+            "list_v1": self._list_v1,
+            "list_v2": self._list_v2,
+            "get": self._get,
+            "kill": self._kill,
+            "set_timeout": self._set_timeout,
+            "refresh": self._refresh,
+            "connect_v1": self._connect,
+            "connect_v2": self._connect,
+            "pause": self._pause,
+            "resume": self._resume,
+            "metrics": self._metrics,
+            "list_templates": self._list_templates,
+            "get_template": self._get_template,
+        }
+
+    async def handle(self, request: PlatformRequest) -> tuple[str, Answer]:
+        """(operation name for metrics, answer). Never raises for a request's fault."""
+        route = resolve(request.method, request.path)
+        if isinstance(route, NoRoute):
+            body = {"code": route.status, "message": route.message}
+            return "none", json_answer(route.status, body)
+        handler = self._handlers[route.name]
+        retryable = route.name not in _NOT_RETRYABLE or bool(request.headers.get("idempotency-key"))
+        try:
+            return route.name, await handler(request, self._resource(route))
+        except grpc.aio.AioRpcError as error:
+            return route.name, error_answer(from_grpc(error), retryable)
+        except DomainError as error:
+            return route.name, error_answer(error, retryable)
+        except Exception as error:  # the answer must still be E2B JSON; keep the traceback
+            log.exception("platform operation %s failed", route.name)
+            return route.name, error_answer(error, retryable)
+
+    def _resource(self, route: Operation) -> str:
+        if route.name.endswith("template") or not route.resource_id:
+            return route.resource_id
+        if not is_sandbox_id(route.resource_id):
+            # No sandbox can have this id (hosts split on '-'), so it does not exist.
+            raise NotFound(f"sandbox {route.resource_id!r} not found")
+        return route.resource_id
+
+    def _timeout(self, operation: str) -> float:
+        return _CALL_TIMEOUT_S.get(operation, _DEFAULT_CALL_TIMEOUT_S)
+
+    # --- sandboxes ----------------------------------------------------------------------
+
+    async def _create(self, request: PlatformRequest, _: str) -> Answer:
+        v2 = request.path.startswith("/v2/")
+        create = rest_requests.create_request(
+            rest_requests.json_object(request.body),
+            request.tenant,
+            v2=v2,
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
+        reply = await self._sandboxes.CreateSandbox(create, timeout=self._timeout("create_v2"))
+        return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
+
+    async def _list_v1(self, request: PlatformRequest, _: str) -> Answer:
+        list_request = rest_requests.list_request(request.query, request.tenant, v2=False)
+        listed: list[dict[str, Any]] = []
+        while True:
+            reply = await self._sandboxes.ListSandboxes(list_request, timeout=self._timeout(""))
+            listed.extend(rest_json.listed_sandbox_json(s) for s in reply.sandboxes)
+            if not reply.next_page_token:
+                return json_answer(200, listed)
+            list_request.page_token = reply.next_page_token
+
+    async def _list_v2(self, request: PlatformRequest, _: str) -> Answer:
+        list_request = rest_requests.list_request(request.query, request.tenant, v2=True)
+        reply = await self._sandboxes.ListSandboxes(list_request, timeout=self._timeout(""))
+        headers: tuple[tuple[str, str], ...] = (("x-total-running", str(reply.total_running)),)
+        if reply.next_page_token:
+            # Absent on the last page: the SDK's has_next is bool(token).
+            headers += (("x-next-token", reply.next_page_token),)
+        body = [rest_json.listed_sandbox_json(s) for s in reply.sandboxes]
+        return json_answer(200, body, headers)
+
+    async def _get(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        reply = await self._sandboxes.GetSandbox(
+            pb.GetSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
+            timeout=self._timeout(""),
+        )
+        return json_answer(200, rest_json.sandbox_detail_json(reply.sandbox, self._domain))
+
+    async def _kill(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        await self._sandboxes.KillSandbox(
+            pb.KillSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
+            timeout=self._timeout(""),
+        )
+        return no_content()
+
+    async def _set_timeout(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        body = rest_requests.json_object(request.body)
+        timeout = rest_requests.integer_field(body, "timeout")
+        if timeout is None:
+            raise InvalidArgument("timeout is required")
+        await self._sandboxes.SetSandboxTimeout(
+            pb.SetSandboxTimeoutRequest(
+                sandbox_id=sandbox_id, tenant=request.tenant, timeout_seconds=max(0, timeout)
+            ),
+            timeout=self._timeout(""),
+        )
+        return no_content()
+
+    async def _refresh(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        body = rest_requests.json_object(request.body)
+        refresh = pb.RefreshSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant)
+        duration = rest_requests.timeout_seconds(body, "duration")
+        if duration is not None:
+            refresh.duration_seconds = duration
+        await self._sandboxes.RefreshSandbox(refresh, timeout=self._timeout(""))
+        return no_content()
+
+    async def _connect(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        body = rest_requests.json_object(request.body)
+        connect = pb.ConnectSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant)
+        timeout = rest_requests.timeout_seconds(body)
+        if timeout is not None:
+            connect.timeout_seconds = timeout
+        reply = await self._sandboxes.ConnectSandbox(connect, timeout=self._timeout("resume"))
+        status = 201 if reply.resumed else 200
+        return json_answer(status, rest_json.sandbox_json(reply.sandbox, self._domain))
+
+    async def _pause(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        try:
+            await self._sandboxes.PauseSandbox(
+                pb.PauseSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
+                timeout=self._timeout("resume"),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The SDK reads 409 as "already paused" and returns False.
+                raise Conflict(error.details() or "sandbox is already paused") from error
+            raise
+        return no_content()
+
+    async def _resume(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        body = rest_requests.json_object(request.body)
+        resume = pb.ResumeSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant)
+        timeout = rest_requests.timeout_seconds(body)
+        if timeout is not None:
+            resume.timeout_seconds = timeout
+        reply = await self._sandboxes.ResumeSandbox(resume, timeout=self._timeout("resume"))
+        return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
+
+    async def _metrics(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        metrics = rest_requests.metrics_request(request.query, sandbox_id, request.tenant)
+        reply = await self._sandboxes.GetSandboxMetrics(metrics, timeout=self._timeout(""))
+        return json_answer(200, [rest_json.metric_json(m) for m in reply.metrics])
+
+    # --- templates ----------------------------------------------------------------------
+
+    async def _list_templates(self, request: PlatformRequest, _: str) -> Answer:
+        reply = await self._templates.ListTemplates(
+            pb.ListTemplatesRequest(tenant=request.tenant), timeout=self._timeout("")
+        )
+        return json_answer(200, [rest_json.template_json(t) for t in reply.templates])
+
+    async def _get_template(self, request: PlatformRequest, template_id: str) -> Answer:
+        reply = await self._templates.GetTemplate(
+            pb.GetTemplateRequest(template_id=template_id, tenant=request.tenant),
+            timeout=self._timeout(""),
+        )
+        return json_answer(200, rest_json.template_with_builds_json(reply.template))

@@ -1,0 +1,112 @@
+"""The platform API's path table: which operation a (method, path) names.
+
+One ordered table: the first pattern whose segments match decides, so literal paths that
+collide with `{id}` (`/sandboxes/metrics`) come first. A matching pattern without the method
+is 405; a path of a feature this gateway does not have is 501 naming the feature; anything
+else is 404. Segments are percent-decoded after splitting, so an encoded `/` in a template
+name stays inside its segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    # The `{id}` segment, when the pattern has one.
+    resource_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    status: int  # 404, 405 or 501
+    message: str
+
+
+# (pattern, {method: operation}); "*" is one segment, "**" the rest (at least one segment).
+_ID = "{id}"
+ROUTES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("/sandboxes", {"POST": "create_v1", "GET": "list_v1"}),
+    ("/v2/sandboxes", {"POST": "create_v2", "GET": "list_v2"}),
+    ("/sandboxes/metrics", {"GET": "unsupported:batch sandbox metrics"}),
+    ("/sandboxes/{id}", {"GET": "get", "DELETE": "kill"}),
+    ("/sandboxes/{id}/timeout", {"POST": "set_timeout"}),
+    ("/sandboxes/{id}/refreshes", {"POST": "refresh"}),
+    ("/sandboxes/{id}/connect", {"POST": "connect_v1"}),
+    ("/v2/sandboxes/{id}/connect", {"POST": "connect_v2"}),
+    ("/sandboxes/{id}/pause", {"POST": "pause"}),
+    ("/sandboxes/{id}/resume", {"POST": "resume"}),
+    ("/sandboxes/{id}/metrics", {"GET": "metrics"}),
+    ("/sandboxes/{id}/fork", {"POST": "unsupported:forking sandboxes"}),
+    ("/sandboxes/{id}/snapshots", {"POST": "unsupported:sandbox snapshots"}),
+    ("/sandboxes/{id}/network", {"PUT": "unsupported:updating the sandbox network"}),
+    ("/sandboxes/{id}/logs", {"GET": "unsupported:sandbox logs"}),
+    ("/v2/sandboxes/{id}/logs", {"GET": "unsupported:sandbox logs"}),
+    ("/templates", {"GET": "list_templates", "POST": "unsupported:building templates"}),
+    ("/templates/default", {"GET": "unsupported:default templates"}),
+    (
+        "/templates/tags",
+        {"POST": "unsupported:template tags", "DELETE": "unsupported:template tags"},
+    ),
+    (
+        "/templates/{id}",
+        {
+            "GET": "get_template",
+            "DELETE": "unsupported:deleting templates",
+            "PATCH": "unsupported:updating templates",
+            "POST": "unsupported:building templates",
+        },
+    ),
+)
+# Whole feature areas with no operation here: any method, any depth.
+UNSUPPORTED_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("/snapshots", "sandbox snapshots"),
+    ("/templates/", "template builds"),
+    ("/v2/templates", "template builds"),
+    ("/v3/templates", "template builds"),
+    ("/volumes", "volumes"),
+    ("/teams", "teams"),
+    ("/secrets", "secrets"),
+    ("/tags", "template tags"),
+    ("/access-tokens", "access tokens"),
+    ("/api-keys", "API key management (use `agentcube-e2b keys`)"),
+    ("/nodes", "cluster nodes"),
+    ("/admin", "the admin API"),
+)
+
+_COMPILED = tuple((tuple(pattern.split("/")[1:]), methods) for pattern, methods in ROUTES)
+
+
+def unsupported(what: str) -> NoRoute:
+    return NoRoute(501, f"{what} is not supported by this gateway")
+
+
+def resolve(method: str, path: str) -> Operation | NoRoute:
+    raw_path = path.split("?", 1)[0]
+    segments = [unquote(segment) for segment in raw_path.split("/")[1:]]
+    for pattern, methods in _COMPILED:
+        if len(pattern) != len(segments):
+            continue
+        resource_id = ""
+        for want, got in zip(pattern, segments, strict=True):
+            if want == _ID:
+                if not got:
+                    break
+                resource_id = got
+            elif want != got:
+                break
+        else:
+            name = methods.get(method)
+            if name is None:
+                allowed = ", ".join(sorted(methods))
+                return NoRoute(405, f"method {method} is not allowed here (allowed: {allowed})")
+            if name.startswith("unsupported:"):
+                return unsupported(name.removeprefix("unsupported:"))
+            return Operation(name, resource_id)
+    for prefix, what in UNSUPPORTED_PREFIXES:
+        if raw_path == prefix or raw_path.startswith(prefix.rstrip("/") + "/"):
+            return unsupported(what)
+    return NoRoute(404, f"no such endpoint: {method} {raw_path}")

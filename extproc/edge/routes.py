@@ -1,0 +1,69 @@
+"""The routing directory: sandbox id -> where its ports listen and who may reach it.
+
+Pure data, fed by the lifecycle watcher (watching.py) and read by the Check decision. The
+map is mutated in place: all readers and the one writer run on the same event loop, and
+Check never awaits between reading a route and using it, so no reader sees a half-applied
+event, and copying a 10k-entry map per event would cost far more than it protects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    sandbox_id: str
+    # IP the sandbox's ports listen on ("" until routable).
+    endpoint_host: str
+    tenant: str
+    state: int  # pb.SandboxState value
+    # envd's X-Access-Token; checked on port 49983 when `secure`.
+    envd_access_token: str
+    secure: bool
+    # Unix seconds when the sandbox ends; 0 when unknown.
+    end_at: float
+
+    @property
+    def running(self) -> bool:
+        return self.state == pb.SANDBOX_STATE_RUNNING and bool(self.endpoint_host)
+
+
+def route_from_proto(sandbox: pb.Sandbox) -> Route:
+    end_at = (
+        sandbox.end_at.seconds + sandbox.end_at.nanos / 1e9 if sandbox.HasField("end_at") else 0.0
+    )
+    return Route(
+        sandbox_id=sandbox.sandbox_id,
+        endpoint_host=sandbox.endpoint_host,
+        tenant=sandbox.tenant,
+        state=sandbox.state,
+        envd_access_token=sandbox.envd_access_token,
+        secure=sandbox.secure and bool(sandbox.envd_access_token),
+        end_at=end_at,
+    )
+
+
+class Directory:
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    def get(self, sandbox_id: str) -> Route | None:
+        return self._routes.get(sandbox_id)
+
+    def put(self, route: Route) -> None:
+        if route.state == pb.SANDBOX_STATE_ENDED:
+            self._routes.pop(route.sandbox_id, None)
+        else:
+            self._routes[route.sandbox_id] = route
+
+    def remove(self, sandbox_id: str) -> None:
+        self._routes.pop(sandbox_id, None)
+
+    def replace_all(self, routes: dict[str, Route]) -> None:
+        self._routes = routes
+
+    def __len__(self) -> int:
+        return len(self._routes)

@@ -1,0 +1,155 @@
+"""Assembling the edge process: one grpc.aio server, its watchers and the metrics endpoint.
+
+`Edge.start()` binds and starts everything and returns once ports are known; health turns
+SERVING only when the key index is loaded and the directory has synced, so Envoy's health
+check keeps traffic away from an edge that would wrongly answer "not found". `run()` is the
+process: start, wait for SIGTERM/SIGINT, stop with a bounded grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.edge.authz import AuthorizationServicer
+from extproc.edge.decision import SandboxDecider
+from extproc.edge.extproc import ExternalProcessorServicer
+from extproc.edge.keystore import KeyStore
+from extproc.edge.metrics import EdgeMetrics, start_metrics_server
+from extproc.edge.platform import PlatformApi
+from extproc.edge.routes import Directory
+from extproc.edge.settings import EdgeSettings
+from extproc.edge.tokens import TokenSigner
+from extproc.edge.watching import DirectoryFeed
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    "envoy.service.auth.v3.Authorization",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+    "",  # the whole server
+)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class Edge:
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.metrics = EdgeMetrics()
+        self.keys = KeyStore(settings.keys)
+        self.directory = Directory()
+        self.signer = TokenSigner(settings.tokens)
+        self._channel = grpc.aio.insecure_channel(settings.directory.lifecycle_target)
+        self.feed = DirectoryFeed(
+            pb_grpc.SandboxServiceStub(self._channel), self.directory, settings.directory
+        )
+        self.feed.on_gone = self.signer.forget
+        self.health = HealthServicer()
+        self.server = grpc.aio.server()
+        self.authz = AuthorizationServicer(
+            self.keys,
+            SandboxDecider(self.directory, settings.domain),
+            self.feed,
+            self.signer,
+            self.metrics,
+        )
+        self.processor = ExternalProcessorServicer(
+            PlatformApi(self._channel, settings.domain), self.metrics, settings.max_body_bytes
+        )
+        auth_grpc.add_AuthorizationServicer_to_server(self.authz, self.server)
+        ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.metrics.watch_sizes(
+            lambda: len(self.directory), lambda: len(self.keys.index), lambda: len(self.signer)
+        )
+        self.port = 0
+        self.metrics_port = 0
+        self.watchers: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        for service in SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        if self.settings.metrics_listen:
+            host, port = split_host_port(self.settings.metrics_listen)
+            try:
+                self._metrics_server = await start_metrics_server(self.metrics, host, port)
+            except OSError:
+                await self.server.stop(0)
+                await self._channel.close()
+                raise
+            self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
+        self.watchers = [
+            asyncio.create_task(self.keys.watch(), name="edge-keys-watch"),
+            asyncio.create_task(self.feed.watch(), name="edge-directory-watch"),
+        ]
+        self._tasks = [
+            *self.watchers,
+            asyncio.create_task(self._serve_when_ready(), name="edge-readiness"),
+        ]
+        log.info("edge listening on port %d (metrics %s)", self.port, self.metrics_port or "off")
+
+    async def _serve_when_ready(self) -> None:
+        await self.keys.loaded.wait()
+        await self.feed.synced.wait()
+        for service in SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("edge is SERVING")
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+        await self._channel.close()
+
+
+async def run(settings: EdgeSettings) -> None:
+    """The edge process: serve until SIGTERM/SIGINT (or a watcher crashes), then stop."""
+    edge = Edge(settings)
+    await edge.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    stop_wait = asyncio.create_task(stopping.wait(), name="edge-signal-wait")
+    try:
+        done, _ = await asyncio.wait(
+            [stop_wait, *edge.watchers], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not stop_wait:
+                task.result()  # watchers never return: surface the crash
+        log.info("edge stopping (grace %.1fs)", settings.shutdown_grace_s)
+    finally:
+        stop_wait.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await edge.stop()

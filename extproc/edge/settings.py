@@ -1,0 +1,75 @@
+"""Edge settings: one frozen dataclass per concern, composed into `EdgeSettings`.
+
+Every field has a flag and an `AGENTCUBE_E2B_EDGE_*` environment variable (see command.py);
+the defaults match docs/contracts/README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStoreSettings:
+    # Directory holding e2b-api-keys.json and e2b-api-key-config.json. Default <state-dir>/keys.
+    directory: Path
+    # Seconds between stat polls of the two files; a change is live within one period.
+    # Default 0.25.
+    poll_interval_s: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySettings:
+    # Lifecycle gRPC address HOST:PORT. Default 127.0.0.1:9002.
+    lifecycle_target: str = "127.0.0.1:9002"
+    # Seconds a GetSandbox fallback read may take before the request gets 503. Default 1.0.
+    lookup_timeout_s: float = 1.0
+    # Seconds an id that lifecycle said does not exist stays cached as missing. Default 2.0.
+    negative_ttl_s: float = 2.0
+    # Most ids kept in the negative cache (a flood of random ids cannot grow memory). 10000.
+    negative_max: int = 10_000
+    # First and largest seconds between WatchSandboxes reconnects (doubling). 0.1 and 5.0.
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    # PEM files of the router identity; created if absent. Default <state-dir>/identity.
+    identity_directory: Path
+    # Seconds a picod JWT is valid (exp - iat). Default 300, as AgentCube's router.
+    lifetime_s: int = 300
+    # Re-sign a cached token when fewer than this many seconds remain. Default 60.
+    refresh_margin_s: int = 60
+    # Most sandboxes with a cached token. Default 100000.
+    cache_max: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    # gRPC listen address HOST:PORT for ext_authz, ext_proc and health. Default 127.0.0.1:9001.
+    listen: str
+    keys: KeyStoreSettings
+    directory: DirectorySettings
+    tokens: TokenSettings
+    # Sandbox domain: hosts are {port}-{id}.<domain>, `domain` in API answers. e2b.localhost.
+    domain: str = "e2b.localhost"
+    # Prometheus HOST:PORT (GET /metrics); empty disables it. Default 127.0.0.1:9091.
+    metrics_listen: str = "127.0.0.1:9091"
+    # Seconds SIGTERM waits for in-flight RPCs before cancelling them. Default 5.0.
+    shutdown_grace_s: float = 5.0
+    # Largest request body the platform API accepts, bytes (Envoy buffers up to 1 MiB).
+    max_body_bytes: int = field(default=1 << 20)
+
+    @staticmethod
+    def for_state_dir(state_dir: Path, **overrides: object) -> EdgeSettings:
+        """Settings with the contract's file layout under `state_dir`."""
+        values: dict[str, object] = {
+            "listen": "127.0.0.1:9001",
+            "keys": KeyStoreSettings(directory=state_dir / "keys"),
+            "directory": DirectorySettings(),
+            "tokens": TokenSettings(identity_directory=state_dir / "identity"),
+        }
+        values.update(overrides)
+        return EdgeSettings(**values)  # type: ignore[arg-type]
