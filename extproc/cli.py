@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("extproc.edge.command", "the Envoy ext_authz/ext_proc server"),
     "keys": ("extproc.edge.keys_command", "create, list and revoke E2B API keys"),
     "envoy-config": ("extproc.edge.envoy_command", "write the Envoy bootstrap YAML"),
+    "interpreter": (
+        "extproc.interpreter.command",
+        "the code interpreter server inside a sandbox (port 49999)",
+    ),
     "up": ("extproc.up", "run the whole gateway on this machine with local sandboxes"),
 }
 

@@ -1,0 +1,160 @@
+"""`agentcube-e2b interpreter`: flags (each also AGENTCUBE_E2B_INTERPRETER_<FLAG>) ->
+InterpreterSettings -> `server.run`.
+
+Imports stay lean here: jupyter_client, zmq and uvicorn load only in `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from extproc.interpreter.settings import (
+    DEFAULT_CWD,
+    DEFAULT_ENVD_URL,
+    DEFAULT_PORT,
+    InterpreterSettings,
+)
+
+ENV_PREFIX = "AGENTCUBE_E2B_INTERPRETER_"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=_env("LISTEN") or f"0.0.0.0:{DEFAULT_PORT}",
+        metavar="HOST:PORT",
+        help=f"address to serve on (default 0.0.0.0:{DEFAULT_PORT}, the SDK's port)",
+    )
+    parser.add_argument(
+        "--envd-url",
+        default=_env("ENVD_URL") or DEFAULT_ENVD_URL,
+        help=f"envd here, for the sandbox's env vars ('' to skip; default {DEFAULT_ENVD_URL})",
+    )
+    parser.add_argument(
+        "--access-token", default=_env("ACCESS_TOKEN"), help="E2B's X-Access-Token to accept"
+    )
+    parser.add_argument(
+        "--jwt-public-key",
+        default=_env("JWT_PUBLIC_KEY"),
+        metavar="FILE",
+        help="PEM RSA public key of the gateway (RS256 JWTs)",
+    )
+    parser.add_argument(
+        "--sandbox-id", default=_env("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=(_env("NO_AUTH") or "").lower() in TRUE_WORDS,
+        help="serve without any auth (local debugging only)",
+    )
+    parser.add_argument(
+        "--cwd",
+        default=_env("CWD") or str(DEFAULT_CWD),
+        help=f"working directory of new contexts (default {DEFAULT_CWD})",
+    )
+    parser.add_argument(
+        "--execution-timeout",
+        default=_env("EXECUTION_TIMEOUT") or "0",
+        metavar="SECONDS",
+        help="interrupt an execution after this long (default 0: only the client's timeout)",
+    )
+    defaults = InterpreterSettings()
+    for flag, default, help_text in (
+        (
+            "keepalive-interval",
+            defaults.keepalive_interval,
+            "seconds of silence before a keepalive line",
+        ),
+        ("max-output-bytes", defaults.max_output_bytes, "stdout/stderr bytes per execution, each"),
+        ("max-body-bytes", defaults.max_body_bytes, "largest request body"),
+        ("kernel-start-timeout", defaults.kernel_start_timeout, "seconds a kernel gets to start"),
+        ("interrupt-grace", defaults.interrupt_grace, "seconds to stop after an interrupt"),
+    ):
+        parser.add_argument(
+            f"--{flag}",
+            default=_env(flag.upper().replace("-", "_")) or str(default),
+            metavar="N",
+            help=f"{help_text} (default {default})",
+        )
+    parser.set_defaults(run=run)
+
+
+def _number(args: argparse.Namespace, flag: str, *, integer: bool = False) -> float:
+    text = str(getattr(args, flag.replace("-", "_")))
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = -1
+    if not value >= 0:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"--{flag}: expected {kind} >= 0, got {text!r}")
+    return value
+
+
+def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
+    """Build settings or raise ValueError naming the flag and what was expected."""
+    host, sep, port_text = str(args.listen).rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    key_pem: str | None = None
+    if args.jwt_public_key:
+        try:
+            key_pem = Path(args.jwt_public_key).read_text()
+        except OSError as e:
+            raise ValueError(f"--jwt-public-key: cannot read {args.jwt_public_key}: {e}") from e
+        from extproc.interpreter.auth import load_public_key
+
+        load_public_key(key_pem)
+    cwd = Path(args.cwd)
+    if not cwd.is_dir():
+        raise ValueError(f"--cwd: {args.cwd!r} is not an existing directory")
+    if not (key_pem or args.access_token or args.no_auth):
+        raise ValueError(
+            "no auth configured: pass --jwt-public-key and/or --access-token, "
+            "or --no-auth to serve without auth"
+        )
+    return InterpreterSettings(
+        host=host.strip("[]") or "0.0.0.0",
+        port=int(port_text),
+        envd_url=args.envd_url or None,
+        sandbox_id=args.sandbox_id or None,
+        jwt_public_key=key_pem,
+        access_token=args.access_token or None,
+        no_auth=bool(args.no_auth) and not (key_pem or args.access_token),
+        cwd=cwd.resolve(),
+        execution_timeout=_number(args, "execution-timeout"),
+        keepalive_interval=_number(args, "keepalive-interval") or 5.0,
+        max_output_bytes=int(_number(args, "max-output-bytes", integer=True)),
+        max_body_bytes=int(_number(args, "max-body-bytes", integer=True)),
+        kernel_start_timeout=_number(args, "kernel-start-timeout"),
+        interrupt_grace=_number(args, "interrupt-grace"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s interpreter %(levelname)s %(message)s",
+    )
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        print(f"agentcube-e2b interpreter: error: {e}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    from extproc.interpreter.server import run as serve
+
+    uvloop.run(serve(settings))
+    return 0

@@ -1,0 +1,48 @@
+"""The code interpreter's settings: one frozen dataclass, filled from flags and
+AGENTCUBE_E2B_INTERPRETER_* env vars by `command.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# E2B's defaults: the Jupyter wrapper listens on 49999, envd on 49983, code runs in the
+# sandbox user's home.
+DEFAULT_PORT = 49999
+DEFAULT_ENVD_URL = "http://127.0.0.1:49983"
+DEFAULT_CWD = Path("/home/user")
+
+
+@dataclass(frozen=True)
+class InterpreterSettings:
+    # Address to listen on (default 0.0.0.0:49999, the SDK's JUPYTER_PORT).
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    # envd (picod) in the same sandbox; its GET /envs gives the sandbox's env vars.
+    # None: do not fetch them.
+    envd_url: str | None = DEFAULT_ENVD_URL
+    # This sandbox's id; a gateway JWT whose session_id differs is refused. None: not checked.
+    sandbox_id: str | None = None
+    # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
+    jwt_public_key: str | None = None
+    # E2B's envd access token (X-Access-Token). None: not accepted as a credential.
+    access_token: str | None = None
+    # Explicitly serve without any auth (local debugging only).
+    no_auth: bool = False
+    # Working directory of contexts created without a cwd (default /home/user).
+    cwd: Path = DEFAULT_CWD
+    # Seconds one execution may run before the kernel is interrupted; 0 = no server limit
+    # (the SDK still closes the stream at its own timeout, which interrupts too).
+    execution_timeout: float = 0.0
+    # Seconds of silence on an execute stream before a keepalive line (default 5 s): well
+    # under Envoy's and other proxies' idle timeouts.
+    keepalive_interval: float = 5.0
+    # Bytes of stdout and of stderr one execution may stream (default 1 MiB each); the
+    # rest is dropped after one "output truncated" line.
+    max_output_bytes: int = 1024 * 1024
+    # Largest request body accepted, in bytes (default 16 MiB: code plus env vars).
+    max_body_bytes: int = 16 * 1024 * 1024
+    # Seconds a kernel gets to start and answer before it counts as failed.
+    kernel_start_timeout: float = 60.0
+    # Seconds an interrupted kernel gets to go idle before it is restarted instead.
+    interrupt_grace: float = 5.0

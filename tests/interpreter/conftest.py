@@ -1,0 +1,184 @@
+"""Real `agentcube-e2b interpreter` processes (real ipykernel kernels) for the SDK to drive.
+
+The SDK in debug mode needs no control plane; `sandbox_url` points it at our server on a
+free port instead of localhost:49999, which other test runs on this machine may hold. Each
+fixture checks that the process answering is its own: it has not exited, and a random
+marker put in its environment comes back out of its kernel.
+`interpreter` (no auth, sandbox env vars from a real picod's /envs) is shared by the
+session; `secured` adds auth, a 1 s execution timeout and 0.3 s keepalives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from e2b_code_interpreter import Sandbox
+
+CLI = str(Path(sys.executable).with_name("agentcube-e2b"))
+START_TIMEOUT_SECONDS = 30.0
+MARKER_ENV = "AGENTCUBE_TEST_MARKER"
+SANDBOX_ENV = {"SANDBOX_LEVEL_VAR": "from-envd"}
+SANDBOX_ID = "isecuredtest"
+ACCESS_TOKEN = "token-" + uuid.uuid4().hex
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    marker: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def launch(tmp: Path, command: str, *flags: str, ready_status: int) -> Server:
+    port = free_port()
+    log = tmp / f"{command}-{port}.log"
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCUBE_E2B_")}
+    env[MARKER_ENV] = marker
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [CLI, command, "--listen", f"127.0.0.1:{port}", *flags],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log, marker)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    with httpx.Client(timeout=1) as client:
+        while True:
+            if not server.alive():
+                raise RuntimeError(f"{command} exited with {proc.returncode}:\n{server.output()}")
+            try:
+                if client.get(f"{server.url}/health").status_code == ready_status:
+                    return server
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{command} did not become healthy:\n{server.output()}")
+            time.sleep(0.02)  # polling a port that is not open yet: nothing to await
+
+
+def sdk(server: Server) -> Sandbox:
+    return Sandbox.create(debug=True, sandbox_url=server.url)
+
+
+@pytest.fixture(scope="session")
+def envd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real picod, whose GET /envs gives the interpreter the sandbox's env vars."""
+    tmp = tmp_path_factory.mktemp("envd")
+    env_flags = [f"--env={k}={v}" for k, v in SANDBOX_ENV.items()]
+    picod = launch(tmp, "picod", "--no-auth", "--home", str(tmp), *env_flags, ready_status=204)
+    yield picod
+    picod.stop()
+
+
+@pytest.fixture(scope="session")
+def interpreter(tmp_path_factory: pytest.TempPathFactory, envd: Server) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("interpreter")
+    server = launch(
+        tmp,
+        "interpreter",
+        "--no-auth",
+        "--cwd",
+        str(tmp),
+        "--envd-url",
+        envd.url,
+        "--max-output-bytes",
+        "100000",
+        ready_status=200,
+    )
+    try:
+        marker = sdk(server).run_code(f"import os; os.environ[{MARKER_ENV!r}]").text
+        assert marker == repr(server.marker), f"another process answers on {server.url}"
+        yield server
+        assert server.alive(), server.output()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sandbox(interpreter: Server) -> Iterator[Sandbox]:
+    yield sdk(interpreter)
+    assert interpreter.alive(), interpreter.output()
+
+
+@pytest.fixture(scope="session")
+def gateway_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[rsa.RSAPrivateKey, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("identity") / "public.pem"
+    path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key, path
+
+
+@pytest.fixture(scope="session")
+def secured(
+    tmp_path_factory: pytest.TempPathFactory, gateway_key: tuple[rsa.RSAPrivateKey, Path]
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("secured")
+    server = launch(
+        tmp,
+        "interpreter",
+        "--access-token",
+        ACCESS_TOKEN,
+        "--jwt-public-key",
+        str(gateway_key[1]),
+        "--sandbox-id",
+        SANDBOX_ID,
+        "--cwd",
+        str(tmp),
+        "--envd-url",
+        "",
+        "--execution-timeout",
+        "1",
+        "--keepalive-interval",
+        "0.3",
+        ready_status=200,
+    )
+    try:
+        yield server
+        assert server.alive(), server.output()
+    finally:
+        server.stop()
