@@ -45,7 +45,7 @@ check-generate: generate
 
 lint: venv
 	$(BUF) lint
-	$(VENV)/bin/ruff check extproc tests envoy
+	$(VENV)/bin/ruff check extproc tests
 	$(VENV)/bin/mypy extproc
 
 test: venv check-generate lint

@@ -170,4 +170,6 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             header.append_action = _OVERWRITE
         metadata["upstream_host"].string_value = allow.upstream_host
         metadata["sandbox_id"].string_value = allow.sandbox_id
+        # Envoy's "port is not open" reply names the port; it reads it from here.
+        metadata["port"].number_value = int(allow.upstream_host.rsplit(":", 1)[1])
         return response

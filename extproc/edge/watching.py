@@ -149,7 +149,8 @@ class DirectoryFeed:
             )
         except grpc.aio.AioRpcError as error:
             code = error.code()
-            if code == grpc.StatusCode.NOT_FOUND:
+            # An id lifecycle calls malformed names no sandbox: E2B answers "not found".
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 self._missing[sandbox_id] = True
                 return None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:

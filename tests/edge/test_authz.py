@@ -35,7 +35,10 @@ def ok_headers(response: auth.CheckResponse) -> dict[str, str]:
 
 
 def metadata(response: auth.CheckResponse) -> dict[str, Any]:
-    return {k: v.string_value for k, v in response.dynamic_metadata.fields.items()}
+    return {
+        k: v.number_value if v.WhichOneof("kind") == "number_value" else v.string_value
+        for k, v in response.dynamic_metadata.fields.items()
+    }
 
 
 def denial(response: auth.CheckResponse) -> tuple[int, dict[str, Any]]:
@@ -117,6 +120,7 @@ async def test_sandbox_allowed_over_grpc_with_jwt(channel: grpc.aio.Channel, edg
         "upstream_host": "127.0.0.7:49983",
         "sandbox_id": "sbxrunning",
         "tenant": "default",
+        "port": 49983,
     }
     headers = ok_headers(response)
     assert set(headers) == {"authorization"}
@@ -174,6 +178,7 @@ async def test_host_routing_ignores_headers_on_other_hosts(edge: Edge) -> None:
         "upstream_host": "127.0.0.9:8080",
         "sandbox_id": "sbxteamb",
         "tenant": "team-b",
+        "port": 8080,
     }
 
 
@@ -225,6 +230,7 @@ async def test_spoofed_headers_do_not_change_the_decision(edge: Edge) -> None:
         "upstream_host": "127.0.0.7:49983",
         "sandbox_id": "sbxrunning",
         "tenant": "default",
+        "port": 49983,
     }
     headers = ok_headers(response)
     assert set(headers) == {"authorization"} and headers["authorization"] != "Bearer forged"

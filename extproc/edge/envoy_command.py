@@ -1,0 +1,83 @@
+"""`agentcube-e2b envoy-config`: write the Envoy bootstrap for a deployment.
+
+Every option is a flag and an `AGENTCUBE_E2B_ENVOY_*` environment variable (the flag wins).
+Without `-o` the YAML goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
+
+_ENV = "AGENTCUBE_E2B_ENVOY_"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(_ENV + name, default)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    defaults = EnvoySettings()
+    parser.add_argument(
+        "--listen",
+        default=_env("LISTEN", str(defaults.listen)),
+        help=f"public listener IP:PORT (env {_ENV}LISTEN; default %(default)s)",
+    )
+    parser.add_argument(
+        "--domain",
+        default=_env("DOMAIN", DEFAULT_DOMAIN),
+        help=f"sandbox domain (env {_ENV}DOMAIN; default %(default)s)",
+    )
+    parser.add_argument(
+        "--edge",
+        action="append",
+        default=None,
+        metavar="IP:PORT",
+        help=(
+            "an edge gRPC endpoint; repeat for several edge processes "
+            f"(env {_ENV}EDGES, comma-separated; default {defaults.edges[0]})"
+        ),
+    )
+    parser.add_argument(
+        "--admin",
+        default=_env("ADMIN", str(defaults.admin)),
+        help=f"admin interface, loopback IP:PORT only (env {_ENV}ADMIN; default %(default)s)",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="write here instead of stdout"
+    )
+    parser.set_defaults(run=run)
+
+
+def settings_from(args: argparse.Namespace) -> EnvoySettings:
+    edges_text: list[str] = args.edge or [
+        part for part in _env("EDGES", str(EnvoySettings().edges[0])).split(",") if part
+    ]
+    return EnvoySettings(
+        listen=HostPort.parse(args.listen),
+        admin=HostPort.parse(args.admin),
+        domain=args.domain.lower(),
+        edges=tuple(HostPort.parse(edge) for edge in edges_text),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here: envoy-data-plane takes about a second to import
+    from extproc.envoy_config.bootstrap import render_yaml
+
+    try:
+        settings = settings_from(args)
+    except ValueError as error:
+        print(f"agentcube-e2b envoy-config: {error}", file=sys.stderr)
+        return 2
+    text = render_yaml(settings)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0

@@ -1,0 +1,110 @@
+"""Envoy's own answers (local replies) in E2B's JSON shape, and the JSON access log.
+
+The E2B SDKs parse every error body as JSON with an integer `code` and a string `message`, and
+they key on message substrings ("was not found", "port is not open"). Envoy's own replies are
+plain text, so each one the SDK can meet is rewritten here:
+
+- the edge unreachable or failing (fail closed): 503 `{"code":503,"message":...}`;
+- a sandbox port that refuses the connection: 502 in the shape of E2B's client-proxy, with the
+  sandbox id from the authz verdict, so the SDK raises its "port is not open" error;
+- the platform filter (ext_proc) failing or timing out: 500/504 as JSON.
+
+Matching is on `response.code_details`, which names the filter that produced the reply, so the
+edge's own denials (which already carry E2B JSON) are never rewritten.
+"""
+
+from __future__ import annotations
+
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLog,
+    AccessLogFilter,
+    ExtensionFilter,
+    ResponseFlagFilter,
+)
+from envoy_data_plane.envoy.config.core.v3 import SubstitutionFormatString
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    LocalReplyConfig,
+    ResponseMapper,
+)
+from envoy_data_plane.google.protobuf import Any, Struct
+
+from extproc.envoy_config.clusters import EXT_AUTHZ_NAMESPACE
+
+_CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+_METADATA = EXT_AUTHZ_NAMESPACE
+
+# The fields of one access log line. Request headers that carry secrets (x-api-key,
+# authorization, x-access-token) are never named here, and the path is logged without its
+# query string.
+ACCESS_LOG_FIELDS = {
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "protocol": "%PROTOCOL%",
+    "method": "%REQ(:METHOD)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "path": "%PATH(NQ)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "duration_ms": "%DURATION%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "sandbox_id": f"%DYNAMIC_METADATA({_METADATA}:sandbox_id)%",
+    "tenant": f"%DYNAMIC_METADATA({_METADATA}:tenant)%",
+    "authz_us": f"%FILTER_STATE({_METADATA}:FIELD:latency_us)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
+
+
+def _when(expression: str) -> AccessLogFilter:
+    return AccessLogFilter(
+        extension_filter=ExtensionFilter(
+            name=_CEL_FILTER, typed_config=Any.pack(ExpressionFilter(expression=expression))
+        )
+    )
+
+
+def _json(fields: dict[str, object]) -> SubstitutionFormatString:
+    return SubstitutionFormatString(json_format=Struct.from_dict(fields))
+
+
+def local_reply_config() -> LocalReplyConfig:
+    authz_unavailable = ResponseMapper(
+        filter=_when("response.code_details == 'ext_authz_error'"),
+        status_code=503,
+        body_format_override=_json(
+            {"code": 503, "message": "The gateway cannot authorize requests right now; retry"}
+        ),
+    )
+    # A refused or timed-out connection to the sandbox address: E2B's client-proxy answer.
+    port_not_open = ResponseMapper(
+        filter=AccessLogFilter(response_flag_filter=ResponseFlagFilter(flags=["UF"])),
+        status_code=502,
+        body_format_override=_json(
+            {
+                "sandboxId": f"%DYNAMIC_METADATA({_METADATA}:sandbox_id)%",
+                "message": "The sandbox is running but port is not open",
+                "port": f"%DYNAMIC_METADATA({_METADATA}:port)%",
+                "code": 502,
+            }
+        ),
+    )
+    platform_failed = ResponseMapper(
+        filter=_when("response.code_details.startsWith('ext_proc_error')"),
+        body_format_override=_json(
+            {
+                "code": "%RESPONSE_CODE%",
+                "message": "The platform API failed: %RESPONSE_CODE_DETAILS%",
+            }
+        ),
+    )
+    return LocalReplyConfig(mappers=[authz_unavailable, port_not_open, platform_failed])
+
+
+def access_log() -> AccessLog:
+    stdout = StdoutAccessLog(log_format=_json(dict(ACCESS_LOG_FIELDS)))
+    return AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))

@@ -1,0 +1,117 @@
+"""Virtual hosts and routes: which requests are platform API calls and which go to a sandbox.
+
+- `api.<domain>`: the platform API.
+- `*.<domain>` (`{port}-{id}.<domain>`): sandbox traffic, the target parsed from the host by the
+  edge.
+- anything else (localhost, an IP literal, `sandbox.<domain>`): sandbox traffic when the client
+  sent `E2b-Sandbox-Id` or `E2b-Sandbox-Port` (the SDK with `E2B_SANDBOX_URL`), else the
+  platform API. This mirrors E2B's client-proxy, which header-routes only on such hosts.
+
+One authz policy covers every sandbox route (only `surface` differs between the two kinds of
+route), so no route-cache clearing can widen what a request may do.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from envoy_data_plane.envoy.config.core.v3 import (
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    CheckSettings,
+    ExtAuthzPerRoute,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExtProcPerRoute
+from envoy_data_plane.google.protobuf import Any
+
+from extproc.envoy_config.clusters import SANDBOX_CLUSTER
+from extproc.envoy_config.filters import EXT_AUTHZ, EXT_PROC
+from extproc.envoy_config.settings import EnvoySettings
+
+ROUTE_CONFIG = "e2b"
+SANDBOX_ROUTING_HEADERS = ("e2b-sandbox-id", "e2b-sandbox-port")
+# Above the SDK's 50 s keepalive on command, PTY and watch streams; also bounds an idle
+# websocket to a user server.
+SANDBOX_IDLE_TIMEOUT = timedelta(seconds=300)
+# Only seen if the platform filter chain let a request through without answering it.
+UNANSWERED_BODY = json.dumps(
+    {"code": 500, "message": "the platform API did not answer this request"}, separators=(",", ":")
+)
+
+
+def _surface(surface: str) -> Any:
+    return Any.pack(
+        ExtAuthzPerRoute(check_settings=CheckSettings(context_extensions={"surface": surface}))
+    )
+
+
+def platform_route() -> Route:
+    return Route(
+        name="platform",
+        match=RouteMatch(prefix="/"),
+        direct_response=DirectResponseAction(
+            status=500, body=DataSource(inline_string=UNANSWERED_BODY)
+        ),
+        response_headers_to_add=[
+            HeaderValueOption(
+                header=HeaderValue(key="content-type", value="application/json"),
+                append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
+        typed_per_filter_config={EXT_AUTHZ: _surface("platform")},
+    )
+
+
+def sandbox_route(name: str, *, header: str | None = None) -> Route:
+    match = RouteMatch(prefix="/")
+    if header is not None:
+        match = RouteMatch(prefix="/", headers=[HeaderMatcher(name=header, present_match=True)])
+    return Route(
+        name=name,
+        match=match,
+        route=RouteAction(
+            cluster=SANDBOX_CLUSTER,
+            # the default 15 s spans the whole response and would cut command streams
+            timeout=timedelta(0),
+            idle_timeout=SANDBOX_IDLE_TIMEOUT,
+        ),
+        typed_per_filter_config={
+            EXT_AUTHZ: _surface("sandbox"),
+            EXT_PROC: Any.pack(ExtProcPerRoute(disabled=True)),
+        },
+    )
+
+
+def route_configuration(settings: EnvoySettings) -> RouteConfiguration:
+    domain = settings.domain
+    shared_routes = [
+        sandbox_route(f"sandbox-by-{header}", header=header) for header in SANDBOX_ROUTING_HEADERS
+    ]
+    return RouteConfiguration(
+        name=ROUTE_CONFIG,
+        virtual_hosts=[
+            VirtualHost(name="platform", domains=[f"api.{domain}"], routes=[platform_route()]),
+            VirtualHost(
+                name="sandbox", domains=[f"*.{domain}"], routes=[sandbox_route("sandbox-by-host")]
+            ),
+            VirtualHost(
+                name="shared",
+                domains=[f"sandbox.{domain}", "*"],
+                routes=[*shared_routes, platform_route()],
+            ),
+        ],
+    )

@@ -1,0 +1,443 @@
+"""`agentcube-e2b up`: the whole gateway on this machine, with local sandboxes.
+
+It prepares the state directory (router identity, a first API key), then runs the lifecycle
+service, the edge and Envoy as child processes, each in its own process group so that a
+sandbox or worker a child started is stopped with it. Their output is copied to stderr, each
+line prefixed with the child's name. When all three are ready it prints `export ...` lines
+and `ready` on stdout, so a script can `eval` the exports and wait for the word.
+
+Only sha256 hashes of API keys are stored, so a key can be printed only when it is created:
+the first `up` on an empty state directory creates one and prints it; later runs print how to
+create another (`agentcube-e2b keys create`).
+
+Ctrl-C or SIGTERM stops every child (SIGTERM to each group, a bounded grace, then SIGKILL); a
+child that exits on its own stops the rest and `up` exits non-zero, naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import httpx
+
+from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
+
+_ENV = "AGENTCUBE_E2B_UP_"
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    # public Envoy listener (HTTP/1.1 and h2c). Default 127.0.0.1:8081.
+    listen: HostPort
+    # sandbox domain. Default e2b.localhost.
+    domain: str
+    # state directory (identity/, keys/, lifecycle/, envoy.yaml). Default ./state.
+    state_dir: Path
+    # Envoy admin, loopback only. Default 127.0.0.1:9901.
+    admin: HostPort
+    # edge gRPC (ext_authz + ext_proc). Default 127.0.0.1:9001.
+    edge: HostPort
+    # edge Prometheus metrics. Default 127.0.0.1:9091.
+    metrics: HostPort
+    # lifecycle gRPC. Default 127.0.0.1:9002.
+    lifecycle: HostPort
+    # Envoy worker threads. Default 2: one edge process keeps about one core busy, and more
+    # workers would only wait on it.
+    envoy_concurrency: int = 2
+    # seconds the three children get to become ready. Default 60.
+    ready_timeout_s: float = 60.0
+    # seconds each child gets between SIGTERM and SIGKILL. Default 10.
+    grace_s: float = 10.0
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(_ENV + name, default)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--listen",
+        default=_env("LISTEN", "127.0.0.1:8081"),
+        metavar="IP:PORT",
+        help=f"public listener (env {_ENV}LISTEN; default %(default)s)",
+    )
+    add(
+        "--domain",
+        default=_env("DOMAIN", DEFAULT_DOMAIN),
+        help=f"sandbox domain (env {_ENV}DOMAIN; default %(default)s)",
+    )
+    add(
+        "--state-dir",
+        default=_env("STATE_DIR", "state"),
+        metavar="DIR",
+        help=f"state directory (env {_ENV}STATE_DIR; default ./%(default)s)",
+    )
+    add(
+        "--admin",
+        default=_env("ADMIN", "127.0.0.1:9901"),
+        metavar="IP:PORT",
+        help=f"Envoy admin, loopback only (env {_ENV}ADMIN; default %(default)s)",
+    )
+    add(
+        "--edge-listen",
+        default=_env("EDGE_LISTEN", "127.0.0.1:9001"),
+        metavar="IP:PORT",
+        help=f"edge gRPC (env {_ENV}EDGE_LISTEN; default %(default)s)",
+    )
+    add(
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN", "127.0.0.1:9091"),
+        metavar="IP:PORT",
+        help=f"edge metrics (env {_ENV}METRICS_LISTEN; default %(default)s)",
+    )
+    add(
+        "--lifecycle-listen",
+        default=_env("LIFECYCLE_LISTEN", "127.0.0.1:9002"),
+        metavar="IP:PORT",
+        help=f"lifecycle gRPC (env {_ENV}LIFECYCLE_LISTEN; default %(default)s)",
+    )
+    add(
+        "--envoy-concurrency",
+        type=int,
+        default=int(_env("ENVOY_CONCURRENCY", "2")),
+        metavar="N",
+        help=f"Envoy worker threads (env {_ENV}ENVOY_CONCURRENCY; default %(default)s)",
+    )
+    add(
+        "--ready-timeout",
+        type=float,
+        default=float(_env("READY_TIMEOUT", "60")),
+        metavar="SECONDS",
+        help=f"startup bound (env {_ENV}READY_TIMEOUT; default %(default)s)",
+    )
+    add(
+        "--grace",
+        type=float,
+        default=float(_env("GRACE", "10")),
+        metavar="SECONDS",
+        help=f"SIGTERM-to-SIGKILL grace per child (env {_ENV}GRACE; default %(default)s)",
+    )
+    parser.set_defaults(run=run)
+
+
+def settings_from(args: argparse.Namespace) -> UpSettings:
+    return UpSettings(
+        listen=HostPort.parse(args.listen),
+        domain=args.domain.lower(),
+        state_dir=Path(args.state_dir).absolute(),
+        admin=HostPort.parse(args.admin),
+        edge=HostPort.parse(args.edge_listen),
+        metrics=HostPort.parse(args.metrics_listen),
+        lifecycle=HostPort.parse(args.lifecycle_listen),
+        envoy_concurrency=args.envoy_concurrency,
+        ready_timeout_s=args.ready_timeout,
+        grace_s=args.grace,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+        envoy = EnvoySettings(
+            listen=settings.listen,
+            admin=settings.admin,
+            domain=settings.domain,
+            edges=(settings.edge,),
+        )
+    except ValueError as error:
+        print(f"agentcube-e2b up: {error}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings, envoy))
+
+
+def _say(text: str) -> None:
+    print(f"[up] {text}", file=sys.stderr, flush=True)
+
+
+def _commands(settings: UpSettings, config: Path) -> dict[str, list[str]]:
+    cli = [sys.executable, "-m", "extproc.cli"]
+    state = settings.state_dir
+    envoy = Path(sys.executable).parent / "envoy"
+    return {
+        "lifecycle": [
+            *cli,
+            "lifecycle",
+            "--backend",
+            "local",
+            "--listen",
+            str(settings.lifecycle),
+            "--state-dir",
+            str(state / "lifecycle"),
+            "--jwt-public-key",
+            str(state / "identity" / "public.pem"),
+            # `up` promises to leave nothing behind
+            "--kill-on-exit",
+            "on",
+        ],
+        "edge": [
+            *cli,
+            "edge",
+            "--listen",
+            str(settings.edge),
+            "--lifecycle",
+            str(settings.lifecycle),
+            "--state-dir",
+            str(state),
+            "--domain",
+            settings.domain,
+            "--metrics-listen",
+            str(settings.metrics),
+        ],
+        "envoy": [
+            str(envoy if envoy.exists() else "envoy"),
+            "-c",
+            str(config),
+            "--concurrency",
+            str(settings.envoy_concurrency),
+            # several gateways (tests, a second checkout) may run on one machine
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ],
+    }
+
+
+async def serve(settings: UpSettings, envoy: EnvoySettings) -> int:
+    from extproc.envoy_config.bootstrap import render_yaml
+
+    first_key = prepare_state(settings.state_dir)
+    config = settings.state_dir / "envoy.yaml"
+    config.write_text(render_yaml(envoy))
+    children: dict[str, Child] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    code = 0
+    try:
+        for name, argv in _commands(settings, config).items():
+            children[name] = await start_child(name, argv)
+        _say("starting lifecycle, edge and envoy")
+        readiness = asyncio.gather(
+            wait_grpc_serving(str(settings.lifecycle)),
+            wait_grpc_serving(str(settings.edge)),
+            wait_envoy_ready(settings.admin),
+        )
+        code = await _until_ready(readiness, children, stop, settings.ready_timeout_s)
+        if code == 0 and not stop.is_set():
+            _print_exports(settings, first_key)
+            code = await _until_stopped(children, stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        _say("stopping")
+        await stop_children(list(children.values()), settings.grace_s)
+        _say("stopped")
+    return code
+
+
+async def _until_ready(
+    readiness: asyncio.Future[tuple[None, None, None]],
+    children: dict[str, Child],
+    stop: asyncio.Event,
+    timeout_s: float,
+) -> int:
+    stopping = asyncio.create_task(stop.wait(), name="up-stop-signal")
+    waited: list[asyncio.Future[Any]] = [readiness, stopping]
+    waited += [child.exited for child in children.values()]
+    try:
+        done, _ = await asyncio.wait(waited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if readiness in done:
+        readiness.result()
+        return 0
+    readiness.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await readiness
+    if stop.is_set():
+        return 0
+    for child in children.values():
+        if child.exited.done():
+            _say(_exit_text(child))
+            return 1
+    _say(f"not ready after {timeout_s:g} s; see the output above")
+    return 1
+
+
+async def _until_stopped(children: dict[str, Child], stop: asyncio.Event) -> int:
+    stopping = asyncio.create_task(stop.wait(), name="up-stop-signal")
+    try:
+        await asyncio.wait(
+            [stopping, *(child.exited for child in children.values())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        stopping.cancel()
+    if stop.is_set():
+        return 0
+    for child in children.values():
+        if child.exited.done():
+            _say(f"{_exit_text(child)}; stopping the others")
+    return 1
+
+
+def _print_exports(settings: UpSettings, first_key: str | None) -> None:
+    url = f"http://{settings.listen}"
+    values = MappingProxyType(
+        {"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_DOMAIN": settings.domain}
+    )
+    exports = " ".join(f"{name}={value}" for name, value in values.items())
+    if first_key is not None:
+        print(f"export {exports} E2B_API_KEY={first_key}")
+        _say("created the first API key (printed once: only its hash is stored)")
+    else:
+        print(f"export {exports}")
+        print(
+            "# E2B_API_KEY: only key hashes are stored; create one with "
+            f"`agentcube-e2b keys create --state-dir {settings.state_dir}`"
+        )
+    print("ready", flush=True)
+
+
+# --- the state directory ---------------------------------------------------------------
+
+
+def prepare_state(state_dir: Path) -> str | None:
+    """Create the router identity and, if no valid key exists, a first key (returned)."""
+    from extproc.core.api_keys import KeyEntry, KeyIndex, KeyStatus, hash_api_key, new_api_key
+    from extproc.core.identity import load_or_create_router_identity
+    from extproc.edge.keyfiles import read_key_index, write_key_index
+
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    load_or_create_router_identity(state_dir / "identity")
+    keys = state_dir / "keys"
+    index = read_key_index(keys)
+    if any(entry.status is KeyStatus.VALID for entry in index.entries.values()):
+        return None
+    key = new_api_key()
+    key_hash = hash_api_key(key)
+    entry = KeyEntry(key_hash, KeyStatus.VALID, index.default_namespace, "created by up")
+    write_key_index(
+        keys,
+        KeyIndex(MappingProxyType({**index.entries, key_hash: entry}), index.default_namespace),
+    )
+    return key
+
+
+# --- children ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    # resolves to the exit status (negative: killed by that signal)
+    exited: asyncio.Task[int]
+    # copies the child's output to stderr; may outlive it while a grandchild holds the pipe
+    pump: asyncio.Task[None]
+
+
+async def _pump(name: str, stream: asyncio.StreamReader) -> None:
+    prefix = f"[{name}] ".encode()
+    out = sys.stderr.buffer
+    while line := await stream.readline():
+        out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+        out.flush()
+
+
+async def start_child(name: str, argv: list[str]) -> Child:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # its own session and process group: one signal reaches everything it started
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    return Child(
+        name=name,
+        process=process,
+        exited=asyncio.create_task(process.wait(), name=f"up-wait-{name}"),
+        pump=asyncio.create_task(_pump(name, process.stdout), name=f"up-output-{name}"),
+    )
+
+
+def _signal_group(child: Child, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.process.pid, signum)
+
+
+async def stop_children(children: list[Child], grace_s: float) -> None:
+    """SIGTERM every group, wait `grace_s`, SIGKILL what is left of any group."""
+    for child in children:
+        if not child.exited.done():
+            _signal_group(child, signal.SIGTERM)
+    pending = [child.exited for child in children if not child.exited.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=grace_s)
+    for child in children:
+        if not child.exited.done():
+            _say(f"{child.name} did not stop within {grace_s:g} s; killing it")
+        # also reaps anything the child left behind in its group
+        _signal_group(child, signal.SIGKILL)
+    await asyncio.gather(*(child.exited for child in children))
+    for child in children:
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(child.pump, timeout=1.0)
+        child.pump.cancel()
+
+
+def _exit_text(child: Child) -> str:
+    status = child.exited.result()
+    how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+    return f"{child.name} {how}"
+
+
+# --- readiness -----------------------------------------------------------------------------
+
+
+async def wait_grpc_serving(target: str) -> None:
+    """Until the server at `target` reports SERVING on grpc.health.v1 (Watch, no polling)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    options = [
+        # the server is starting: retry connecting often rather than back off to seconds
+        ("grpc.initial_reconnect_backoff_ms", 50),
+        ("grpc.min_reconnect_backoff_ms", 50),
+        ("grpc.max_reconnect_backoff_ms", 250),
+    ]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        while True:
+            try:
+                call = stub.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True)
+                async for reply in call:
+                    if reply.status == serving:
+                        return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+
+
+async def wait_envoy_ready(admin: HostPort) -> None:
+    """Until Envoy's admin `/ready` answers 200 (Envoy has no push signal for this)."""
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"http://{admin}/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)

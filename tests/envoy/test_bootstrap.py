@@ -1,0 +1,139 @@
+"""The committed bootstrap is the generator output, Envoy accepts it, it keeps the contract."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from envoy_harness import ENVOY
+
+from extproc.cli import main
+from extproc.envoy_config.bootstrap import render_yaml
+from extproc.envoy_config.settings import EnvoySettings, HostPort
+
+COMMITTED = Path(__file__).parents[2] / "envoy" / "envoy.yaml"
+
+
+def _hcm(document: dict[str, Any]) -> dict[str, Any]:
+    listener = document["static_resources"]["listeners"][0]
+    config: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return config
+
+
+def test_committed_yaml_is_the_generator_output() -> None:
+    assert COMMITTED.read_text() == render_yaml(EnvoySettings()), (
+        "envoy/envoy.yaml is stale: run `agentcube-e2b envoy-config -o envoy/envoy.yaml`"
+    )
+
+
+def test_envoy_validates_the_committed_yaml() -> None:
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(COMMITTED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_writes_the_settings_it_was_given(tmp_path: Path) -> None:
+    out = tmp_path / "envoy.yaml"
+    code = main(
+        [
+            "envoy-config",
+            "--listen",
+            "0.0.0.0:10000",
+            "--domain",
+            "Sbx.Example.com",
+            "--edge",
+            "127.0.0.1:9001",
+            "--edge",
+            "127.0.0.1:9003",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    expected = EnvoySettings(
+        listen=HostPort("0.0.0.0", 10000),
+        domain="sbx.example.com",
+        edges=(HostPort("127.0.0.1", 9001), HostPort("127.0.0.1", 9003)),
+    )
+    assert out.read_text() == render_yaml(expected)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--admin", "0.0.0.0:9901"],
+        ["--listen", "localhost:80"],
+        ["--edge", "nope"],
+        ["--domain", "*.x"],
+    ],
+)
+def test_cli_rejects_bad_settings(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["envoy-config", *argv]) == 2
+    assert "agentcube-e2b envoy-config:" in capsys.readouterr().err
+
+
+def test_filter_order_and_contract_points() -> None:
+    hcm = _hcm(yaml.safe_load(COMMITTED.read_text()))
+    filters = hcm["http_filters"]
+    assert [f["name"].rsplit(".", 1)[1] for f in filters] == [
+        "header_mutation",
+        "ext_authz",
+        "ext_proc",
+        "router",
+    ]
+    removed = [m["remove"] for m in filters[0]["typed_config"]["mutations"]["request_mutations"]]
+    assert removed == ["x-envoy-original-dst-host", "x-agentcube-e2b-user", "x-agentcube-tenant"]
+    authz = filters[1]["typed_config"]
+    assert "with_request_body" not in authz
+    assert authz.get("failure_mode_allow", False) is False
+    assert authz["status_on_error"]["code"] == "ServiceUnavailable"
+    assert [p["exact"] for p in authz["allowed_headers"]["patterns"]] == [
+        "x-api-key",
+        "authorization",
+        "x-access-token",
+        "e2b-sandbox-id",
+        "e2b-sandbox-port",
+        "e2b-traffic-access-token",
+        "accept",
+        "user-agent",
+    ]
+    extproc = filters[2]["typed_config"]
+    assert extproc["metadata_options"]["forwarding_namespaces"]["untyped"] == [
+        "envoy.filters.http.ext_authz"
+    ]
+    mode = extproc["processing_mode"]
+    assert (
+        mode["request_header_mode"],
+        mode["response_header_mode"],
+        mode["request_body_mode"],
+    ) == ("SEND", "SKIP", "BUFFERED")
+
+
+def test_every_sandbox_route_streams_and_skips_ext_proc() -> None:
+    hcm = _hcm(yaml.safe_load(COMMITTED.read_text()))
+    routes = [r for vh in hcm["route_config"]["virtual_hosts"] for r in vh["routes"]]
+    sandbox = [r for r in routes if "route" in r]
+    platform = [r for r in routes if "direct_response" in r]
+    assert len(sandbox) == 3 and len(platform) == 2
+    for route in sandbox:
+        assert route["route"]["timeout"] == "0s"
+        per_filter = route["typed_per_filter_config"]
+        assert per_filter["envoy.filters.http.ext_proc"]["disabled"] is True
+        assert per_filter["envoy.filters.http.ext_authz"]["check_settings"] == {
+            "context_extensions": {"surface": "sandbox"}
+        }
+    for route in platform:
+        assert route["direct_response"]["status"] == 500
+        per_filter = route["typed_per_filter_config"]
+        assert "envoy.filters.http.ext_proc" not in per_filter
+        assert per_filter["envoy.filters.http.ext_authz"]["check_settings"] == {
+            "context_extensions": {"surface": "platform"}
+        }
