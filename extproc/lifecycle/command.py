@@ -38,13 +38,24 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="PEM public key picod verifies the gateway's JWTs with (default none)")
     add("--pool-size", default=_env("POOL_SIZE", local.pool_size), metavar="N",
         help=f"warm sandboxes kept for template base (default {local.pool_size})")
+    add("--interpreter-pool-size", default=_env("INTERPRETER_POOL_SIZE",
+        local.interpreter_pool_size), metavar="N",
+        help="warm sandboxes kept for template code-interpreter-v1 (default "
+             f"{local.interpreter_pool_size})")
     add("--max-timeout", default=_env("MAX_TIMEOUT", local.max_timeout_s), metavar="SECONDS",
         help=f"longest sandbox life (default {local.max_timeout_s})")
     add("--max-sandboxes", default=_env("MAX_SANDBOXES", local.max_sandboxes), metavar="N",
         help=f"most live sandboxes, pool included (default {local.max_sandboxes})")
+    add("--max-concurrent-starts", default=_env("MAX_CONCURRENT_STARTS",
+        local.max_concurrent_starts), metavar="N",
+        help="sandboxes starting at once; more Creates wait for a slot (default "
+             f"{local.max_concurrent_starts})")
     add("--picod-command", default=_env("PICOD_COMMAND", None), metavar="CMD",
         help="picod command before its flags, shell-quoted (default: this Python -m "
              "extproc.cli picod)")
+    add("--interpreter-command", default=_env("INTERPRETER_COMMAND", None), metavar="CMD",
+        help="code interpreter command before its flags, shell-quoted (default: this Python "
+             "-m extproc.cli interpreter)")
     add("--isolation", default=_env("ISOLATION", "on"), metavar="on|off",
         help="bubblewrap isolation when bwrap is installed (default on)")
     add("--address-space-factor", default=_env("ADDRESS_SPACE_FACTOR",
@@ -52,7 +63,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="RLIMIT_AS per sandbox process = template memory x N (default "
              f"{local.address_space_factor})")
     add("--ready-timeout", default=_env("READY_TIMEOUT", local.ready_timeout_s),
-        metavar="SECONDS", help=f"seconds picod gets to start (default {local.ready_timeout_s})")
+        metavar="SECONDS", help="seconds a sandbox gets to start, warm kernel included "
+        f"(default {local.ready_timeout_s})")
     add("--kill-on-exit", default=_env("KILL_ON_EXIT", "off"), metavar="on|off",
         help="kill every sandbox on SIGTERM instead of leaving them for re-adoption "
              "(default off)")
@@ -93,14 +105,18 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         state_dir=Path(args.state_dir),
         jwt_public_key=key,
         pool_size=int(_number(args, "pool_size", int, 0)),
+        interpreter_pool_size=int(_number(args, "interpreter_pool_size", int, 0)),
         max_timeout_s=int(_number(args, "max_timeout", int, 1)),
         max_sandboxes=int(_number(args, "max_sandboxes", int, 1)),
+        max_concurrent_starts=int(_number(args, "max_concurrent_starts", int, 1)),
         isolation=_switch(args, "isolation"),
         address_space_factor=int(_number(args, "address_space_factor", int, 1)),
         ready_timeout_s=_number(args, "ready_timeout", float, 0.1),
         kill_on_exit=_switch(args, "kill_on_exit"),
         **({"picod_command": tuple(shlex.split(args.picod_command))}
            if args.picod_command else {}),
+        **({"interpreter_command": tuple(shlex.split(args.interpreter_command))}
+           if args.interpreter_command else {}),
     )  # fmt: skip
     server = ServerSettings(listen=args.listen, grace_s=_number(args, "grace", float, 0))
     return LifecycleSettings(backend=args.backend, server=server, local=local)

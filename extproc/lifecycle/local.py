@@ -42,7 +42,7 @@ from extproc.lifecycle.sandboxes import (
 )  # fmt: skip
 from extproc.lifecycle.settings import LocalSettings
 from extproc.lifecycle.store import Row, Store
-from extproc.lifecycle.templates import Catalog, Template
+from extproc.lifecycle.templates import INTERPRETER_TEMPLATE, Catalog, Template
 from extproc.lifecycle.validation import check_env_vars, check_metadata
 from extproc.lifecycle.watching import Hub
 
@@ -82,6 +82,7 @@ class LocalBackend:
         self._inflight: dict[tuple[str, str], asyncio.Future[Sandbox]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0
+        self._start_slots = asyncio.Semaphore(settings.max_concurrent_starts)
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -97,17 +98,47 @@ class LocalBackend:
                 "that can see and change this machine's files",
                 "is disabled" if not self.settings.isolation else "was not found on PATH",
             )
+        self.catalog.interpreter_missing = spawning.interpreter_missing(self.settings)
+        if self.catalog.interpreter_missing:
+            log.warning("%s", self.catalog.interpreter_missing)
         await self.store.open(prune_before=self.clock() - 86400)
         await adopting.recover(self)
         tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper")]
-        if self.settings.pool_size > 0:
-            pool = Pool(
-                "base", self.settings.pool_size, lambda: self._warm("base"),
-                lambda e: not e.process.exited.done(), self._has_room,
-            )  # fmt: skip
-            self.pools["base"] = pool
-            tasks.append(asyncio.create_task(pool.run(), name="lifecycle-pool-base"))
+        sizes = {"base": self.settings.pool_size,
+                 INTERPRETER_TEMPLATE: self.settings.interpreter_pool_size}  # fmt: skip
+        for template_id, size in sizes.items():
+            if size <= 0 or not self._pool_can_run(template_id):
+                continue
+            pool = self._make_pool(template_id, size)
+            self.pools[template_id] = pool
+            tasks.append(asyncio.create_task(pool.run(), name=f"lifecycle-pool-{template_id}"))
         return tasks
+
+    def _pool_can_run(self, template_id: str) -> bool:
+        try:
+            template, _ = self._catalog().resolve(template_id, "")
+        except NotFound:
+            return False  # removed from templates.json by the operator
+        return template.available
+
+    def _make_pool(self, template_id: str, size: int) -> Pool[Live]:
+        def dispose(entry: Live) -> None:
+            # Died while waiting in the pool: free its address and directory now.
+            log.warning("pool %s: warm sandbox %s died", template_id, entry.sandbox.sandbox_id)
+            self._spawn_task(
+                lambda: self._destroy(entry), f"lifecycle-pool-died-{entry.sandbox.sandbox_id}"
+            )
+
+        async def warm() -> Live:
+            entry = await self._warm(template_id)
+            entry.process.exited.add_done_callback(lambda _: pool.lost(entry))
+            return entry
+
+        pool = Pool(
+            template_id, size, warm, lambda e: not e.process.exited.done(), self._has_room,
+            dispose,
+        )  # fmt: skip
+        return pool
 
     async def close(self) -> None:
         pooled = [e for p in self.pools.values() for e in p.drain()]
@@ -134,8 +165,9 @@ class LocalBackend:
 
     @property
     def _depth(self) -> int:
-        # sh -> bwrap (monitor) -> bwrap (pid 1 of the sandbox) -> picod; without bwrap,
-        # sh -> picod.
+        # sh -> bwrap (monitor) -> bwrap (pid 1 of the sandbox) -> picod (or, for
+        # interpreter templates, the inner shell above picod and the interpreter); without
+        # bwrap, sh -> picod (or the inner shell).
         return 3 if self.bwrap else 1
 
     def _has_room(self) -> bool:
@@ -199,19 +231,13 @@ class LocalBackend:
             raise ResourceExhausted("no free sandbox address found in 127.100.0.0/16")
         token = access_token(self.seed, sandbox_id)
         launch = spawning.Launch(
-            sandbox_id, token, host, self.home_of(sandbox_id), template.memory_mb, env
+            sandbox_id, token, host, self.home_of(sandbox_id), template.memory_mb, env,
+            interpreter=template.interpreter,
         )
         self._starting += 1
         try:
-            process = spawning.spawn(self.settings, launch, self.bwrap)
-            try:
-                await spawning.wait_ready(process, host, self.settings.ready_timeout_s)
-            except BaseException:
-                process.kill()
-                process.close()
-                await asyncio.to_thread(shutil.rmtree, launch.home.parent, True)
-                self.addresses.release(host)
-                raise
+            async with self._start_slots:  # the ready timeout counts from the spawn
+                process = await self._start(launch)
         except BaseException:
             self.addresses.release(host)
             raise
@@ -226,6 +252,20 @@ class LocalBackend:
             envd_access_token=token, endpoint_host=host,
         )  # fmt: skip
         return Live(Row(sandbox, process.pid, process.ticks, pooled=True), process)
+
+    async def _start(self, launch: spawning.Launch) -> Watched:
+        process = spawning.spawn(self.settings, launch, self.bwrap)
+        try:
+            await spawning.wait_ready(process, launch, self.settings.ready_timeout_s)
+        except BaseException:
+            # Also on cancellation (service stopping): wait for the exit, so that our child
+            # is reaped rather than left running or a zombie.
+            await wait_gone(process.kill(), _KILL_WAIT_S)
+            await asyncio.wait([process.exited], timeout=_KILL_WAIT_S)
+            process.close()
+            await asyncio.to_thread(shutil.rmtree, launch.home.parent, True)
+            raise
+        return process
 
     async def _warm(self, template_id: str) -> Live:
         template, _ = self._catalog().resolve(template_id, "")

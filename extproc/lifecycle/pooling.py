@@ -2,7 +2,8 @@
 
 A pooled sandbox is a running picod with a pre-assigned id and access token and no tenant.
 Create takes one without waiting (an empty pool means a cold start, never a queue), sends it
-the tenant's env vars with POST /init, and the pool refills in the background. Pooled
+the tenant's env vars with POST /init, and the pool refills in the background. A pooled
+sandbox that dies while it waits is disposed of (address and directory freed) at once. Pooled
 sandboxes are not written to SQLite: after a crash, the restart kills every supervisor it has
 no row for, which is exactly the pool.
 """
@@ -30,12 +31,15 @@ class Pool(Generic[T]):
         start: Callable[[], Awaitable[T]],
         is_usable: Callable[[T], bool],
         room: Callable[[], bool],
+        dispose: Callable[[T], None],
     ) -> None:
         self.name = name
         self.size = size
         self._start = start
         self._is_usable = is_usable
         self._room = room
+        # Called once for each item found dead in the pool: it is no longer the pool's.
+        self._dispose = dispose
         self._ready: collections.deque[T] = collections.deque()
         self._starting = 0
         self._wanted = asyncio.Event()
@@ -48,7 +52,15 @@ class Pool(Generic[T]):
             item = self._ready.popleft()
             if self._is_usable(item):
                 return item
+            self._dispose(item)
         return None
+
+    def lost(self, item: T) -> None:
+        """`item` died: if it still waits here, drop and dispose of it, and refill."""
+        if item in self._ready:
+            self._ready.remove(item)
+            self._dispose(item)
+            self._wanted.set()
 
     def drain(self) -> list[T]:
         items = list(self._ready)

@@ -13,12 +13,21 @@ tmpfs over `/home`, `/run`, `/tmp` and over the state dir (other sandboxes' home
 the token seed), the sandbox's home bound at `/home/user`, network shared: each sandbox
 listens on its own 127.100.x.y. Limits: `ulimit -v` (RLIMIT_AS, per process) in the
 supervisor; cgroups are not used (see `limits` in the lifecycle settings docs).
+
+Interpreter templates run two servers in the one sandbox: picod (envd, 49983) and the code
+interpreter (49999, whose warm Jupyter kernel is its child). bwrap starts one command, so
+that command is a small inner shell that starts both, each as `(server; kill $$) &`: when
+either server exits the inner shell is killed, bwrap's pid-namespace init follows, and the
+supervisor exits. So the supervisor's liveness covers both servers, and Pause, Kill, metrics
+and re-adoption, which all work on the supervisor's tree, need no change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -27,9 +36,10 @@ from pathlib import Path
 
 from extproc.core.errors import Unavailable
 from extproc.lifecycle.processes import Watched, start_ticks
-from extproc.lifecycle.settings import LocalSettings
+from extproc.lifecycle.settings import LocalSettings, default_interpreter_command
 
 PICOD_PORT = 49983
+INTERPRETER_PORT = 49999
 SANDBOX_HOME = "/home/user"
 JWT_KEY_INSIDE = "/run/agentcube/jwt-public.pem"
 _SUPERVISOR = 'ulimit -v {kib} 2>/dev/null; "$@" </dev/null & wait $!'
@@ -44,6 +54,8 @@ class Launch:
     home: Path
     memory_mb: int
     env: dict[str, str]
+    # Also run the code interpreter on INTERPRETER_PORT (see the module docstring).
+    interpreter: bool = False
 
 
 def marker(settings: LocalSettings, sandbox_id: str) -> str:
@@ -67,6 +79,52 @@ def _picod_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list
     return argv
 
 
+def _interpreter_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list[str]:
+    argv = [
+        *settings.interpreter_command,
+        "--listen", f"{launch.host}:{INTERPRETER_PORT}",
+        "--envd-url", f"http://{launch.host}:{PICOD_PORT}",
+        "--sandbox-id", launch.sandbox_id,
+        "--access-token", launch.access_token,
+        "--cwd", SANDBOX_HOME if isolated else str(launch.home),
+    ]  # fmt: skip
+    if settings.jwt_public_key is not None:
+        key = JWT_KEY_INSIDE if isolated else str(settings.jwt_public_key)
+        argv += ["--jwt-public-key", key]
+    return argv
+
+
+def _sandbox_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list[str]:
+    """The command run in the sandbox: picod, or the inner shell running both servers."""
+    picod = _picod_argv(settings, launch, isolated)
+    if not launch.interpreter:
+        return picod
+    interpreter = _interpreter_argv(settings, launch, isolated)
+    script = (
+        f"({shlex.join(picod)} </dev/null; kill $$) & "
+        f"({shlex.join(interpreter)} </dev/null; kill $$) & wait"
+    )
+    return ["/bin/sh", "-c", script, f"sandbox-{launch.sandbox_id}"]
+
+
+def interpreter_missing(settings: LocalSettings) -> str:
+    """Why interpreter templates cannot run here ('' if they can), checked at start-up.
+
+    A custom `interpreter_command` is trusted; the default one runs this Python's
+    `extproc.interpreter`, so that package and its dependencies must be importable.
+    """
+    if settings.interpreter_command != default_interpreter_command():
+        return ""
+    wanted = ("extproc.interpreter", "jupyter_client", "ipykernel", "zmq", "uvicorn")
+    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    if not missing:
+        return ""
+    return (
+        "template code-interpreter-v1 is not available on this gateway: the code interpreter "
+        f"is not installed (missing Python modules: {', '.join(missing)}); use template 'base'"
+    )
+
+
 def _bwrap_argv(settings: LocalSettings, launch: Launch, bwrap: str) -> list[str]:
     argv = [
         bwrap,
@@ -83,7 +141,7 @@ def _bwrap_argv(settings: LocalSettings, launch: Launch, bwrap: str) -> list[str
     ]  # fmt: skip
     if settings.jwt_public_key is not None:
         argv += ["--ro-bind", str(settings.jwt_public_key.resolve()), JWT_KEY_INSIDE]
-    return [*argv, "--", *_picod_argv(settings, launch, isolated=True)]
+    return [*argv, "--", *_sandbox_argv(settings, launch, isolated=True)]
 
 
 def find_bwrap(settings: LocalSettings) -> str | None:
@@ -98,7 +156,7 @@ def spawn(settings: LocalSettings, launch: Launch, bwrap: str | None) -> Watched
     inner = (
         _bwrap_argv(settings, launch, bwrap)
         if bwrap
-        else _picod_argv(settings, launch, isolated=False)
+        else _sandbox_argv(settings, launch, isolated=False)
     )
     script = _SUPERVISOR.format(kib=launch.memory_mb * settings.address_space_factor * 1024)
     argv = ["/bin/sh", "-c", script, marker(settings, launch.sandbox_id), *inner]
@@ -113,7 +171,7 @@ def spawn(settings: LocalSettings, launch: Launch, bwrap: str | None) -> Watched
             start_new_session=True,  # own session and process group: killpg reaches it
             close_fds=True,
             cwd=launch.home,
-            env=_base_env(),
+            env=_base_env(None if bwrap else launch.home),
         )
     finally:
         os.close(fd)
@@ -121,30 +179,52 @@ def spawn(settings: LocalSettings, launch: Launch, bwrap: str | None) -> Watched
     return Watched(popen.pid, ticks if ticks is not None else -1, popen)
 
 
-def _base_env() -> dict[str, str]:
+def _base_env(home: Path | None) -> dict[str, str]:
     # The sandbox gets a clean environment: none of the lifecycle service's own variables.
     keep = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
-    return {k: os.environ[k] for k in keep if k in os.environ}
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    if home is not None:
+        # Unisolated, HOME would be this user's: Jupyter and IPython write their state there.
+        env["HOME"] = str(home)
+    return env
+
+
+async def http_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    limit_s: float,
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request with `Connection: close`: (status, raw body). Raises OSError or
+    TimeoutError. For the few small requests to a sandbox's own servers only."""
+    async with asyncio.timeout(limit_s):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            lines.append(f"Content-Length: {len(body)}")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            raw = await reader.read(65536)
+            while len(raw) < 65536 and (more := await reader.read(65536)):
+                raw += more
+        finally:
+            writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise OSError(f"bad HTTP status line from the sandbox: {status_line[:80]!r}")
+    return int(parts[1]), rest.partition(b"\r\n\r\n")[2]
 
 
 async def http_status(
     host: str, method: str, path: str, headers: dict[str, str], body: bytes, limit_s: float
 ) -> int:
     """One HTTP/1.1 request to picod; the status code. Raises OSError or TimeoutError."""
-    async with asyncio.timeout(limit_s):
-        reader, writer = await asyncio.open_connection(host, PICOD_PORT)
-        try:
-            lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{PICOD_PORT}", "Connection: close"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            lines.append(f"Content-Length: {len(body)}")
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-            status_line = await reader.readline()
-        finally:
-            writer.close()
-    parts = status_line.split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise OSError(f"bad HTTP status line from picod: {status_line[:80]!r}")
-    return int(parts[1])
+    status, _ = await http_request(host, PICOD_PORT, method, path, headers, body, limit_s)
+    return status
 
 
 async def in_use(host: str) -> bool:
@@ -166,18 +246,37 @@ async def is_healthy(host: str, limit_s: float = 1.0) -> bool:
         return False
 
 
-async def wait_ready(process: Watched, host: str, deadline_s: float) -> None:
-    """Return when picod answers GET /health 204; raise Unavailable if it dies or is late.
+async def has_kernel(host: str, access_token: str, limit_s: float = 1.0) -> bool:
+    """True once the interpreter lists a context: its warm default kernel has started and
+    answered (its /health is 200 from the moment it listens, before the kernel is up)."""
+    headers = {"X-Access-Token": access_token}
+    try:
+        status, body = await http_request(
+            host, INTERPRETER_PORT, "GET", "/contexts", headers, b"", limit_s
+        )
+    except (OSError, TimeoutError):
+        return False
+    return status == 200 and body.lstrip()[:1] == b"[" and body.strip() != b"[]"
+
+
+async def wait_ready(process: Watched, launch: Launch, deadline_s: float) -> None:
+    """Return when picod answers GET /health 204 and, for interpreter sandboxes, the
+    interpreter has its warm kernel; raise Unavailable if the sandbox dies or is late.
 
     Polls with a short backoff (1 ms doubling to 20 ms): a refused connect costs ~50 µs on
-    loopback, and picod's start is dominated by the interpreter, not by this loop.
+    loopback, and the start is dominated by Python's and the kernel's, not by this loop.
     """
     give_up = time.monotonic() + deadline_s
     delay = 0.001
+    picod_up = False
     while True:
         if process.exited.done():
             raise Unavailable("the sandbox process exited during start; see its picod.log")
-        if await is_healthy(host, limit_s=0.5):
+        picod_up = picod_up or await is_healthy(launch.host, limit_s=0.5)
+        if picod_up and (
+            not launch.interpreter
+            or await has_kernel(launch.host, launch.access_token, limit_s=0.5)
+        ):
             return
         if time.monotonic() > give_up:
             raise Unavailable(f"the sandbox did not become ready within {deadline_s:g} s")

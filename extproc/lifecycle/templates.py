@@ -1,9 +1,11 @@
 """Templates: what a sandbox is started from, kept in `templates.json` in the state dir.
 
 The local runtime has no image builds: a template names resources and whether this machine
-can run it. `base` is the host's userland with a fresh home; `code-interpreter-v1` is
-defined so its id and alias resolve, but marked unavailable until the interpreter exists, so
-Create of it fails with a clear FAILED_PRECONDITION rather than a NOT_FOUND.
+can run it. `base` is the host's userland with a fresh home; `code-interpreter-v1` adds the
+code interpreter (`interpreter: true`). Whether interpreter templates can run is decided at
+start-up (the interpreter's modules importable), not stored: when they cannot, Create of one
+fails with a clear FAILED_PRECONDITION rather than a NOT_FOUND. `available: false` in the
+file is an operator's switch and always wins.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from extproc.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFou
 # picod's reported envd version (extproc/picod/settings.py ENVD_VERSION); surfaces do not
 # import each other, so the default template repeats it.
 ENVD_VERSION = "0.6.4"
+INTERPRETER_TEMPLATE = "code-interpreter-v1"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 
@@ -39,6 +42,8 @@ class Template:
     created_at: float = 0.0
     updated_at: float = 0.0
     ports: tuple[int, ...] = ()
+    # True: the sandbox also runs the code interpreter (port 49999) with a warm kernel.
+    interpreter: bool = False
     # False: Create refuses it with `unavailable_reason`.
     available: bool = True
     unavailable_reason: str = ""
@@ -52,13 +57,9 @@ def default_templates(now: float) -> list[Template]:
             aliases=("code-interpreter",),
             memory_mb=1024,
             ports=(49999,),
+            interpreter=True,
             created_at=now,
             updated_at=now,
-            available=False,
-            unavailable_reason=(
-                "template code-interpreter-v1 is not available on this gateway yet: "
-                "the code interpreter is not installed; use template 'base'"
-            ),
         ),
     ]
 
@@ -93,6 +94,9 @@ def _from_json(raw: Any, where: str) -> Template:
     if not isinstance(raw.get("template_id"), str):
         raise ValueError(f"{where}.template_id: expected a string")
     values = dict(raw)
+    if values["template_id"] == INTERPRETER_TEMPLATE and "interpreter" not in values:
+        # Written before the interpreter existed: it was stored as unavailable for that reason.
+        values.update(interpreter=True, available=True, unavailable_reason="")
     for key in ("aliases", "ports"):
         if key in values:
             values[key] = tuple(values[key])
@@ -109,6 +113,8 @@ class Catalog:
         self._path = path
         self._disk_mb = disk_mb
         self._templates = {t.template_id: t for t in templates}
+        # Why interpreter templates cannot run on this machine ('' when they can).
+        self.interpreter_missing = ""
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
@@ -139,6 +145,10 @@ class Catalog:
         return not tenant or not template.tenant or template.tenant == tenant or template.public
 
     def _effective(self, template: Template) -> Template:
+        if template.interpreter and template.available and self.interpreter_missing:
+            template = replace(
+                template, available=False, unavailable_reason=self.interpreter_missing
+            )
         if template.disk_size_mb:
             return template
         return replace(template, disk_size_mb=self._disk_mb)

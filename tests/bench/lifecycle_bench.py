@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.lifecycle.local import LocalBackend
 from extproc.lifecycle.processes import tree
 from extproc.lifecycle.server import serving
 from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
@@ -28,27 +31,37 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def rss_kib(pid: int) -> int:
-    total = 0
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) in KiB summed over the sandbox's processes (smaps_rollup)."""
+    pss = rss = 0
     for p in tree(pid):
         try:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                    pss += int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1])
         except OSError:
             continue
-    return total
+    return pss, rss
 
 
 async def bench(args: argparse.Namespace) -> None:
     state = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
     settings = LifecycleSettings(
         server=ServerSettings(listen="127.0.0.1:0"),
-        local=LocalSettings(state_dir=state, pool_size=args.pool, kill_on_exit=True),
+        local=LocalSettings(
+            state_dir=state,
+            pool_size=args.pool,
+            interpreter_pool_size=0,
+            kill_on_exit=True,
+            max_sandboxes=args.sandboxes + args.pool + 8,
+        ),
     )
-    async with serving(settings) as running, grpc.aio.insecure_channel(
-        f"127.0.0.1:{running.port}"
-    ) as channel:
+    async with (
+        serving(settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         stub = pb_grpc.SandboxServiceStub(channel)
         backend = running.backend
 
@@ -64,6 +77,9 @@ async def bench(args: argparse.Namespace) -> None:
             while backend.pools["base"].ready < args.pool:
                 await asyncio.sleep(0.05)
 
+        if args.only_many:
+            await many_step(args, stub, backend, create)
+            return
         # Warm: one create at a time, pool full before each.
         warm = []
         for _ in range(args.samples):
@@ -95,19 +111,43 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.gather(*(kill(s) for _, s in results))
         rate = done / (time.perf_counter() - started)
         print(f"sustained create+kill, 4 in flight: {rate:.1f} creates/s over {args.seconds} s")
-        # Many: N concurrent sandboxes, then memory per idle sandbox.
-        started = time.perf_counter()
-        many = await asyncio.gather(*(create() for _ in range(args.sandboxes)))
-        took = time.perf_counter() - started
-        lat = [ms for ms, _ in many]
-        print(f"{args.sandboxes} concurrent creates: all up in {took:.1f} s "
-              f"(p50 {pct(lat, .5):.0f} ms, p99 {pct(lat, .99):.0f} ms)")  # fmt: skip
-        await asyncio.sleep(2)
-        pss = [rss_kib(backend.live[s.sandbox_id].process.pid) for _, s in many]
-        print(f"memory per idle sandbox (PSS of sh+bwrap+picod): mean "
-              f"{statistics.mean(pss) / 1024:.1f} MiB, max {max(pss) / 1024:.1f} MiB")
-        listed = await stub.ListSandboxes(pb.ListSandboxesRequest(tenant="bench"))
-        print(f"total_running after: {listed.total_running}")
+        await many_step(args, stub, backend, create)
+
+
+async def many_step(
+    args: argparse.Namespace,
+    stub: pb_grpc.SandboxServiceStub,
+    backend: LocalBackend,
+    create: Callable[[], Awaitable[tuple[float, pb.Sandbox]]],
+) -> None:
+    """N concurrent sandboxes (cold: the pool is far smaller), then memory per idle one."""
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(create() for _ in range(args.sandboxes)), return_exceptions=True
+    )
+    took = time.perf_counter() - started
+    many = [o for o in outcomes if not isinstance(o, BaseException)]
+    failed = collections.Counter(
+        f"{o.code().name}: {o.details()}" if isinstance(o, grpc.aio.AioRpcError) else repr(o)
+        for o in outcomes
+        if isinstance(o, BaseException)
+    )
+    lat = [ms for ms, _ in many] or [0.0]
+    print(f"{args.sandboxes} concurrent creates: {len(many)} ok in {took:.1f} s "
+          f"(p50 {pct(lat, .5):.0f} ms, p99 {pct(lat, .99):.0f} ms)")  # fmt: skip
+    print(f"failed: {dict(failed)}")
+    if not many:
+        return
+    await asyncio.sleep(2)
+    mem = [memory_kib(backend.live[s.sandbox_id].process.pid) for _, s in many]
+    pss, rss = [m[0] for m in mem], [m[1] for m in mem]
+    print(
+        f"memory per idle sandbox (sh+bwrap+picod), PSS mean {statistics.mean(pss) / 1024:.1f} "
+        f"MiB max {max(pss) / 1024:.1f} MiB; RSS mean {statistics.mean(rss) / 1024:.1f} MiB; "
+        f"all {len(mem)}: PSS {sum(pss) / 1024:.0f} MiB"
+    )
+    listed = await stub.ListSandboxes(pb.ListSandboxesRequest(tenant="bench"))
+    print(f"total_running after: {listed.total_running}")
 
 
 def main() -> None:
@@ -116,6 +156,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sandboxes", type=int, default=200)
+    parser.add_argument("--only-many", action="store_true", help="only the N-sandboxes step")
     args = parser.parse_args()
     import uvloop
 

@@ -28,7 +28,8 @@ def _free_port() -> int:
 def _start(state: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "extproc.cli", "lifecycle", "--listen", f"127.0.0.1:{port}",
-         "--state-dir", str(state), "--pool-size", "1", "--grace", "1", *extra],
+         "--state-dir", str(state), "--pool-size", "1", "--interpreter-pool-size", "0",
+         "--grace", "1", *extra],
     )  # fmt: skip
 
 
