@@ -30,6 +30,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,24 @@ def interpreter_missing(settings: LocalSettings) -> str:
     )
 
 
+_HIDDEN_ROOTS = (Path("/home"), Path("/run"), Path("/tmp"))  # noqa: S108
+
+
+def _runtime_binds() -> list[str]:
+    """Read-only binds for the Python that runs picod, where a tmpfs above would hide it.
+
+    A checkout and its .venv may live under /tmp or /home (CI clones anywhere); the sandbox
+    needs the interpreter, the venv and, for an editable install, the package's source.
+    """
+    package_root = Path(__file__).resolve().parents[2]
+    wanted = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), package_root}
+    binds: list[str] = []
+    for path in sorted(wanted):
+        if any(path.is_relative_to(root) for root in _HIDDEN_ROOTS):
+            binds += ["--ro-bind", str(path), str(path)]
+    return binds
+
+
 def _bwrap_argv(settings: LocalSettings, launch: Launch, bwrap: str) -> list[str]:
     argv = [
         bwrap,
@@ -132,8 +151,10 @@ def _bwrap_argv(settings: LocalSettings, launch: Launch, bwrap: str) -> list[str
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--hostname", launch.sandbox_id,
         "--ro-bind", "/", "/",
-        "--tmpfs", str(settings.state_dir.resolve()),
         "--tmpfs", "/home", "--tmpfs", "/run", "--tmpfs", "/tmp",  # noqa: S108
+        *_runtime_binds(),
+        # After the runtime binds: a state dir inside the checkout stays hidden.
+        "--tmpfs", str(settings.state_dir.resolve()),
         "--bind", str(launch.home), SANDBOX_HOME,
         "--proc", "/proc", "--dev", "/dev",
         "--setenv", "HOME", SANDBOX_HOME,

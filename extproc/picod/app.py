@@ -4,14 +4,18 @@ Connect services are mounted by path prefix (connectrpc's ASGI apps), the small 
 HTTP endpoints are answered here, and the filesystem service and `/files` come from
 their own modules. Every error is JSON: Connect error JSON on RPC routes (connectrpc),
 `{"code": <int>, "message": ...}` everywhere else, as envd answers.
+
+The filesystem service and `/files` are built on their first request: their imports
+(filesystem messages, inotify, multipart) are a third of picod's start-up work, and
+start-to-serving is on every sandbox's create path while many sandboxes never touch a
+file. Building them is synchronous, so two first requests cannot build twice.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc._gen.process.process_connect import ProcessASGIApplication
 from extproc.picod.auth import AuthMiddleware
@@ -20,6 +24,10 @@ from extproc.picod.processes import CLIENT_WATCH, ClientWatch, ProcessService, P
 from extproc.picod.rpc_errors import ErrorMappingInterceptor, codecs, guard_envelopes
 from extproc.picod.settings import PicodSettings
 from extproc.picod.sysinfo import SystemMetrics
+
+if TYPE_CHECKING:
+    from extproc.picod.files import FilesEndpoint
+    from extproc.picod.filesystem import FilesystemService
 
 ASGIApp = Any
 Scope = MutableMapping[str, Any]
@@ -30,16 +38,6 @@ CORS_EXPOSE = (
     b"Connect-Protocol-Version, Connect-Content-Encoding, Connect-Accept-Encoding, "
     b"Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, X-Envd-Version"
 )
-
-
-def _optional(module: str, name: str) -> Any | None:
-    """A class from a module that may not exist yet (built by another engineer)."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        return None
 
 
 async def respond(
@@ -87,28 +85,48 @@ class Router:
         self.environment = Environment.from_settings(settings)
         self.processes = ProcessTable()
         self._metrics = SystemMetrics(settings.home)
-        common: dict[str, Any] = {
+        self._process_rpc = ProcessASGIApplication(
+            ProcessService(self.environment, self.processes), **self._rpc_options()
+        )
+        self._filesystem: FilesystemService | None = None
+        self._filesystem_rpc: ASGIApp | None = None
+        self._files: FilesEndpoint | None = None
+
+    def _rpc_options(self) -> dict[str, Any]:
+        return {
             "interceptors": [ErrorMappingInterceptor()],
-            "read_max_bytes": settings.max_message_bytes,
+            "read_max_bytes": self.settings.max_message_bytes,
             "codecs": codecs(),
         }
-        self._process_rpc = ProcessASGIApplication(
-            ProcessService(self.environment, self.processes), **common
-        )
-        self._filesystem_rpc: ASGIApp | None = None
-        service = _optional("extproc.picod.filesystem", "FilesystemService")
-        if service is not None:
-            from extproc._gen.filesystem.filesystem_connect import FilesystemASGIApplication
 
+    def filesystem_rpc(self) -> ASGIApp:
+        """The `filesystem.Filesystem` Connect app, built on first use."""
+        if self._filesystem_rpc is None:
+            from extproc._gen.filesystem.filesystem_connect import FilesystemASGIApplication
+            from extproc.picod.filesystem import FilesystemService
+
+            self._filesystem = FilesystemService(self.settings, self.environment)
             self._filesystem_rpc = FilesystemASGIApplication(
-                service(settings, self.environment), **common
+                self._filesystem, **self._rpc_options()
             )
-        endpoint = _optional("extproc.picod.files", "FilesEndpoint")
-        self._files = endpoint(settings, self.environment) if endpoint is not None else None
+        return self._filesystem_rpc
+
+    def files(self) -> FilesEndpoint:
+        """The `/files` endpoint, built on first use."""
+        if self._files is None:
+            from extproc.picod.files import FilesEndpoint
+
+            self._files = FilesEndpoint(self.settings, self.environment)
+        return self._files
+
+    def close(self) -> None:
+        """Release what outlives requests: the filesystem service's polled watchers."""
+        if self._filesystem is not None:
+            self._filesystem.close()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -116,10 +134,10 @@ class Router:
         method: str = scope["method"]
         if path.startswith("/process.Process/"):
             await self._rpc(self._process_rpc, scope, receive, send)
-        elif path.startswith("/filesystem.Filesystem/") and self._filesystem_rpc is not None:
-            await self._rpc(self._filesystem_rpc, scope, receive, send)
-        elif path == "/files" and self._files is not None:
-            await self._files(scope, receive, send)
+        elif path.startswith("/filesystem.Filesystem/"):
+            await self._rpc(self.filesystem_rpc(), scope, receive, send)
+        elif path == "/files":
+            await self.files()(scope, receive, send)
         elif path in _METHODS:
             allowed = _METHODS[path]
             if method != allowed and not (method == "HEAD" and allowed == "GET"):
@@ -149,6 +167,17 @@ class Router:
         CLIENT_WATCH.set(watch)
         limit = self.settings.max_message_bytes
         await app(scope, guard_envelopes(watched, limit) if streaming else watched, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        """For ASGI servers run with lifespan on (picod's own server calls `close`)."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _init(self, receive: Any, send: Any) -> None:
         body = await read_body(receive, INIT_MAX_BYTES)
@@ -185,16 +214,6 @@ def _is_str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     )
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class CorsMiddleware:
@@ -235,13 +254,16 @@ class CorsMiddleware:
 
 
 class Picod:
-    """The whole ASGI app; `.processes` lets the server stop every child on shutdown."""
+    """The whole ASGI app; `.processes` and `.close()` are for the server's shutdown."""
 
     def __init__(self, settings: PicodSettings) -> None:
-        router = Router(settings)
-        self.environment = router.environment
-        self.processes = router.processes
-        self._asgi = CorsMiddleware(AuthMiddleware(router, settings))
+        self.router = Router(settings)
+        self.environment = self.router.environment
+        self.processes = self.router.processes
+        self._asgi = CorsMiddleware(AuthMiddleware(self.router, settings))
+
+    def close(self) -> None:
+        self.router.close()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         await self._asgi(scope, receive, send)

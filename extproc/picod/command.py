@@ -7,6 +7,7 @@ started once per sandbox, and its start-to-serving time is on the sandbox create
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -114,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"agentcube-e2b picod: error: {e}", file=sys.stderr)
         return 2
+    # Off while the server's imports build a heap that only grows; the server freezes
+    # that heap and turns collection back on once it serves (see server.py).
+    gc.disable()
     from extproc.picod.server import run as serve
 
     return serve(settings)

@@ -50,7 +50,7 @@ from extproc.picod.entries import entry_info, list_entries, make_dirs, os_errors
 from extproc.picod.environment import Environment
 from extproc.picod.processes import CLIENT_WATCH
 from extproc.picod.settings import PicodSettings
-from extproc.picod.users import User, requested_user, resolve_user
+from extproc.picod.users import User, requested_user_in, resolve_user
 from extproc.picod.watching import DirectoryWatch
 
 # envd's keepalive period on streams when the client sends no Keepalive-Ping-Interval.
@@ -71,11 +71,7 @@ class FilesystemService:
         self._watchers.clear()
 
     def _user(self, ctx: RequestContext[Any, Any]) -> User:
-        headers = [
-            (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in ctx.request_headers.allitems()
-        ]
-        return resolve_user(self._environment, requested_user(headers))
+        return resolve_user(self._environment, requested_user_in(ctx.request_headers))
 
     async def stat(
         self, request: StatRequest, ctx: RequestContext[StatRequest, StatResponse]

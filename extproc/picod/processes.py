@@ -24,7 +24,7 @@ from extproc.core.errors import DeadlineExceeded, InvalidArgument, NotFound
 from extproc.picod.environment import Environment
 from extproc.picod.process_handle import Exit, Gone, ManagedProcess, Output, Subscription
 from extproc.picod.process_spawn import PtySize, process_env, spawn
-from extproc.picod.users import requested_user, resolve_user
+from extproc.picod.users import requested_user_in, resolve_user
 
 # envd's default keepalive period when the client sends no Keepalive-Ping-Interval.
 DEFAULT_KEEPALIVE_SECONDS = 90.0
@@ -157,7 +157,7 @@ class ProcessService:
 
     async def start(self, request: pb.StartRequest, ctx: Ctx) -> AsyncIterator[pb.StartResponse]:
         config = request.process or pb.ProcessConfig()
-        user = resolve_user(self._env, requested_user(_raw_headers(ctx)))
+        user = resolve_user(self._env, requested_user_in(ctx.request_headers))
         cwd = (
             user.resolve_path(config.cwd)
             if config.cwd
@@ -233,13 +233,6 @@ class ProcessService:
     async def close_stdin(self, request: pb.CloseStdinRequest, ctx: Ctx) -> pb.CloseStdinResponse:
         self._table.select(request.process).close_input()
         return pb.CloseStdinResponse()
-
-
-def _raw_headers(ctx: Ctx) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in ctx.request_headers.allitems()
-    ]
 
 
 async def _write(process: ManagedProcess, data: pb.ProcessInput | None) -> None:

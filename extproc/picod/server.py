@@ -1,16 +1,26 @@
 """Serving picod: uvicorn in-process, signals, and a bounded shutdown.
 
 uvicorn runs with httptools on the caller's uvloop, with no access log (a command
-stream is one long request; per-request logs would only cost time). On SIGTERM/SIGINT
+stream is one long request; per-request logs would only cost time), no websocket
+protocol (envd has no websocket routes; uvicorn would otherwise import `websockets`) and
+no proxy-headers middleware (picod never looks at the client address). On SIGTERM/SIGINT
 picod first stops its children (SIGTERM to every process group, SIGKILL after the
-grace), so open command streams end with a real `end` event, then uvicorn closes.
+grace), so open command streams end with a real `end` event, then uvicorn closes, and
+the app releases its filesystem watchers.
+
+The cyclic garbage collector is off while picod imports and builds its app (the command
+turns it off before importing this module): collections over a heap that only grows are
+wasted start-up work. Once serving, the start-up heap is frozen out of future
+collections (`gc.freeze`) and collection is turned back on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -29,6 +39,11 @@ class _Server(uvicorn.Server):
         # process before picod's own shutdown ran; picod handles the signals itself.
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        gc.freeze()
+        gc.enable()
+
 
 async def serve(settings: PicodSettings) -> None:
     app = build_app(settings)
@@ -38,7 +53,10 @@ async def serve(settings: PicodSettings) -> None:
         port=settings.port,
         loop="none",
         http="httptools",
+        ws="none",
         lifespan="off",
+        interface="asgi3",
+        proxy_headers=False,
         access_log=False,
         server_header=False,
         log_level="warning",
@@ -67,6 +85,7 @@ async def serve(settings: PicodSettings) -> None:
         await server.serve()
     finally:
         await app.processes.shutdown(0.5)
+        app.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 

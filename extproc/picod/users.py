@@ -15,7 +15,7 @@ import base64
 import binascii
 import os
 import pwd
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,6 +77,21 @@ def requested_user(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     if not sep:
         raise InvalidArgument("malformed Basic authorization header: expected 'user:'")
     return user or None
+
+
+class HeaderLookup(Protocol):
+    """Request headers by lower-case name, every value in order (connectrpc's Headers)."""
+
+    def getall(self, key: str) -> Sequence[str]: ...
+
+
+def requested_user_in(headers: HeaderLookup) -> str | None:
+    """`requested_user` for an RPC's headers: only the two headers it reads are encoded."""
+    return requested_user(
+        (name.encode(), value.encode("latin-1"))
+        for name in (USER_HEADER, "authorization")
+        for value in headers.getall(name)
+    )
 
 
 def resolve_user(defaults: UserDefaults, name: str | None) -> User:

@@ -83,7 +83,7 @@ def stop_up(process: subprocess.Popen[bytes]) -> int:
     return code
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     state = tmp_path_factory.mktemp("gateway")
     log = state.parent / "gateway.log"
@@ -104,7 +104,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         process=process,
     )
     # The SDKs read their configuration from the environment, as a user's code would; set for
-    # the whole session because some tests drive the SDK from background threads.
+    # the e2e package only (package-scoped: torn down before the rest of the suite runs, so
+    # picod's SDK tests in debug mode never inherit a gateway URL). Background threads that
+    # drive the SDK see it too.
     saved = {name: os.environ.get(name) for name in (*gateway.env, "E2B_DEBUG")}
     os.environ.update(gateway.env)
     os.environ.pop("E2B_DEBUG", None)

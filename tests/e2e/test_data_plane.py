@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-from conftest import Gateway, free_port
 from e2b import Sandbox
+
+from e2e.conftest import Gateway, free_port
 
 SERVER = Path(__file__).with_name("ws_echo_server.py")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLI, Gateway, free_port, wait_until
 
+from e2e.conftest import CLI, Gateway, free_port, wait_until
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
 

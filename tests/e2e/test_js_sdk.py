@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Gateway
+
+from e2e.conftest import Gateway
 
 ROOT = Path(__file__).parents[2]
 NODE_MODULES = ROOT / ".venv" / "node" / "node_modules"

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import CLI, Gateway, wait_until
 from e2b import (
     AuthenticationException,
     NotFoundException,
@@ -22,6 +21,8 @@ from e2b import (
     SandboxNotRunningException,
     SandboxQuery,
 )
+
+from e2e.conftest import CLI, Gateway, wait_until
 
 
 @pytest.fixture
@@ -238,7 +239,7 @@ class LongCommand:
             self.error = error
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def long_command(gateway: Gateway) -> LongCommand:
     command = LongCommand()
     command.thread.start()

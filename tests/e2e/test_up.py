@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CLI, free_port, start_up, stop_up
 from e2b import Sandbox
+
+from e2e.conftest import CLI, free_port, start_up, stop_up
 
 
 def _processes_mentioning(text: str) -> list[str]:

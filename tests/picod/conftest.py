@@ -8,6 +8,8 @@ SDK Sandbox objects against any of them with chosen headers.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import socket
@@ -104,9 +106,62 @@ def launch_picod(tmp: Path, port: int, **flags: Any) -> PicodProcess:
             time.sleep(0.01)  # polling a port that is not open yet: nothing to await
 
 
+def _require_free_port(port: int) -> None:
+    """Fail now if something already listens on `port`: its answers would not be ours.
+
+    Both loopbacks count: the SDK's debug mode dials `localhost`, which may resolve to ::1.
+    """
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as s:
+            # As the server will: a TIME_WAIT left by an earlier run must not count as bound.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    continue  # no IPv6 loopback here: nothing can listen there either
+                where = f"[{host}]" if family == socket.AF_INET6 else host
+                pytest.fail(
+                    f"{where}:{port} is already bound: another server holds the port the "
+                    "SDK's debug mode talks to, so these tests would drive it instead of this "
+                    "checkout's picod. Stop it, or run the tests in a private network "
+                    "namespace: unshare --net sh -c 'ip link set lo up; pytest tests/picod'",
+                    pytrace=False,
+                )
+
+
+def _owns_listener(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (Linux /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rpartition(":")[2], 16)
+                if local_port == port and fields[3] == "0A":  # 0A: TCP_LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if str(fd.readlink()) in inodes:
+                    return True
+    return False
+
+
 @pytest.fixture(scope="session")
 def picod_sdk_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PicodProcess]:
+    _require_free_port(SDK_PORT)
     picod = launch_picod(tmp_path_factory.mktemp("picod-sdk"), SDK_PORT, no_auth=True)
+    # /health may have been answered by a server that grabbed the port after the check
+    # above while picod was still importing: make sure the listener is picod's own.
+    if picod.proc.poll() is not None or not _owns_listener(picod.proc.pid, SDK_PORT):
+        picod.stop()
+        pytest.fail(
+            f"another process serves 127.0.0.1:{SDK_PORT}, not the picod this session started "
+            f"(pid {picod.proc.pid}, exit code {picod.proc.returncode}):\n{picod.stderr()}",
+            pytrace=False,
+        )
     yield picod
     code = picod.stop()
     if code != 0:
