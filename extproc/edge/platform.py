@@ -47,8 +47,17 @@ class PlatformRequest:
 
 
 class PlatformApi:
-    def __init__(self, channel: grpc.aio.Channel, domain: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        domain: str,
+        forget: Callable[[str], None] = lambda sandbox_id: None,
+    ) -> None:
         self._sandboxes = pb_grpc.SandboxServiceStub(channel)
+        # Drops a killed sandbox from this edge's routing directory at once: the watch event
+        # follows within milliseconds, but the SDK's very next request must already see
+        # "not found" rather than a refused connection ("port is not open").
+        self._forget = forget
         self._templates = pb_grpc.TemplateServiceStub(channel)
         self._domain = domain
         self._handlers: dict[str, Callable[[PlatformRequest, str], Awaitable[Answer]]] = {
@@ -143,6 +152,7 @@ class PlatformApi:
             pb.KillSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
             timeout=self._timeout(""),
         )
+        self._forget(sandbox_id)
         return no_content()
 
     async def _set_timeout(self, request: PlatformRequest, sandbox_id: str) -> Answer:

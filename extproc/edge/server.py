@@ -69,7 +69,9 @@ class Edge:
             self.metrics,
         )
         self.processor = ExternalProcessorServicer(
-            PlatformApi(self._channel, settings.domain), self.metrics, settings.max_body_bytes
+            PlatformApi(self._channel, settings.domain, forget=self.directory.remove),
+            self.metrics,
+            settings.max_body_bytes,
         )
         auth_grpc.add_AuthorizationServicer_to_server(self.authz, self.server)
         ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, self.server)

@@ -1,0 +1,122 @@
+"""The official `e2b_code_interpreter` SDK (2.11.5) against the real gateway.
+
+Template code-interpreter-v1 runs picod and the code-interpreter server in one sandbox; the
+SDK reaches the interpreter on port 49999 through Envoy, the edge Check and the interpreter's
+own JWT check. One sandbox serves the whole module to stay fast.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2b import TimeoutException
+from e2b_code_interpreter import OutputMessage, Sandbox
+
+from e2e.conftest import Gateway
+
+TINY_PNG = textwrap.dedent("""
+    import struct, zlib
+    from IPython.display import Image, display
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    png = (b"\\x89PNG\\r\\n\\x1a\\n"
+           + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\\x00\\xff\\x00\\x00"))
+           + chunk(b"IEND", b""))
+    display(Image(data=png, format="png"))
+""")
+
+
+@pytest.fixture(scope="module")
+def sbx(gateway: Gateway) -> Iterator[Sandbox]:
+    sandbox = Sandbox.create(timeout=120)
+    assert sandbox.get_info().template_id == "code-interpreter-v1"
+    yield sandbox
+    sandbox.kill()
+    assert not sandbox.is_running()
+
+
+def test_simple_expression(sbx: Sandbox) -> None:
+    execution = sbx.run_code("1+1")
+    assert execution.error is None
+    assert execution.text == "2"
+
+
+def test_state_persists_across_calls(sbx: Sandbox) -> None:
+    assert sbx.run_code("x = 41").error is None
+    assert sbx.run_code("x + 1").text == "42"
+
+
+def test_stdout_streams_before_the_call_returns(sbx: Sandbox) -> None:
+    seen: list[tuple[str, float]] = []
+
+    def on_stdout(message: OutputMessage) -> None:
+        seen.append((message.line, time.monotonic()))
+
+    code = "import time\nprint('first', flush=True)\ntime.sleep(0.5)\nprint('second', flush=True)"
+    execution = sbx.run_code(code, on_stdout=on_stdout)
+    returned = time.monotonic()
+    assert execution.error is None
+    assert [line for line, _ in seen] == ["first\n", "second\n"]
+    assert execution.logs.stdout == ["first\n", "second\n"]
+    # Streamed, not batched at the end: the first line arrived well before the second.
+    assert seen[1][1] - seen[0][1] >= 0.3
+    assert returned - seen[0][1] >= 0.3
+
+
+def test_exception_yields_error_with_traceback(sbx: Sandbox) -> None:
+    errors = []
+    execution = sbx.run_code("1 / 0", on_error=errors.append)
+    assert execution.error is not None
+    assert execution.error.name == "ZeroDivisionError"
+    assert "division by zero" in execution.error.value
+    assert "ZeroDivisionError" in execution.error.traceback
+    assert [e.name for e in errors] == ["ZeroDivisionError"]
+
+
+def test_display_html_and_png(sbx: Sandbox) -> None:
+    html = sbx.run_code("from IPython.display import HTML, display\ndisplay(HTML('<b>hi</b>'))")
+    assert html.error is None
+    assert [r.html for r in html.results] == ["<b>hi</b>"]
+    image = sbx.run_code(TINY_PNG)
+    assert image.error is None
+    assert len(image.results) == 1
+    png = image.results[0].png
+    assert png is not None and png.startswith("iVBORw0KGgo")  # base64 of the PNG signature
+
+
+def test_contexts_create_list_restart_remove(sbx: Sandbox) -> None:
+    context = sbx.create_code_context(cwd="/tmp")
+    assert context.language == "python"
+    assert context.cwd == "/tmp"
+    assert context.id in {c.id for c in sbx.list_code_contexts()}
+    assert sbx.run_code("y = 7", context=context).error is None
+    assert sbx.run_code("import os; os.getcwd()", context=context).text == "'/tmp'"
+    assert sbx.run_code("y", context=context).text == "7"
+    # Contexts are separate kernels: the default context's state is not visible here.
+    assert sbx.run_code("x", context=context).error is not None
+    sbx.restart_code_context(context)
+    lost = sbx.run_code("y", context=context)
+    assert lost.error is not None and lost.error.name == "NameError"
+    sbx.remove_code_context(context)
+    assert context.id not in {c.id for c in sbx.list_code_contexts()}
+
+
+def test_envs_reach_the_code(sbx: Sandbox) -> None:
+    execution = sbx.run_code('import os; os.environ["FOO"]', envs={"FOO": "bar"})
+    assert execution.error is None
+    assert execution.text == "'bar'"
+
+
+def test_timeout_raises_and_the_kernel_recovers(sbx: Sandbox) -> None:
+    start = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sbx.run_code("while True: pass", timeout=2)
+    assert time.monotonic() - start < 10
+    assert sbx.run_code("1+1", timeout=20).text == "2"
