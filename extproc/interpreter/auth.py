@@ -14,47 +14,31 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
 
 from extproc.core.errors import Unauthenticated
+from extproc.core.gateway_jwt import GatewayJwtVerifier
 from extproc.interpreter.settings import InterpreterSettings
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 log = logging.getLogger(__name__)
 
-# Clock skew tolerated on exp/iat, seconds.
-JWT_LEEWAY_SECONDS = 30
 OPEN_PATHS = frozenset({"/health"})
-
-
-def load_public_key(pem: str) -> RSAPublicKey:
-    """Parse the gateway's RSA public key; ValueError names what is wrong."""
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        key = load_pem_public_key(pem.encode())
-    except (ValueError, TypeError) as e:
-        raise ValueError("the JWT public key is not a PEM public key") from e
-    if not isinstance(key, RSAPublicKey):
-        raise ValueError("the JWT public key must be an RSA key (RS256)")
-    return key
 
 
 class Authenticator:
     def __init__(self, settings: InterpreterSettings) -> None:
-        self._key = load_public_key(settings.jwt_public_key) if settings.jwt_public_key else None
+        self._verifier = (
+            GatewayJwtVerifier(settings.jwt_public_key, settings.sandbox_id)
+            if settings.jwt_public_key
+            else None
+        )
         self._token = settings.access_token.encode() if settings.access_token else None
-        self._sandbox_id = settings.sandbox_id
-        self._open = settings.no_auth and self._key is None and self._token is None
+        self._open = settings.no_auth and self._verifier is None and self._token is None
 
     def check(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
         """Return if the request may pass, else raise Unauthenticated."""
         if path in OPEN_PATHS or self._open:
             return
-        if self._key is None and self._token is None:
+        if self._verifier is None and self._token is None:
             raise Unauthenticated("unauthorized access: no credentials are configured")
         bearer = token = None
         for name, value in headers:
@@ -62,7 +46,7 @@ class Authenticator:
                 bearer = value[7:]
             elif name == b"x-access-token":
                 token = value
-        if bearer is not None and self._key is not None:
+        if bearer is not None and self._verifier is not None:
             if not self._verify(bearer.decode("latin-1")):
                 raise Unauthenticated("unauthorized access: invalid bearer token")
             return
@@ -77,23 +61,4 @@ class Authenticator:
         raise Unauthenticated("unauthorized access: missing credentials")
 
     def _verify(self, token: str) -> bool:
-        if self._key is None:
-            return False
-        import jwt  # loaded on first use: a --no-auth or token-only server never pays for it
-
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._key,
-                algorithms=["RS256"],
-                options={"require": ["exp", "iat"]},
-                leeway=JWT_LEEWAY_SECONDS,
-            )
-        except jwt.InvalidTokenError as e:
-            # The reason class only: never the token or the library's message.
-            log.info("rejected JWT: %s", type(e).__name__)
-            return False
-        if self._sandbox_id is not None and claims.get("session_id") != self._sandbox_id:
-            log.info("rejected JWT: session_id is another sandbox")
-            return False
-        return True
+        return self._verifier is not None and self._verifier.verify(token)

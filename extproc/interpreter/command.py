@@ -112,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
             key_pem = Path(args.jwt_public_key).read_text()
         except OSError as e:
             raise ValueError(f"--jwt-public-key: cannot read {args.jwt_public_key}: {e}") from e
-        from extproc.interpreter.auth import load_public_key
+        from extproc.core.gateway_jwt import load_public_key
 
         load_public_key(key_pem)
     cwd = Path(args.cwd)

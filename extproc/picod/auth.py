@@ -20,17 +20,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from extproc.core.gateway_jwt import GatewayJwtVerifier
 from extproc.picod.settings import USER_HEADER, PicodSettings
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 log = logging.getLogger(__name__)
 
-# Clock skew tolerated on exp/iat, seconds.
-JWT_LEEWAY_SECONDS = 30
 OPEN_PATHS = frozenset({"/health"})
 TOKEN_ONLY_PATHS = frozenset({"/init"})
 SELF_CHECKED_PATHS = frozenset({"/files"})
@@ -40,27 +36,15 @@ Scope = dict[str, Any]
 ASGIApp = Any
 
 
-def load_public_key(pem: str) -> RSAPublicKey:
-    """Parse the gateway's RSA public key; ValueError names what is wrong."""
-    # Imported here: a picod without JWT auth should not pay ~0.1 s for cryptography.
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        key = load_pem_public_key(pem.encode())
-    except (ValueError, TypeError) as e:
-        raise ValueError("the JWT public key is not a PEM public key") from e
-    if not isinstance(key, RSAPublicKey):
-        raise ValueError("the JWT public key must be an RSA key (RS256)")
-    return key
-
-
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, settings: PicodSettings) -> None:
         self._app = app
-        self._key = load_public_key(settings.jwt_public_key) if settings.jwt_public_key else None
+        self._verifier = (
+            GatewayJwtVerifier(settings.jwt_public_key, settings.sandbox_id)
+            if settings.jwt_public_key
+            else None
+        )
         self._token = settings.access_token.encode() if settings.access_token else None
-        self._sandbox_id = settings.sandbox_id
         self._no_auth = settings.no_auth
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -94,14 +78,14 @@ class AuthMiddleware:
         token_ok = self._token is None or (
             token is not None and hmac.compare_digest(token, self._token)
         )
-        if self._key is None and self._token is None:
+        if self._verifier is None and self._token is None:
             if self._no_auth:
                 return None, False, True
             return "unauthorized access: no credentials are configured", False, False
         jwt_ok = False
         # /init skips the JWT only where a token guards it instead.
         skip_jwt = path in TOKEN_ONLY_PATHS and self._token is not None
-        if self._key is not None and not skip_jwt:
+        if self._verifier is not None and not skip_jwt:
             if bearer is None:
                 return "unauthorized access: missing bearer token", False, token_ok
             if not self._verify(bearer.decode("latin-1")):
@@ -112,26 +96,7 @@ class AuthMiddleware:
         return None, jwt_ok, token_ok
 
     def _verify(self, token: str) -> bool:
-        if self._key is None:
-            return False
-        import jwt  # cached after the first request; see load_public_key
-
-        try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=["RS256"],
-                options={"require": ["exp", "iat"]},
-                leeway=JWT_LEEWAY_SECONDS,
-            )
-        except jwt.InvalidTokenError as e:
-            # The reason class only: never the token or the library's message.
-            log.info("rejected JWT: %s", type(e).__name__)
-            return False
-        if self._sandbox_id is not None and claims.get("session_id") != self._sandbox_id:
-            log.info("rejected JWT: session_id is another sandbox")
-            return False
-        return True
+        return self._verifier is not None and self._verifier.verify(token)
 
 
 async def _unauthorized(send: Any, message: str) -> None:

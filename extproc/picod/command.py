@@ -78,7 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> PicodSettings:
     elif os.environ.get(AGENTCUBE_KEY_ENV):
         key_pem = os.environ[AGENTCUBE_KEY_ENV]
     if key_pem is not None:
-        from extproc.picod.auth import load_public_key
+        from extproc.core.gateway_jwt import load_public_key
 
         load_public_key(key_pem)
     env_vars: dict[str, str] = {}
