@@ -15,10 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(NODE_PREFIX)/.installed: tests/js/package.json
+# npm ci installs exactly the committed lock file (the JS SDK's own dependencies included).
+$(NODE_PREFIX)/.installed: tests/js/package.json tests/js/package-lock.json
 	mkdir -p $(NODE_PREFIX)
-	cp tests/js/package.json tests/js/package-lock.json $(NODE_PREFIX)/ 2>/dev/null || cp tests/js/package.json $(NODE_PREFIX)/
-	cd $(NODE_PREFIX) && npm install --silent --no-audit --no-fund
+	cp tests/js/package.json tests/js/package-lock.json $(NODE_PREFIX)/
+	cd $(NODE_PREFIX) && npm ci --silent --no-audit --no-fund
 	touch $@
 
 venv: $(VENV)/.installed $(NODE_PREFIX)/.installed

@@ -29,9 +29,10 @@ from typing import Any
 
 import httpx
 
+from extproc.core.flags import EnvDefaults
 from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
 
-_ENV = "AGENTCUBE_E2B_UP_"
+ENV = EnvDefaults("AGENTCUBE_E2B_UP_")
 
 
 @dataclass(frozen=True)
@@ -59,73 +60,39 @@ class UpSettings:
     grace_s: float = 10.0
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(_ENV + name, default)
-
-
 def register(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add(
-        "--listen",
-        default=_env("LISTEN", "127.0.0.1:8081"),
-        metavar="IP:PORT",
-        help=f"public listener (env {_ENV}LISTEN; default %(default)s)",
-    )
-    add(
-        "--domain",
-        default=_env("DOMAIN", DEFAULT_DOMAIN),
-        help=f"sandbox domain (env {_ENV}DOMAIN; default %(default)s)",
-    )
-    add(
+    ENV.add(parser, "--listen", "127.0.0.1:8081", "public listener", metavar="IP:PORT")
+    ENV.add(parser, "--domain", DEFAULT_DOMAIN, "sandbox domain")
+    parser.add_argument(
         "--state-dir",
-        default=_env("STATE_DIR", "state"),
+        default=ENV.text("STATE_DIR", "state"),
         metavar="DIR",
-        help=f"state directory (env {_ENV}STATE_DIR; default ./%(default)s)",
+        help=f"state directory (env {ENV.var('STATE_DIR')}; default ./%(default)s)",
     )
-    add(
-        "--admin",
-        default=_env("ADMIN", "127.0.0.1:9901"),
-        metavar="IP:PORT",
-        help=f"Envoy admin, loopback only (env {_ENV}ADMIN; default %(default)s)",
-    )
-    add(
-        "--edge-listen",
-        default=_env("EDGE_LISTEN", "127.0.0.1:9001"),
-        metavar="IP:PORT",
-        help=f"edge gRPC (env {_ENV}EDGE_LISTEN; default %(default)s)",
-    )
-    add(
-        "--metrics-listen",
-        default=_env("METRICS_LISTEN", "127.0.0.1:9091"),
-        metavar="IP:PORT",
-        help=f"edge metrics (env {_ENV}METRICS_LISTEN; default %(default)s)",
-    )
-    add(
-        "--lifecycle-listen",
-        default=_env("LIFECYCLE_LISTEN", "127.0.0.1:9002"),
-        metavar="IP:PORT",
-        help=f"lifecycle gRPC (env {_ENV}LIFECYCLE_LISTEN; default %(default)s)",
-    )
-    add(
+    ENV.add(parser, "--admin", "127.0.0.1:9901", "Envoy admin, loopback only", metavar="IP:PORT")
+    ENV.add(parser, "--edge-listen", "127.0.0.1:9001", "edge gRPC", metavar="IP:PORT")
+    ENV.add(parser, "--metrics-listen", "127.0.0.1:9091", "edge metrics", metavar="IP:PORT")
+    ENV.add(parser, "--lifecycle-listen", "127.0.0.1:9002", "lifecycle gRPC", metavar="IP:PORT")
+    parser.add_argument(
         "--envoy-concurrency",
         type=int,
-        default=int(_env("ENVOY_CONCURRENCY", "2")),
+        default=ENV.integer("ENVOY_CONCURRENCY", 2),
         metavar="N",
-        help=f"Envoy worker threads (env {_ENV}ENVOY_CONCURRENCY; default %(default)s)",
+        help=f"Envoy worker threads (env {ENV.var('ENVOY_CONCURRENCY')}; default %(default)s)",
     )
-    add(
+    parser.add_argument(
         "--ready-timeout",
         type=float,
-        default=float(_env("READY_TIMEOUT", "60")),
+        default=ENV.number("READY_TIMEOUT", 60),
         metavar="SECONDS",
-        help=f"startup bound (env {_ENV}READY_TIMEOUT; default %(default)s)",
+        help=f"startup bound (env {ENV.var('READY_TIMEOUT')}; default %(default)s)",
     )
-    add(
+    parser.add_argument(
         "--grace",
         type=float,
-        default=float(_env("GRACE", "10")),
+        default=ENV.number("GRACE", 10),
         metavar="SECONDS",
-        help=f"SIGTERM-to-SIGKILL grace per child (env {_ENV}GRACE; default %(default)s)",
+        help=f"SIGTERM-to-SIGKILL grace per child (env {ENV.var('GRACE')}; default %(default)s)",
     )
     parser.set_defaults(run=run)
 

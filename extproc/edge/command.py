@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from extproc.core.flags import EnvDefaults, number_arg
 from extproc.edge.settings import DirectorySettings, EdgeSettings, KeyStoreSettings, TokenSettings
 
-ENV_PREFIX = "AGENTCUBE_E2B_EDGE_"
-
-
-def _env(name: str, default: object) -> object:
-    return os.environ.get(ENV_PREFIX + name, default)
+ENV = EnvDefaults("AGENTCUBE_E2B_EDGE_")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -25,90 +21,79 @@ def register(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--listen",
-        default=_env("LISTEN", "127.0.0.1:9001"),
+        default=ENV.text("LISTEN", "127.0.0.1:9001"),
         metavar="HOST:PORT",
         help="gRPC address for ext_authz, ext_proc and health (default 127.0.0.1:9001)",
     )
     add(
         "--lifecycle",
-        default=_env("LIFECYCLE", directory.lifecycle_target),
+        default=ENV.text("LIFECYCLE", directory.lifecycle_target),
         metavar="HOST:PORT",
         help=f"lifecycle gRPC address (default {directory.lifecycle_target})",
     )
     add(
         "--state-dir",
-        default=_env("STATE_DIR", "./state"),
+        default=ENV.text("STATE_DIR", "./state"),
         metavar="DIR",
         help="state directory: keys/ and identity/ (default ./state)",
     )
     add(
         "--domain",
-        default=_env("DOMAIN", "e2b.localhost"),
+        default=ENV.text("DOMAIN", "e2b.localhost"),
         metavar="DOMAIN",
         help="sandbox domain: hosts {port}-{id}.DOMAIN (default e2b.localhost)",
     )
     add(
         "--metrics-listen",
-        default=_env("METRICS_LISTEN", "127.0.0.1:9091"),
+        default=ENV.text("METRICS_LISTEN", "127.0.0.1:9091"),
         metavar="HOST:PORT",
         help="Prometheus /metrics address, '' to disable (default 127.0.0.1:9091)",
     )
     add(
         "--grace",
-        default=_env("GRACE", 5.0),
+        default=ENV.text("GRACE", 5.0),
         metavar="SECONDS",
         help="seconds in-flight RPCs get on SIGTERM (default 5)",
     )
     add(
         "--keys-poll-interval",
-        default=_env("KEYS_POLL_INTERVAL", 0.25),
+        default=ENV.text("KEYS_POLL_INTERVAL", 0.25),
         metavar="SECONDS",
         help="seconds between checks of the key files (default 0.25)",
     )
     add(
         "--lookup-timeout",
-        default=_env("LOOKUP_TIMEOUT", directory.lookup_timeout_s),
+        default=ENV.text("LOOKUP_TIMEOUT", directory.lookup_timeout_s),
         metavar="SECONDS",
         help="deadline of the GetSandbox read on a directory miss "
         f"(default {directory.lookup_timeout_s})",
     )
     add(
         "--negative-ttl",
-        default=_env("NEGATIVE_TTL", directory.negative_ttl_s),
+        default=ENV.text("NEGATIVE_TTL", directory.negative_ttl_s),
         metavar="SECONDS",
         help="seconds an unknown sandbox id stays cached as missing "
         f"(default {directory.negative_ttl_s})",
     )
     add(
         "--jwt-lifetime",
-        default=_env("JWT_LIFETIME", tokens.lifetime_s),
+        default=ENV.text("JWT_LIFETIME", tokens.lifetime_s),
         metavar="SECONDS",
         help=f"picod JWT lifetime (default {tokens.lifetime_s})",
     )
     add(
         "--jwt-refresh-margin",
-        default=_env("JWT_REFRESH_MARGIN", tokens.refresh_margin_s),
+        default=ENV.text("JWT_REFRESH_MARGIN", tokens.refresh_margin_s),
         metavar="SECONDS",
         help=f"re-sign a cached JWT when fewer seconds remain (default {tokens.refresh_margin_s})",
     )
     add(
         "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
+        default=ENV.text("LOG_LEVEL", "INFO"),
         metavar="LEVEL",
         help="logging level (default INFO)",
     )
     parser.set_defaults(run=run, parser=parser)  # fmt: skip
-
-
-def _number(args: argparse.Namespace, name: str, low: float) -> float:
-    raw = getattr(args, name)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"--{name.replace('_', '-')}: expected a number, got {raw!r}") from error
-    if value < low:
-        raise ValueError(f"--{name.replace('_', '-')}: expected >= {low}, got {value}")
-    return value
 
 
 def _address(args: argparse.Namespace, name: str, optional: bool = False) -> str:
@@ -124,8 +109,8 @@ def _address(args: argparse.Namespace, name: str, optional: bool = False) -> str
 def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
     state_dir = Path(args.state_dir)
-    lifetime = int(_number(args, "jwt_lifetime", 10))
-    margin = int(_number(args, "jwt_refresh_margin", 0))
+    lifetime = int(number_arg(args, "jwt_lifetime", 10))
+    margin = int(number_arg(args, "jwt_refresh_margin", 0))
     if margin >= lifetime:
         raise ValueError("--jwt-refresh-margin: must be shorter than --jwt-lifetime")
     domain = str(args.domain).strip(".").lower()
@@ -135,12 +120,12 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         listen=_address(args, "listen"),
         keys=KeyStoreSettings(
             directory=state_dir / "keys",
-            poll_interval_s=_number(args, "keys_poll_interval", 0.01),
+            poll_interval_s=number_arg(args, "keys_poll_interval", 0.01),
         ),
         directory=DirectorySettings(
             lifecycle_target=_address(args, "lifecycle"),
-            lookup_timeout_s=_number(args, "lookup_timeout", 0.01),
-            negative_ttl_s=_number(args, "negative_ttl", 0),
+            lookup_timeout_s=number_arg(args, "lookup_timeout", 0.01),
+            negative_ttl_s=number_arg(args, "negative_ttl", 0),
         ),
         tokens=TokenSettings(
             identity_directory=state_dir / "identity",
@@ -149,7 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         ),
         domain=domain,
         metrics_listen=_address(args, "metrics_listen", optional=True),
-        shutdown_grace_s=_number(args, "grace", 0),
+        shutdown_grace_s=number_arg(args, "grace", 0),
     )
 
 

@@ -7,31 +7,19 @@ Without `-o` the YAML goes to stdout.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from extproc.core.flags import EnvDefaults
 from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
 
-_ENV = "AGENTCUBE_E2B_ENVOY_"
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(_ENV + name, default)
+ENV = EnvDefaults("AGENTCUBE_E2B_ENVOY_")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     defaults = EnvoySettings()
-    parser.add_argument(
-        "--listen",
-        default=_env("LISTEN", str(defaults.listen)),
-        help=f"public listener IP:PORT (env {_ENV}LISTEN; default %(default)s)",
-    )
-    parser.add_argument(
-        "--domain",
-        default=_env("DOMAIN", DEFAULT_DOMAIN),
-        help=f"sandbox domain (env {_ENV}DOMAIN; default %(default)s)",
-    )
+    ENV.add(parser, "--listen", str(defaults.listen), "public listener IP:PORT")
+    ENV.add(parser, "--domain", DEFAULT_DOMAIN, "sandbox domain")
     parser.add_argument(
         "--edge",
         action="append",
@@ -39,14 +27,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="IP:PORT",
         help=(
             "an edge gRPC endpoint; repeat for several edge processes "
-            f"(env {_ENV}EDGES, comma-separated; default {defaults.edges[0]})"
+            f"(env {ENV.var('EDGES')}, comma-separated; default {defaults.edges[0]})"
         ),
     )
-    parser.add_argument(
-        "--admin",
-        default=_env("ADMIN", str(defaults.admin)),
-        help=f"admin interface, loopback IP:PORT only (env {_ENV}ADMIN; default %(default)s)",
-    )
+    ENV.add(parser, "--admin", str(defaults.admin), "admin interface, loopback IP:PORT only")
     parser.add_argument(
         "-o", "--output", type=Path, default=None, help="write here instead of stdout"
     )
@@ -55,7 +39,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> EnvoySettings:
     edges_text: list[str] = args.edge or [
-        part for part in _env("EDGES", str(EnvoySettings().edges[0])).split(",") if part
+        part for part in ENV.text("EDGES", str(EnvoySettings().edges[0])).split(",") if part
     ]
     return EnvoySettings(
         listen=HostPort.parse(args.listen),

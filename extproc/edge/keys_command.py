@@ -7,7 +7,6 @@ within its poll interval, because writes replace whole files by rename.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from types import MappingProxyType
@@ -22,23 +21,25 @@ from extproc.core.api_keys import (
     validate_namespace,
 )
 from extproc.core.errors import DomainError, InvalidArgument, NotFound
+from extproc.core.flags import EnvDefaults
 from extproc.edge.keyfiles import read_key_index, write_key_index
 
-STATE_DIR_ENV = "AGENTCUBE_E2B_EDGE_STATE_DIR"
+# the edge's variables: `keys` and the edge share one state directory
+ENV = EnvDefaults("AGENTCUBE_E2B_EDGE_")
 HASH_PREFIX_SHOWN = 12
 MIN_HASH_PREFIX = 6
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    state_default = os.environ.get(STATE_DIR_ENV, "./state")
+    state_default = ENV.text("STATE_DIR", "./state")
 
     def with_state_dir(action: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action.add_argument(
             "--state-dir",
             default=state_default,
             metavar="DIR",
-            help=f"state directory holding keys/ (default ./state, env {STATE_DIR_ENV})",
+            help=f"state directory holding keys/ (default ./state, env {ENV.var('STATE_DIR')})",
         )
         return action
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from extproc.core.flags import EnvDefaults
 from extproc.interpreter.settings import (
     DEFAULT_CWD,
     DEFAULT_ENVD_URL,
@@ -19,52 +19,47 @@ from extproc.interpreter.settings import (
     InterpreterSettings,
 )
 
-ENV_PREFIX = "AGENTCUBE_E2B_INTERPRETER_"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + name)
+ENV = EnvDefaults("AGENTCUBE_E2B_INTERPRETER_")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
-        default=_env("LISTEN") or f"0.0.0.0:{DEFAULT_PORT}",
+        default=ENV.text("LISTEN") or f"0.0.0.0:{DEFAULT_PORT}",
         metavar="HOST:PORT",
         help=f"address to serve on (default 0.0.0.0:{DEFAULT_PORT}, the SDK's port)",
     )
     parser.add_argument(
         "--envd-url",
-        default=_env("ENVD_URL") or DEFAULT_ENVD_URL,
+        default=ENV.text("ENVD_URL") or DEFAULT_ENVD_URL,
         help=f"envd here, for the sandbox's env vars ('' to skip; default {DEFAULT_ENVD_URL})",
     )
     parser.add_argument(
-        "--access-token", default=_env("ACCESS_TOKEN"), help="E2B's X-Access-Token to accept"
+        "--access-token", default=ENV.text("ACCESS_TOKEN"), help="E2B's X-Access-Token to accept"
     )
     parser.add_argument(
         "--jwt-public-key",
-        default=_env("JWT_PUBLIC_KEY"),
+        default=ENV.text("JWT_PUBLIC_KEY"),
         metavar="FILE",
         help="PEM RSA public key of the gateway (RS256 JWTs)",
     )
     parser.add_argument(
-        "--sandbox-id", default=_env("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
+        "--sandbox-id", default=ENV.text("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
     )
     parser.add_argument(
         "--no-auth",
         action="store_true",
-        default=(_env("NO_AUTH") or "").lower() in TRUE_WORDS,
+        default=ENV.flag("NO_AUTH"),
         help="serve without any auth (local debugging only)",
     )
     parser.add_argument(
         "--cwd",
-        default=_env("CWD") or str(DEFAULT_CWD),
+        default=ENV.text("CWD") or str(DEFAULT_CWD),
         help=f"working directory of new contexts (default {DEFAULT_CWD})",
     )
     parser.add_argument(
         "--execution-timeout",
-        default=_env("EXECUTION_TIMEOUT") or "0",
+        default=ENV.text("EXECUTION_TIMEOUT") or "0",
         metavar="SECONDS",
         help="interrupt an execution after this long (default 0: only the client's timeout)",
     )
@@ -82,7 +77,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     ):
         parser.add_argument(
             f"--{flag}",
-            default=_env(flag.upper().replace("-", "_")) or str(default),
+            default=ENV.text(flag.upper().replace("-", "_")) or str(default),
             metavar="N",
             help=f"{help_text} (default {default})",
         )

@@ -7,81 +7,62 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
 
+from extproc.core.flags import FALSE_WORDS, TRUE_WORDS, EnvDefaults, integer_arg, number_arg
 from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
 
-ENV_PREFIX = "AGENTCUBE_E2B_LIFECYCLE_"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off"})
-
-
-def _env(name: str, default: object) -> object:
-    return os.environ.get(ENV_PREFIX + name, default)
+ENV = EnvDefaults("AGENTCUBE_E2B_LIFECYCLE_")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     server, local = ServerSettings(), LocalSettings()
     add = parser.add_argument
-    add("--backend", default=_env("BACKEND", "local"), choices=["local"],
+    add("--backend", default=ENV.text("BACKEND", "local"), choices=["local"],
         help="sandbox backend (default local)")
-    add("--listen", default=_env("LISTEN", server.listen), metavar="HOST:PORT",
+    add("--listen", default=ENV.text("LISTEN", server.listen), metavar="HOST:PORT",
         help=f"gRPC address (default {server.listen})")
-    add("--grace", default=_env("GRACE", server.grace_s), metavar="SECONDS",
+    add("--grace", default=ENV.text("GRACE", server.grace_s), metavar="SECONDS",
         help=f"seconds in-flight RPCs get on SIGTERM (default {server.grace_s})")
-    add("--state-dir", default=_env("STATE_DIR", str(local.state_dir)), metavar="DIR",
+    add("--state-dir", default=ENV.text("STATE_DIR", str(local.state_dir)), metavar="DIR",
         help=f"SQLite db, token seed, templates.json, sandbox homes (default {local.state_dir})")
-    add("--jwt-public-key", default=_env("JWT_PUBLIC_KEY", None), metavar="FILE",
+    add("--jwt-public-key", default=ENV.text("JWT_PUBLIC_KEY", None), metavar="FILE",
         help="PEM public key picod verifies the gateway's JWTs with (default none)")
-    add("--pool-size", default=_env("POOL_SIZE", local.pool_size), metavar="N",
+    add("--pool-size", default=ENV.text("POOL_SIZE", local.pool_size), metavar="N",
         help=f"warm sandboxes kept for template base (default {local.pool_size})")
-    add("--interpreter-pool-size", default=_env("INTERPRETER_POOL_SIZE",
+    add("--interpreter-pool-size", default=ENV.text("INTERPRETER_POOL_SIZE",
         local.interpreter_pool_size), metavar="N",
         help="warm sandboxes kept for template code-interpreter-v1 (default "
              f"{local.interpreter_pool_size})")
-    add("--max-timeout", default=_env("MAX_TIMEOUT", local.max_timeout_s), metavar="SECONDS",
+    add("--max-timeout", default=ENV.text("MAX_TIMEOUT", local.max_timeout_s), metavar="SECONDS",
         help=f"longest sandbox life (default {local.max_timeout_s})")
-    add("--max-sandboxes", default=_env("MAX_SANDBOXES", local.max_sandboxes), metavar="N",
+    add("--max-sandboxes", default=ENV.text("MAX_SANDBOXES", local.max_sandboxes), metavar="N",
         help=f"most live sandboxes, pool included (default {local.max_sandboxes})")
-    add("--max-concurrent-starts", default=_env("MAX_CONCURRENT_STARTS",
+    add("--max-concurrent-starts", default=ENV.text("MAX_CONCURRENT_STARTS",
         local.max_concurrent_starts), metavar="N",
         help="sandboxes starting at once; more Creates wait for a slot (default "
              f"{local.max_concurrent_starts})")
-    add("--picod-command", default=_env("PICOD_COMMAND", None), metavar="CMD",
+    add("--picod-command", default=ENV.text("PICOD_COMMAND", None), metavar="CMD",
         help="picod command before its flags, shell-quoted (default: this Python -m "
              "extproc.cli picod)")
-    add("--interpreter-command", default=_env("INTERPRETER_COMMAND", None), metavar="CMD",
+    add("--interpreter-command", default=ENV.text("INTERPRETER_COMMAND", None), metavar="CMD",
         help="code interpreter command before its flags, shell-quoted (default: this Python "
              "-m extproc.cli interpreter)")
-    add("--isolation", default=_env("ISOLATION", "on"), metavar="on|off",
+    add("--isolation", default=ENV.text("ISOLATION", "on"), metavar="on|off",
         help="bubblewrap isolation when bwrap is installed (default on)")
-    add("--address-space-factor", default=_env("ADDRESS_SPACE_FACTOR",
+    add("--address-space-factor", default=ENV.text("ADDRESS_SPACE_FACTOR",
         local.address_space_factor), metavar="N",
         help="RLIMIT_AS per sandbox process = template memory x N (default "
              f"{local.address_space_factor})")
-    add("--ready-timeout", default=_env("READY_TIMEOUT", local.ready_timeout_s),
+    add("--ready-timeout", default=ENV.text("READY_TIMEOUT", local.ready_timeout_s),
         metavar="SECONDS", help="seconds a sandbox gets to start, warm kernel included "
         f"(default {local.ready_timeout_s})")
-    add("--kill-on-exit", default=_env("KILL_ON_EXIT", "off"), metavar="on|off",
+    add("--kill-on-exit", default=ENV.text("KILL_ON_EXIT", "off"), metavar="on|off",
         help="kill every sandbox on SIGTERM instead of leaving them for re-adoption "
              "(default off)")
     parser.set_defaults(run=run, parser=parser)  # fmt: skip
-
-
-def _number(
-    args: argparse.Namespace, name: str, kind: type[int] | type[float], low: float
-) -> float:
-    raw = getattr(args, name)
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"--{name.replace('_', '-')}: expected a number, got {raw!r}") from exc
-    if value < low:
-        raise ValueError(f"--{name.replace('_', '-')}: expected >= {low}, got {value}")
-    return value
 
 
 def _switch(args: argparse.Namespace, name: str) -> bool:
@@ -104,21 +85,21 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
     local = LocalSettings(
         state_dir=Path(args.state_dir),
         jwt_public_key=key,
-        pool_size=int(_number(args, "pool_size", int, 0)),
-        interpreter_pool_size=int(_number(args, "interpreter_pool_size", int, 0)),
-        max_timeout_s=int(_number(args, "max_timeout", int, 1)),
-        max_sandboxes=int(_number(args, "max_sandboxes", int, 1)),
-        max_concurrent_starts=int(_number(args, "max_concurrent_starts", int, 1)),
+        pool_size=integer_arg(args, "pool_size", 0),
+        interpreter_pool_size=integer_arg(args, "interpreter_pool_size", 0),
+        max_timeout_s=integer_arg(args, "max_timeout", 1),
+        max_sandboxes=integer_arg(args, "max_sandboxes", 1),
+        max_concurrent_starts=integer_arg(args, "max_concurrent_starts", 1),
         isolation=_switch(args, "isolation"),
-        address_space_factor=int(_number(args, "address_space_factor", int, 1)),
-        ready_timeout_s=_number(args, "ready_timeout", float, 0.1),
+        address_space_factor=integer_arg(args, "address_space_factor", 1),
+        ready_timeout_s=number_arg(args, "ready_timeout", 0.1),
         kill_on_exit=_switch(args, "kill_on_exit"),
         **({"picod_command": tuple(shlex.split(args.picod_command))}
            if args.picod_command else {}),
         **({"interpreter_command": tuple(shlex.split(args.interpreter_command))}
            if args.interpreter_command else {}),
     )  # fmt: skip
-    server = ServerSettings(listen=args.listen, grace_s=_number(args, "grace", float, 0))
+    server = ServerSettings(listen=args.listen, grace_s=number_arg(args, "grace", 0))
     return LifecycleSettings(backend=args.backend, server=server, local=local)
 
 

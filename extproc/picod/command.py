@@ -13,51 +13,47 @@ import os
 import sys
 from pathlib import Path
 
+from extproc.core.flags import EnvDefaults
 from extproc.picod.settings import DEFAULT_HOME, DEFAULT_USER, PicodSettings
 
-ENV_PREFIX = "AGENTCUBE_E2B_PICOD_"
+ENV = EnvDefaults("AGENTCUBE_E2B_PICOD_")
 # AgentCube's PicoD takes the gateway's public key PEM itself from this variable.
 AGENTCUBE_KEY_ENV = "PICOD_AUTH_PUBLIC_KEY"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + name)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
-        default=_env("LISTEN") or "0.0.0.0:49983",
+        default=ENV.text("LISTEN") or "0.0.0.0:49983",
         metavar="HOST:PORT",
         help="address to serve on (default 0.0.0.0:49983, envd's port)",
     )
     parser.add_argument(
-        "--sandbox-id", default=_env("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
+        "--sandbox-id", default=ENV.text("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
     )
     parser.add_argument(
         "--jwt-public-key",
-        default=_env("JWT_PUBLIC_KEY"),
+        default=ENV.text("JWT_PUBLIC_KEY"),
         metavar="FILE",
         help=f"PEM RSA public key of the gateway (or the PEM itself in ${AGENTCUBE_KEY_ENV})",
     )
     parser.add_argument(
-        "--access-token", default=_env("ACCESS_TOKEN"), help="envd's X-Access-Token"
+        "--access-token", default=ENV.text("ACCESS_TOKEN"), help="envd's X-Access-Token"
     )
     parser.add_argument(
         "--no-auth",
         action="store_true",
-        default=(_env("NO_AUTH") or "").lower() in TRUE_WORDS,
+        default=ENV.flag("NO_AUTH"),
         help="serve without any auth (local debugging only)",
     )
-    parser.add_argument("--user", default=_env("USER") or DEFAULT_USER, help="default user")
+    parser.add_argument("--user", default=ENV.text("USER") or DEFAULT_USER, help="default user")
     parser.add_argument(
-        "--home", default=_env("HOME") or str(DEFAULT_HOME), help="the default user's home"
+        "--home", default=ENV.text("HOME") or str(DEFAULT_HOME), help="the default user's home"
     )
     parser.add_argument(
         "--env",
         action="append",
-        default=[line for line in (_env("ENV") or "").splitlines() if line],
+        default=[line for line in (ENV.text("ENV") or "").splitlines() if line],
         metavar="KEY=VALUE",
         help="sandbox env var for every process (repeatable; env: one per line)",
     )

@@ -1,0 +1,106 @@
+"""Command-line flags whose defaults come from `<PREFIX><NAME>` environment variables.
+
+Standard library only: picod and the interpreter import this at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+# No run-time `typing` import (~3 ms) before picod's own imports need it; type checkers
+# take this name as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, overload
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class EnvDefaults:
+    """Reads flag defaults from the environment variables `prefix + NAME`."""
+
+    prefix: str
+
+    def var(self, name: str) -> str:
+        return self.prefix + name
+
+    if TYPE_CHECKING:
+
+        @overload
+        def text(self, name: str) -> str | None: ...
+        @overload
+        def text(self, name: str, default: str) -> str: ...
+        @overload
+        def text(self, name: str, default: object) -> object: ...
+
+    def text(self, name: str, default: object = None) -> object:
+        """The variable as set (even empty), else `default`."""
+        return os.environ.get(self.var(name), default)
+
+    def flag(self, name: str) -> bool:
+        """True when the variable is one of TRUE_WORDS (any case); anything else is false."""
+        return (self.text(name) or "").lower() in TRUE_WORDS
+
+    def integer(self, name: str, default: int) -> int:
+        return int(self._parse(name, default, int, "an integer"))
+
+    def number(self, name: str, default: float) -> float:
+        return float(self._parse(name, default, float, "a number"))
+
+    def _parse(
+        self, name: str, default: float, kind: type[int] | type[float], expected: str
+    ) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return kind(default)
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"{self.var(name)}: expected {expected}, got {raw!r}") from None
+
+    def add(
+        self,
+        parser: argparse.ArgumentParser,
+        flag: str,
+        default: str,
+        help_text: str,
+        **kwargs: Any,
+    ) -> None:
+        """`parser.add_argument(flag)` defaulting to the variable named after the flag
+        (`--edge-listen` -> `<prefix>EDGE_LISTEN`); its help is `help_text` followed by
+        "(env VAR; default D)"."""
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(
+            flag,
+            default=self.text(name, default),
+            help=f"{help_text} (env {self.var(name)}; default %(default)s)",
+            **kwargs,
+        )
+
+
+def number_arg(args: argparse.Namespace, dest: str, low: float) -> float:
+    """`args.<dest>` as a float of at least `low`, else ValueError naming the flag."""
+    return _at_least(args, dest, low, float)
+
+
+def integer_arg(args: argparse.Namespace, dest: str, low: int) -> int:
+    """`args.<dest>` as an int of at least `low`, else ValueError naming the flag."""
+    return int(_at_least(args, dest, low, int))
+
+
+def _at_least(
+    args: argparse.Namespace, dest: str, low: float, kind: type[int] | type[float]
+) -> float:
+    raw = getattr(args, dest)
+    flag = "--" + dest.replace("_", "-")
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{flag}: expected a number, got {raw!r}") from error
+    if value < low:
+        raise ValueError(f"{flag}: expected >= {low}, got {value}")
+    return value
