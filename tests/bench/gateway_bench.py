@@ -15,10 +15,8 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -26,39 +24,12 @@ from pathlib import Path
 
 import grpc
 import httpx
+from _measure import envoy_argv, exported, free_port, start_up
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from extproc.envoy_config.bootstrap import bootstrap
 from extproc.envoy_config.clusters import socket_address
 from extproc.envoy_config.settings import EnvoySettings, HostPort
-
-ENVOY = Path(sys.executable).parent / "envoy"
-CLI = [sys.executable, "-m", "extproc.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_up(
-    state: Path, ports: dict[str, int], log: Path
-) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    argv = [*CLI, "up", "--state-dir", str(state)]
-    for flag, port in ports.items():
-        argv += [f"--{flag}", f"127.0.0.1:{port}"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log.open("wb"))
-    assert process.stdout is not None
-    values: dict[str, str] = {}
-    for raw in process.stdout:
-        line = raw.decode().strip()
-        if line == "ready":
-            return process, values
-        if line.startswith("export "):
-            values.update(item.split("=", 1) for item in line.split()[1:])
-    raise SystemExit(f"up failed; see {log}")
 
 
 def baseline_config(settings: EnvoySettings, picod: HostPort, domain: str) -> str:
@@ -196,9 +167,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ports = {
             name: free_port()
-            for name in ("listen", "admin", "edge-listen", "metrics-listen", "lifecycle-listen")
+            for name in ("listen", "admin", "edge_listen", "metrics_listen", "lifecycle_listen")
         }
-        process, env = start_up(Path(tmp) / "state", ports, Path(tmp) / "up.log")
+        process, printed = start_up(Path(tmp) / "state", Path(tmp) / "up.log", **ports)
+        env = exported(printed)
         os.environ.update(env)
         from e2b import Sandbox
 
@@ -208,28 +180,18 @@ def main() -> None:
             token = sbx._envd_access_token or ""
             domain = env["E2B_DOMAIN"]
             picod = asyncio.run(
-                picod_address(f"127.0.0.1:{ports['lifecycle-listen']}", sbx.sandbox_id)
+                picod_address(f"127.0.0.1:{ports['lifecycle_listen']}", sbx.sandbox_id)
             )
             settings = EnvoySettings(
                 listen=HostPort("127.0.0.1", free_port()),
                 admin=HostPort("127.0.0.1", free_port()),
                 domain=domain,
-                edges=(HostPort("127.0.0.1", ports["edge-listen"]),),
+                edges=(HostPort("127.0.0.1", ports["edge_listen"]),),
             )
             config = Path(tmp) / "baseline.yaml"
             config.write_text(baseline_config(settings, picod, domain))
             baseline_envoy = subprocess.Popen(
-                [
-                    str(ENVOY),
-                    "-c",
-                    str(config),
-                    "--concurrency",
-                    "2",
-                    "--disable-hot-restart",
-                    "-l",
-                    "error",
-                ],
-                stdout=subprocess.DEVNULL,
+                envoy_argv(config, concurrency=2, log_level="error"), stdout=subprocess.DEVNULL
             )
             with httpx.Client() as client:
                 for _ in range(200):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,66 +20,32 @@ import time
 from pathlib import Path
 
 import httpx
+from _measure import NotHealthy, environ_without, free_port, memory_kib, pct, wait_healthy
 from e2b_code_interpreter import Sandbox
 
 CLI = str(Path(sys.executable).with_name("agentcube-e2b"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start(command: str, port: int, *flags: str, ready: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCUBE_E2B_")}
     proc = subprocess.Popen(
         [CLI, command, "--listen", f"127.0.0.1:{port}", *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=environ_without("AGENTCUBE_E2B_"),
         start_new_session=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == ready:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    proc.kill()
-    raise SystemExit(f"{command} did not start")
-
-
-def tree(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            pids += tree(int(child))
-    return pids
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of a process and its descendants, KiB. PSS splits shared pages fairly."""
-    rss = pss = 0
-    for p in tree(pid):
-        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss += int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss += int(line.split()[1])
-    return rss, pss
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}/health", ready, timeout_s=30, interval_s=0.01)
+    except NotHealthy as e:
+        proc.kill()
+        raise SystemExit(f"{command} {e}") from None
+    return proc
 
 
 def percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p50 = statistics.median(ordered) * 1000
-    p90 = ordered[int(len(ordered) * 0.9)] * 1000
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    p50 = statistics.median(samples) * 1000
+    p90 = pct(samples, 0.9) * 1000
+    p99 = pct(samples, 0.99) * 1000
     return f"p50 {p50:.2f} ms  p90 {p90:.2f} ms  p99 {p99:.2f} ms"
 
 

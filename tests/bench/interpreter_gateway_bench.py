@@ -20,50 +20,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 import httpx
+from _measure import exported, free_port, start_up
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
-CLI = [sys.executable, "-m", "extproc.cli"]
 POOL_ENV = "AGENTCUBE_E2B_LIFECYCLE_INTERPRETER_POOL_SIZE"
 COLD_MS = 1000.0  # slower than this: the pool was empty, a sandbox was started on demand
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_up(
-    state: Path, log: Path, pool_size: int, lifecycle: str
-) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    argv = [*CLI, "up", "--state-dir", str(state), "--ready-timeout", "60"]
-    argv += ["--lifecycle-listen", lifecycle]
-    for flag in ("listen", "admin", "edge-listen", "metrics-listen"):
-        argv += [f"--{flag}", f"127.0.0.1:{free_port()}"]
-    env = {**os.environ, POOL_ENV: str(pool_size)}
-    with log.open("wb") as err:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env)
-    assert process.stdout is not None
-    values: dict[str, str] = {}
-    for raw in process.stdout:
-        line = raw.decode().strip()
-        if line == "ready":
-            return process, values
-        if line.startswith("export "):
-            values.update(item.split("=", 1) for item in line.split()[1:])
-    raise SystemExit(f"up failed; see {log}")
 
 
 async def endpoint_host(lifecycle: str, sandbox_id: str) -> str:
@@ -99,8 +68,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "up.log"
-        lifecycle = f"127.0.0.1:{free_port()}"
-        process, env = start_up(Path(tmp) / "state", log, args.pool_size, lifecycle)
+        lifecycle_port = free_port()
+        lifecycle = f"127.0.0.1:{lifecycle_port}"
+        process, printed = start_up(
+            Path(tmp) / "state",
+            log,
+            env={**os.environ, POOL_ENV: str(args.pool_size)},
+            lifecycle_listen=lifecycle_port,
+            **{name: free_port() for name in ("listen", "admin", "edge_listen", "metrics_listen")},
+        )
+        env = exported(printed)
         os.environ.update(env)
         os.environ.pop("E2B_DEBUG", None)
         from e2b_code_interpreter import Sandbox  # after E2B_* are set

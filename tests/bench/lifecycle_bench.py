@@ -17,33 +17,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from _measure import memory_kib, pct
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.lifecycle.local import LocalBackend
-from extproc.lifecycle.processes import tree
 from extproc.lifecycle.server import serving
 from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) in KiB summed over the sandbox's processes (smaps_rollup)."""
-    pss = rss = 0
-    for p in tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-                elif line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-        except OSError:
-            continue
-    return pss, rss
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -140,7 +120,7 @@ async def many_step(
         return
     await asyncio.sleep(2)
     mem = [memory_kib(backend.live[s.sandbox_id].process.pid) for _, s in many]
-    pss, rss = [m[0] for m in mem], [m[1] for m in mem]
+    rss, pss = [m[0] for m in mem], [m[1] for m in mem]
     print(
         f"memory per idle sandbox (sh+bwrap+picod), PSS mean {statistics.mean(pss) / 1024:.1f} "
         f"MiB max {max(pss) / 1024:.1f} MiB; RSS mean {statistics.mean(rss) / 1024:.1f} MiB; "

@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,23 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from _measure import NotHealthy, free_port, status_mib, wait_healthy
 
 CHUNK = 1024 * 1024
 PICOD = str(Path(sys.executable).with_name("agentcube-e2b"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def vm_hwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def start_picod(home: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -49,15 +35,17 @@ def start_picod(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 204:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("picod did not start")
+    try:
+        wait_healthy(proc, f"{url}/health", 204, timeout_s=60, interval_s=0.05)
+    except NotHealthy as e:
+        proc.kill()
+        raise SystemExit(f"picod {e}") from None
+    return proc, url
+
+
+def curl(*args: str) -> None:
+    """curl writing the response body nowhere; fails on an HTTP error."""
+    subprocess.run(["curl", "-sf", "-o", "/dev/null", *args], check=True)
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
@@ -113,26 +101,19 @@ def run(work: Path, mib: int, client_kind: str) -> None:
     client = httpx.Client(timeout=None)
     try:
         print(f"picod pid {proc.pid}, {mib} MiB, client {client_kind}")
-        print(f"{'idle picod RSS':<30} {vm_hwm_mib(proc.pid):8.1f} MiB")
+        print(f"{'idle picod RSS':<30} {status_mib(proc.pid, 'VmHWM'):8.1f} MiB")
 
         def up_octet() -> None:
             if client_kind == "curl":
-                subprocess.run(
-                    # -T streams the file (--data-binary would load it into memory first).
-                    [
-                        "curl",
-                        "-sf",
-                        "-o",
-                        "/dev/null",
-                        "-X",
-                        "POST",
-                        "-T",
-                        str(source),
-                        "-H",
-                        "Content-Type: application/octet-stream",
-                        f"{files}?path=up-octet.bin",
-                    ],
-                    check=True,
+                # -T streams the file (--data-binary would load it into memory first).
+                curl(
+                    "-X",
+                    "POST",
+                    "-T",
+                    str(source),
+                    "-H",
+                    "Content-Type: application/octet-stream",
+                    f"{files}?path=up-octet.bin",
                 )
                 return
             r = client.post(
@@ -145,18 +126,7 @@ def run(work: Path, mib: int, client_kind: str) -> None:
 
         def up_multipart() -> None:
             if client_kind == "curl":
-                subprocess.run(
-                    [
-                        "curl",
-                        "-sf",
-                        "-o",
-                        "/dev/null",
-                        "-F",
-                        f"file=@{source};filename=up-multi.bin",
-                        f"{files}?path=up-multi.bin",
-                    ],
-                    check=True,
-                )
+                curl("-F", f"file=@{source};filename=up-multi.bin", f"{files}?path=up-multi.bin")
                 return
             with source.open("rb") as f:
                 r = client.post(
@@ -166,18 +136,7 @@ def run(work: Path, mib: int, client_kind: str) -> None:
 
         def down(encoding: str) -> None:
             if client_kind == "curl":
-                subprocess.run(
-                    [
-                        "curl",
-                        "-sf",
-                        "-o",
-                        "/dev/null",
-                        "-H",
-                        f"Accept-Encoding: {encoding}",
-                        f"{files}?path=up-octet.bin",
-                    ],
-                    check=True,
-                )
+                curl("-H", f"Accept-Encoding: {encoding}", f"{files}?path=up-octet.bin")
                 return
             total = 0
             with client.stream(
@@ -194,7 +153,7 @@ def run(work: Path, mib: int, client_kind: str) -> None:
         timed("download gzip (random data)", size, proc.pid, lambda: down("gzip"))
         assert (home / "up-octet.bin").stat().st_size == size
         assert (home / "up-multi.bin").stat().st_size == size
-        print(f"{'picod peak RSS (VmHWM)':<30} {vm_hwm_mib(proc.pid):8.1f} MiB")
+        print(f"{'picod peak RSS (VmHWM)':<30} {status_mib(proc.pid, 'VmHWM'):8.1f} MiB")
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)

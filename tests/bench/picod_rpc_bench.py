@@ -25,14 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _measure import free_port, pct, status_mib
+
 PICOD = str(Path(sys.executable).with_name("agentcube-e2b"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def health_ok(port: int) -> bool:
@@ -53,13 +48,6 @@ def cpu_ms(pid: int) -> float:
     return total / 1e6
 
 
-def status_mib(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def start(command: list[str], port: int, home: str) -> tuple[subprocess.Popen[bytes], float, float]:
     """(process, wall ms, picod CPU ms) from exec until /health answers 204."""
     began = time.perf_counter()
@@ -77,11 +65,6 @@ def start(command: list[str], port: int, home: str) -> tuple[subprocess.Popen[by
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def spread(values: list[float]) -> str:

@@ -7,25 +7,15 @@ sandboxes, picod inside them. Tests talk to it with the official SDKs and raw HT
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-CLI = [sys.executable, "-m", "extproc.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from support.gateway import CLI, exported, start_up, stop_up
+from support.processes import free_port
 
 
 @dataclass(frozen=True)
@@ -56,33 +46,6 @@ class Gateway:
         return next(word for word in out.split() if word.startswith("e2b_"))
 
 
-def start_up(state_dir: Path, log: Path, **ports: int) -> tuple[subprocess.Popen[bytes], str]:
-    argv = [*CLI, "up", "--state-dir", str(state_dir), "--ready-timeout", "60"]
-    for flag, port in ports.items():
-        argv += [f"--{flag.replace('_', '-')}", f"127.0.0.1:{port}"]
-    with log.open("ab") as err:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
-    assert process.stdout is not None
-    lines: list[str] = []
-    while True:
-        raw = process.stdout.readline()
-        if not raw:
-            process.wait(timeout=30)
-            raise RuntimeError(f"up exited {process.returncode}:\n{log.read_text()[-4000:]}")
-        line = raw.decode().strip()
-        if line == "ready":
-            return process, "\n".join(lines)
-        lines.append(line)
-
-
-def stop_up(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=60)
-    if process.stdout is not None:
-        process.stdout.close()
-    return code
-
-
 @pytest.fixture(scope="package")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     state = tmp_path_factory.mktemp("gateway")
@@ -92,7 +55,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         for name in ("listen", "admin", "edge_listen", "metrics_listen", "lifecycle_listen")
     }
     process, exports = start_up(state, log, **ports)
-    values = dict(item.split("=", 1) for item in exports.split()[1:] if "=" in item)
+    values = exported(exports)
     gateway = Gateway(
         url=values["E2B_API_URL"],
         domain=values["E2B_DOMAIN"],

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from support.gateway import envoy_argv
 
 from e2e.conftest import CLI, Gateway, free_port, wait_until
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
-
-ENVOY = Path(sys.executable).parent / "envoy"
 
 
 def _start_edge(gateway: Gateway, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -55,16 +53,7 @@ def test_edge_killed_means_503_json_and_back_within_2s(gateway: Gateway, tmp_pat
     config.write_text(render_yaml(settings))
     log = tmp_path / "edge.log"
     envoy = subprocess.Popen(
-        [
-            str(ENVOY),
-            "-c",
-            str(config),
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-        ],
+        envoy_argv(config, concurrency=1, log_level="error"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from support.gateway import ENVOY as ENVOY  # test_bootstrap runs it directly
+from support.gateway import envoy_argv
+from support.processes import free_port
 
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
-
-ENVOY = Path(sys.executable).parent / "envoy"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_ready(admin: HostPort, process: asyncio.subprocess.Process) -> None:
@@ -47,14 +39,7 @@ async def running_envoy(edge_ports: list[int], directory: Path) -> AsyncIterator
     config.write_text(render_yaml(settings))
     log = (directory / "access.log").open("wb")
     process = await asyncio.create_subprocess_exec(
-        str(ENVOY),
-        "-c",
-        str(config),
-        "--concurrency",
-        "1",
-        "--disable-hot-restart",
-        "-l",
-        "warning",
+        *envoy_argv(config, concurrency=1, log_level="warning"),
         stdout=log,
         stderr=asyncio.subprocess.DEVNULL,
     )

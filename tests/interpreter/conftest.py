@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from e2b_code_interpreter import Sandbox
+from support.processes import NotHealthy, environ_without, free_port, spawn_logged, wait_healthy
 
 CLI = str(Path(sys.executable).with_name("agentcube-e2b"))
 START_TIMEOUT_SECONDS = 30.0
@@ -58,43 +56,26 @@ class Server:
                 self.proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def launch(tmp: Path, command: str, *flags: str, ready_status: int) -> Server:
     port = free_port()
     log = tmp / f"{command}-{port}.log"
     marker = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCUBE_E2B_")}
+    env = environ_without("AGENTCUBE_E2B_")
     env[MARKER_ENV] = marker
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [CLI, command, "--listen", f"127.0.0.1:{port}", *flags],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
+    argv = [CLI, command, "--listen", f"127.0.0.1:{port}", *flags]
+    server = Server(f"http://127.0.0.1:{port}", spawn_logged(argv, log, env), log, marker)
+    try:
+        wait_healthy(
+            server.proc,
+            f"{server.url}/health",
+            ready_status,
+            timeout_s=START_TIMEOUT_SECONDS,
+            interval_s=0.02,
         )
-    server = Server(f"http://127.0.0.1:{port}", proc, log, marker)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with httpx.Client(timeout=1) as client:
-        while True:
-            if not server.alive():
-                raise RuntimeError(f"{command} exited with {proc.returncode}:\n{server.output()}")
-            try:
-                if client.get(f"{server.url}/health").status_code == ready_status:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"{command} did not become healthy:\n{server.output()}")
-            time.sleep(0.02)  # polling a port that is not open yet: nothing to await
+    except NotHealthy as e:
+        server.stop()  # no-op if it exited
+        raise RuntimeError(f"{command} {e}:\n{server.output()}") from None
+    return server
 
 
 def sdk(server: Server) -> Sandbox:

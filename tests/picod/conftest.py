@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ import httpx
 import pytest
 from e2b import AsyncSandbox, ConnectionConfig, Sandbox
 from packaging.version import Version
+from support.processes import NotHealthy, environ_without, free_port, spawn_logged, wait_healthy
 
 PICOD = str(Path(sys.executable).with_name("agentcube-e2b"))
 SDK_PORT = 49983
@@ -55,13 +56,6 @@ class PicodProcess:
         return self.proc.returncode
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _argv(flags: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for name, value in flags.items():
@@ -79,31 +73,17 @@ def _argv(flags: dict[str, Any]) -> list[str]:
 def launch_picod(tmp: Path, port: int, **flags: Any) -> PicodProcess:
     home = Path(flags.pop("home", tmp / "home"))
     log = tmp / f"picod-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCUBE_E2B_PICOD_")}
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [PICOD, "picod", "--listen", f"127.0.0.1:{port}", "--home", str(home), *_argv(flags)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+    argv = [PICOD, "picod", "--listen", f"127.0.0.1:{port}", "--home", str(home), *_argv(flags)]
+    proc = spawn_logged(argv, log, environ_without("AGENTCUBE_E2B_PICOD_"))
     picod = PicodProcess(f"http://127.0.0.1:{port}", home, port, proc, log, flags)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with httpx.Client(timeout=1) as client:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"picod exited with {proc.returncode}:\n{picod.stderr()}")
-            try:
-                if client.get(f"{picod.url}/health").status_code == 204:
-                    return picod
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                picod.stop()
-                raise RuntimeError(f"picod did not become healthy:\n{picod.stderr()}")
-            time.sleep(0.01)  # polling a port that is not open yet: nothing to await
+    try:
+        wait_healthy(
+            proc, f"{picod.url}/health", 204, timeout_s=START_TIMEOUT_SECONDS, interval_s=0.01
+        )
+    except NotHealthy as e:
+        picod.stop()  # no-op if it exited
+        raise RuntimeError(f"picod {e}:\n{picod.stderr()}") from None
+    return picod
 
 
 def _require_free_port(port: int) -> None:
@@ -183,6 +163,14 @@ def sync_sandbox(picod_sdk_env: PicodProcess) -> Sandbox:
 @pytest.fixture
 async def async_sandbox(picod_sdk_env: PicodProcess) -> AsyncIterator[AsyncSandbox]:
     yield await AsyncSandbox.create(debug=True)
+
+
+@pytest.fixture
+def workdir(picod_sdk_env: PicodProcess) -> str:
+    """A fresh directory name, relative to the session picod user's home."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    (picod_sdk_env.home / name).mkdir(parents=True)
+    return name
 
 
 @pytest.fixture

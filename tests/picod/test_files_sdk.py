@@ -10,8 +10,6 @@ import gzip
 import hashlib
 import io
 import os
-import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -21,14 +19,6 @@ from e2b.exceptions import FileNotFoundException, InvalidArgumentException
 
 if TYPE_CHECKING:
     from conftest import PicodProcess
-
-
-@pytest.fixture
-def workdir(picod_sdk_env: PicodProcess) -> Iterator[str]:
-    """A fresh directory name, relative to the picod user's home."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    (picod_sdk_env.home / name).mkdir(parents=True)
-    yield name
 
 
 def url(picod: PicodProcess) -> str:

