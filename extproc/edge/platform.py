@@ -170,19 +170,21 @@ class PlatformApi:
 
     async def _refresh(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         body = rest_requests.json_object(request.body)
-        refresh = pb.RefreshSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant)
-        duration = rest_requests.timeout_seconds(body, "duration")
-        if duration is not None:
-            refresh.duration_seconds = duration
+        refresh = pb.RefreshSandboxRequest(
+            sandbox_id=sandbox_id,
+            tenant=request.tenant,
+            duration_seconds=rest_requests.timeout_seconds(body, "duration"),  # None: unset
+        )
         await self._sandboxes.RefreshSandbox(refresh, timeout=self._timeout(""))
         return no_content()
 
     async def _connect(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         body = rest_requests.json_object(request.body)
-        connect = pb.ConnectSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant)
-        timeout = rest_requests.timeout_seconds(body)
-        if timeout is not None:
-            connect.timeout_seconds = timeout
+        connect = pb.ConnectSandboxRequest(
+            sandbox_id=sandbox_id,
+            tenant=request.tenant,
+            timeout_seconds=rest_requests.timeout_seconds(body),  # None: unset
+        )
         reply = await self._sandboxes.ConnectSandbox(connect, timeout=self._timeout("resume"))
         status = 201 if reply.resumed else 200
         return json_answer(status, rest_json.sandbox_json(reply.sandbox, self._domain))
@@ -202,10 +204,11 @@ class PlatformApi:
 
     async def _resume(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         body = rest_requests.json_object(request.body)
-        resume = pb.ResumeSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant)
-        timeout = rest_requests.timeout_seconds(body)
-        if timeout is not None:
-            resume.timeout_seconds = timeout
+        resume = pb.ResumeSandboxRequest(
+            sandbox_id=sandbox_id,
+            tenant=request.tenant,
+            timeout_seconds=rest_requests.timeout_seconds(body),  # None: unset
+        )
         reply = await self._sandboxes.ResumeSandbox(resume, timeout=self._timeout("resume"))
         return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
 

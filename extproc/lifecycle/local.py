@@ -424,13 +424,18 @@ class LocalBackend:
         if not tenant:
             raise InvalidArgument("tenant is required")
 
+    @staticmethod
+    def _require_unpaused(entry: Live) -> Sandbox:
+        s = entry.sandbox
+        if s.state is State.PAUSED:
+            raise Conflict(f"sandbox {s.sandbox_id} is paused; connect to resume it first")
+        return s
+
     async def set_timeout(self, sandbox_id: str, tenant: str, timeout_s: int) -> Sandbox:
         self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
-            s = entry.sandbox
-            if s.state is State.PAUSED:
-                raise Conflict(f"sandbox {sandbox_id} is paused; connect to resume it first")
+            s = self._require_unpaused(entry)
             end_at = timeouts.set_end_at(
                 self.clock(), s.started_at, timeout_s, self.settings.max_timeout_s
             )
@@ -440,9 +445,7 @@ class LocalBackend:
         self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
-            s = entry.sandbox
-            if s.state is State.PAUSED:
-                raise Conflict(f"sandbox {sandbox_id} is paused; connect to resume it first")
+            self._require_unpaused(entry)
             return await self._extend(entry, duration_s)
 
     async def _extend(self, entry: Live, timeout_s: int | None) -> Sandbox:

@@ -21,7 +21,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -99,21 +99,21 @@ def go_mode_string(go_mode: int) -> str:
 
 
 def _owner(uid: int) -> str:
-    if uid not in _owner_names:
-        try:
-            _owner_names[uid] = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return str(uid)
-    return _owner_names[uid]
+    return _cached_name(_owner_names, uid, lambda: pwd.getpwuid(uid).pw_name)
 
 
 def _group(gid: int) -> str:
-    if gid not in _group_names:
+    return _cached_name(_group_names, gid, lambda: grp.getgrgid(gid).gr_name)
+
+
+def _cached_name(names: dict[int, str], number: int, lookup: Callable[[], str]) -> str:
+    """The account name of a uid/gid, or the number itself when no account has it."""
+    if number not in names:
         try:
-            _group_names[gid] = grp.getgrgid(gid).gr_name
+            names[number] = lookup()
         except KeyError:
-            return str(gid)
-    return _group_names[gid]
+            return str(number)
+    return names[number]
 
 
 def _file_type(st_mode: int) -> FileType:

@@ -14,6 +14,7 @@ import pty
 import struct
 import subprocess
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,33 @@ class _Switch:
     groups: list[int] | None
 
 
+def _start(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    switch: _Switch,
+    *,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Popen in a session of its own, as `switch`'s account (raises OSError)."""
+    return subprocess.Popen(
+        argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
+        user=switch.uid,
+        group=switch.gid,
+        extra_groups=switch.groups,
+    )
+
+
 def _spawn_pipes(
     argv: list[str], env: dict[str, str], cwd: Path, switch: _Switch, stdin: bool
 ) -> Spawned:
@@ -97,18 +125,7 @@ def _spawn_pipes(
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe() if stdin else (subprocess.DEVNULL, -1)
     try:
-        popen = subprocess.Popen(
-            argv,
-            stdin=in_r,
-            stdout=out_w,
-            stderr=err_w,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            user=switch.uid,
-            group=switch.gid,
-            extra_groups=switch.groups,
-        )
+        popen = _start(argv, env, cwd, switch, stdin=in_r, stdout=out_w, stderr=err_w)
     except OSError as e:
         for fd in (out_r, err_r, in_w):
             if fd >= 0:
@@ -131,18 +148,15 @@ def _spawn_pty(
     master, slave = pty.openpty()
     try:
         set_window_size(slave, size)
-        popen = subprocess.Popen(
+        popen = _start(
             argv,
+            env,
+            cwd,
+            switch,
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
             preexec_fn=_take_controlling_terminal,  # single-threaded loop: no fork hazards
-            user=switch.uid,
-            group=switch.gid,
-            extra_groups=switch.groups,
         )
     except OSError as e:
         os.close(master)

@@ -91,6 +91,20 @@ def _os_error_code(exc: OSError) -> Code | None:
     return ERRNO_CODES.get(exc.errno or 0)
 
 
+async def _mapping_errors(
+    call_next: Callable[[REQ, RequestContext[Any, Any]], Awaitable[RES]],
+    request: REQ,
+    ctx: RequestContext[Any, Any],
+) -> RES:
+    """One unary-response call, its exception turned into the ConnectError it becomes."""
+    try:
+        return await call_next(request, ctx)
+    except ConnectError:
+        raise
+    except Exception as e:
+        raise to_connect_error(e) from e
+
+
 class ErrorMappingInterceptor:
     """Applies `to_connect_error` to unary, client-stream and server-stream handlers."""
 
@@ -101,12 +115,7 @@ class ErrorMappingInterceptor:
         ctx: RequestContext[Any, Any],
         /,
     ) -> RES:
-        try:
-            return await call_next(request, ctx)
-        except ConnectError:
-            raise
-        except Exception as e:
-            raise to_connect_error(e) from e
+        return await _mapping_errors(call_next, request, ctx)
 
     async def intercept_client_stream(
         self,
@@ -115,12 +124,7 @@ class ErrorMappingInterceptor:
         ctx: RequestContext[Any, Any],
         /,
     ) -> RES:
-        try:
-            return await call_next(request, ctx)
-        except ConnectError:
-            raise
-        except Exception as e:
-            raise to_connect_error(e) from e
+        return await _mapping_errors(call_next, request, ctx)
 
     async def intercept_server_stream(
         self,

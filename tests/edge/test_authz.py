@@ -314,37 +314,14 @@ async def test_internal_envd_routes_are_404(edge: Edge, path: str) -> None:
 
 
 async def test_basic_auth_user_is_forwarded(edge: Edge) -> None:
-    basic = "Basic " + base64.b64encode(b"root:").decode()
-    response = await check(
-        edge,
-        check_request(
-            "sandbox",
-            ENVD,
-            "/x",
-            "POST",
-            {
-                "x-access-token": TOKEN,
-                "authorization": basic,
-            },
-        ),
-    )
+    async def with_authorization(value: str) -> auth.CheckResponse:
+        headers = {"x-access-token": TOKEN, "authorization": value}
+        return await check(edge, check_request("sandbox", ENVD, "/x", "POST", headers))
+
+    response = await with_authorization("Basic " + base64.b64encode(b"root:").decode())
     assert ok_headers(response)["x-agentcube-e2b-user"] == "root"
     for bad in ("Basic !!!", "Basic " + base64.b64encode(b"ro\r\not:").decode()):
-        status, _ = denial(
-            await check(
-                edge,
-                check_request(
-                    "sandbox",
-                    ENVD,
-                    "/x",
-                    "POST",
-                    {
-                        "x-access-token": TOKEN,
-                        "authorization": bad,
-                    },
-                ),
-            )
-        )
+        status, _ = denial(await with_authorization(bad))
         assert status == 401
 
 

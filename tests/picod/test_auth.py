@@ -183,23 +183,18 @@ def test_refuses_to_start_without_auth(tmp_path: Path) -> None:
 
     from conftest import PICOD
 
-    done = subprocess.run(
-        [PICOD, "picod", "--listen", "127.0.0.1:1", "--home", str(tmp_path / "h")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 2
-    assert "no auth configured" in done.stderr
+    def refused(*args: str) -> str:
+        done = subprocess.run(
+            [PICOD, "picod", "--listen", "127.0.0.1:1", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 2
+        return done.stderr
+
+    assert "no auth configured" in refused("--home", str(tmp_path / "h"))
     bad_key = tmp_path / "bad.pem"
     bad_key.write_text("not a key")
-    done = subprocess.run(
-        [PICOD, "picod", "--listen", "127.0.0.1:1", "--jwt-public-key", str(bad_key)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 2
-    assert "not a PEM public key" in done.stderr
+    assert "not a PEM public key" in refused("--jwt-public-key", str(bad_key))
