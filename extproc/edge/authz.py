@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from cachetools import LRUCache
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
@@ -73,7 +74,13 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         self._feed = feed
         self._signer = signer
         self._metrics = metrics
-        self._denials: dict[Deny, auth.CheckResponse] = {}
+        # Denials are a handful of constants plus one 502 per unknown id: an LRU keeps the
+        # constants hot however many distinct ids a client tries.
+        self._denials: LRUCache[Deny, auth.CheckResponse] = LRUCache(maxsize=4096)
+        # A platform allow depends only on (tenant, key hash); revocation is decided earlier.
+        self._platform_allowed: LRUCache[tuple[str, str], auth.CheckResponse] = LRUCache(
+            maxsize=4096
+        )
         # (sandbox_id, upstream_host, user) -> (response, unix time it stops being reusable)
         self._allowed_cache: dict[tuple[str, str, str], tuple[auth.CheckResponse, float]] = {}
         self._observe = {
@@ -85,8 +92,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         response = self._denials.get(deny)
         if response is None:
             response = denied(deny)
-            if len(self._denials) < 1024:  # constants and per-id 502s; bounded either way
-                self._denials[deny] = response
+            self._denials[deny] = response
         return response
 
     async def Check(self, request: auth.CheckRequest, context: Any) -> auth.CheckResponse:
@@ -148,7 +154,12 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
                 self._allowed_cache.clear()  # rare; rebuilding costs one build per sandbox
             self._allowed_cache[key] = (response, reusable_until)
             return response
-        return self._build_allowed(allow, surface, "")
+        platform_key = (allow.tenant, allow.key_hash)
+        response = self._platform_allowed.get(platform_key)
+        if response is None:
+            response = self._build_allowed(allow, surface, "")
+            self._platform_allowed[platform_key] = response
+        return response
 
     def _build_allowed(self, allow: Allow, surface: str, token: str) -> auth.CheckResponse:
         response = auth.CheckResponse()
