@@ -1,0 +1,6 @@
+"""The one subpackage that talks to the Kubernetes API (official `kubernetes` client).
+
+`informing` is a generic list+watch informer whose blocking client calls run on one worker
+thread per informer and whose cache and handlers live on the asyncio loop; `listwatch` is the
+thread side; `keys` turns the key Secret and ConfigMap into the edge's `KeyIndex`.
+"""
