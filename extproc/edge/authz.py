@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 from envoy.config.core.v3 import base_pb2 as core
@@ -24,8 +24,8 @@ from extproc.core.errors import DomainError
 from extproc.edge.decision import Allow, Deny, Miss, SandboxDecider, decide_platform, not_found
 from extproc.edge.decision import unavailable as unavailable_denial
 from extproc.edge.metrics import EdgeMetrics
+from extproc.edge.routes import Route
 from extproc.edge.tokens import TokenSigner
-from extproc.edge.watching import DirectoryFeed
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,17 @@ MISCONFIGURED = Deny(
 
 
 class _KeySource:
-    """Anything with a current `index` (the KeyStore)."""
+    """Anything with a current `index` (the KeyStore, or KeyInformers in Kubernetes mode)."""
 
     index: KeyIndex
+
+
+class RouteSource(Protocol):
+    """The directory's fallback on a miss: DirectoryFeed, or ClusterDirectoryFeed."""
+
+    def known_missing(self, sandbox_id: str) -> bool: ...
+
+    async def fetch(self, sandbox_id: str) -> Route | None: ...
 
 
 def denied(deny: Deny) -> auth.CheckResponse:
@@ -65,7 +73,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         self,
         keys: Any,
         decider: SandboxDecider,
-        feed: DirectoryFeed,
+        feed: RouteSource,
         signer: TokenSigner,
         metrics: EdgeMetrics,
     ) -> None:

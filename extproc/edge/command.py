@@ -8,10 +8,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from extproc.core.api_keys import validate_namespace
+from extproc.core.errors import InvalidArgument
 from extproc.core.flags import EnvDefaults, number_arg
-from extproc.edge.settings import DirectorySettings, EdgeSettings, KeyStoreSettings, TokenSettings
+from extproc.edge.settings import (
+    DirectorySettings,
+    EdgeSettings,
+    KeyStoreSettings,
+    KubernetesSettings,
+    TokenSettings,
+)
 
 ENV = EnvDefaults("AGENTCUBE_E2B_EDGE_")
 
@@ -87,6 +96,41 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"re-sign a cached JWT when fewer seconds remain (default {tokens.refresh_margin_s})",
     )
+    kube = KubernetesSettings()
+    add(
+        "--keys-source",
+        default=ENV.text("KEYS_SOURCE", kube.keys_source),
+        choices=("files", "kubernetes"),
+        help="API keys from <state-dir>/keys files or from Secret e2b-api-keys and ConfigMap "
+        f"e2b-api-key-config through informers (default {kube.keys_source})",
+    )
+    add(
+        "--keys-namespace",
+        default=ENV.text("KEYS_NAMESPACE", kube.keys.namespace),
+        metavar="NAMESPACE",
+        help=f"namespace of the two key documents (default {kube.keys.namespace})",
+    )
+    add(
+        "--directory-source",
+        default=ENV.text("DIRECTORY_SOURCE", kube.directory_source),
+        choices=("lifecycle", "kubernetes"),
+        help="routing directory from lifecycle's WatchSandboxes or from Sandbox and Pod "
+        f"informers (default {kube.directory_source})",
+    )
+    add(
+        "--kubeconfig",
+        default=ENV.text("KUBECONFIG", ""),
+        metavar="FILE",
+        help="kubeconfig for the Kubernetes mode (default: the pod's service account, "
+        "else ~/.kube/config)",
+    )
+    add(
+        "--miss-wait",
+        default=ENV.text("MISS_WAIT", kube.miss_wait_s),
+        metavar="SECONDS",
+        help="Kubernetes directory: seconds a Check for an id not yet running waits for the "
+        f"informers (default {kube.miss_wait_s})",
+    )
     add(
         "--log-level",
         default=ENV.text("LOG_LEVEL", "INFO"),
@@ -116,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
     domain = str(args.domain).strip(".").lower()
     if not domain:
         raise ValueError("--domain: expected a domain name")
+    kube = _kubernetes_settings(args)
     return EdgeSettings(
         listen=_address(args, "listen"),
         keys=KeyStoreSettings(
@@ -135,6 +180,33 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         domain=domain,
         metrics_listen=_address(args, "metrics_listen", optional=True),
         shutdown_grace_s=number_arg(args, "grace", 0),
+        kubernetes=kube,
+    )
+
+
+def _kubernetes_settings(args: argparse.Namespace) -> KubernetesSettings:
+    for dest, allowed in (
+        ("keys_source", ("files", "kubernetes")),
+        ("directory_source", ("lifecycle", "kubernetes")),
+    ):
+        if getattr(args, dest) not in allowed:  # reachable through the environment variable
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag}: expected one of {', '.join(allowed)}")
+    namespace = str(args.keys_namespace)
+    try:
+        validate_namespace(namespace)
+    except InvalidArgument as error:
+        raise ValueError(f"--keys-namespace: {error.message}") from error
+    defaults = KubernetesSettings()
+    miss_wait = number_arg(args, "miss_wait", 0)
+    if miss_wait >= 0.25:
+        raise ValueError("--miss-wait: must stay under Envoy's ext_authz timeout (0.25 s)")
+    return KubernetesSettings(
+        keys_source=args.keys_source,
+        directory_source=args.directory_source,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        keys=replace(defaults.keys, namespace=namespace),
+        miss_wait_s=miss_wait,
     )
 
 

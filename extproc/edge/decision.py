@@ -168,13 +168,22 @@ class SandboxDecider:
         self, route: Route, headers: Mapping[str, str], method: str, path: str, query: str
     ) -> Deny | None:
         token = headers.get("x-access-token")
-        if token is not None and hmac.compare_digest(
-            token.encode(), route.envd_access_token.encode()
-        ):
-            return None
+        if token is not None:
+            if route.access_token_sha256:
+                # Kubernetes mode: only the digest is known; hashing first keeps it constant-time.
+                digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+                if hmac.compare_digest(digest, route.access_token_sha256):
+                    return None
+            elif hmac.compare_digest(token.encode(), route.envd_access_token.encode()):
+                return None
         if method == "GET" and path == "/health":
             return None
         if path == "/files" and method in ("GET", "POST"):
+            if not route.envd_access_token:
+                # A signature is keyed with the token itself, which a digest cannot verify.
+                return _error(
+                    401, "unauthorized access, signed URLs are not supported here", "bad_signature"
+                )
             problem = signature_problem(query, method, route.envd_access_token, self._clock())
             if problem is None:
                 return None

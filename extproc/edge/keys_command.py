@@ -1,7 +1,10 @@
-"""`agentcube-e2b keys create|list|revoke`: manage API keys in `<state-dir>/keys/`.
+"""`agentcube-e2b keys create|list|revoke`: manage API keys in `<state-dir>/keys/`, or with
+`--kubernetes` in Secret `e2b-api-keys` and ConfigMap `e2b-api-key-config` through the API.
 
 A key is shown once, at creation; only its sha256 is stored. The edge picks up every change
-within its poll interval, because writes replace whole files by rename.
+within its poll interval, because writes replace whole files by rename; in Kubernetes mode
+its informers see each patch as a watch event (extproc/k8s/keywriter.py says how the patches
+are shaped so concurrent writers do not clobber each other).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from extproc.core.errors import DomainError, InvalidArgument, NotFound
 from extproc.core.flags import EnvDefaults
 from extproc.edge.keyfiles import read_key_index, write_key_index
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from extproc.k8s.keywriter import KeyWriter
+
 # the edge's variables: `keys` and the edge share one state directory
 ENV = EnvDefaults("AGENTCUBE_E2B_EDGE_")
 HASH_PREFIX_SHOWN = 12
@@ -43,15 +50,36 @@ def register(parser: argparse.ArgumentParser) -> None:
         )
         return action
 
-    create = with_state_dir(sub.add_parser("create", help="create a key and print it once"))
+    def with_kubernetes(action: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        action.add_argument(
+            "--kubernetes",
+            action="store_true",
+            help="use Secret e2b-api-keys and ConfigMap e2b-api-key-config through the API",
+        )
+        action.add_argument(
+            "--keys-namespace",
+            default=ENV.text("KEYS_NAMESPACE", "agentcube-system"),
+            metavar="NAMESPACE",
+            help="namespace of the two documents (default agentcube-system, "
+            f"env {ENV.var('KEYS_NAMESPACE')})",
+        )
+        action.add_argument(
+            "--kubeconfig",
+            default=ENV.text("KUBECONFIG", ""),
+            metavar="FILE",
+            help="kubeconfig (default: in-cluster service account, else ~/.kube/config)",
+        )
+        return with_state_dir(action)
+
+    create = with_kubernetes(sub.add_parser("create", help="create a key and print it once"))
     create.add_argument(
         "--namespace", default=None, help="tenant of the key (default: defaultNamespace)"
     )
     create.add_argument("--name", default="", help="a label shown by `keys list`")
     create.set_defaults(action=_create, run=run_action)
-    listing = with_state_dir(sub.add_parser("list", help="list keys (hash prefixes, never keys)"))
+    listing = with_kubernetes(sub.add_parser("list", help="list keys (hash prefixes, never keys)"))
     listing.set_defaults(action=_list, run=run_action)
-    revoke = with_state_dir(sub.add_parser("revoke", help="revoke a key by key or hash prefix"))
+    revoke = with_kubernetes(sub.add_parser("revoke", help="revoke a key by key or hash prefix"))
     revoke.add_argument("key", metavar="KEY_OR_HASH_PREFIX")
     revoke.set_defaults(action=_revoke, run=run_action)
 
@@ -86,16 +114,39 @@ def find_hash(index: KeyIndex, key_or_prefix: str) -> str:
     return matches[0]
 
 
+def _writer(args: argparse.Namespace) -> KeyWriter:
+    from extproc.k8s.client import api_client
+    from extproc.k8s.keywriter import KeyWriter
+    from extproc.k8s.settings import KeySourceSettings
+
+    namespace = validate_namespace(str(args.keys_namespace))
+    client = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
+    return KeyWriter(client, KeySourceSettings(namespace=namespace))
+
+
+def _read_index(args: argparse.Namespace) -> KeyIndex:
+    if args.kubernetes:
+        return _writer(args).read_index()
+    return read_key_index(_keys_dir(args))
+
+
 def _create(args: argparse.Namespace) -> int:
-    directory = _keys_dir(args)
-    index = read_key_index(directory)
-    namespace = validate_namespace(args.namespace) if args.namespace else index.default_namespace
     key = new_api_key()
-    entry = KeyEntry(hash_api_key(key), KeyStatus.VALID, namespace, args.name)
-    write_key_index(directory, _with(index, entry))
+    key_hash = hash_api_key(key)
+    if args.kubernetes:
+        chosen = validate_namespace(args.namespace) if args.namespace else None
+        namespace = _writer(args).create(key_hash, chosen, args.name)
+    else:
+        directory = _keys_dir(args)
+        index = read_key_index(directory)
+        namespace = (
+            validate_namespace(args.namespace) if args.namespace else index.default_namespace
+        )
+        entry = KeyEntry(key_hash, KeyStatus.VALID, namespace, args.name)
+        write_key_index(directory, _with(index, entry))
     print(key)
     print(
-        f"namespace {namespace}, hash {entry.key_hash[:HASH_PREFIX_SHOWN]}; "
+        f"namespace {namespace}, hash {key_hash[:HASH_PREFIX_SHOWN]}; "
         "store the key now, it is not shown again",
         file=sys.stderr,
     )
@@ -103,7 +154,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    index = read_key_index(_keys_dir(args))
+    index = _read_index(args)
     print(f"{'HASH':<{HASH_PREFIX_SHOWN}}  {'STATUS':<8}  {'NAMESPACE':<20}  NAME")
     for entry in sorted(index.entries.values(), key=lambda e: (e.namespace, e.name, e.key_hash)):
         print(
@@ -114,6 +165,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    if args.kubernetes:
+        writer = _writer(args)
+        key_hash = find_hash(writer.read_index(), args.key)
+        writer.set_status(key_hash, KeyStatus.REVOKED)
+        print(f"revoked {key_hash[:HASH_PREFIX_SHOWN]}", file=sys.stderr)
+        return 0
     directory = _keys_dir(args)
     index = read_key_index(directory)
     key_hash = find_hash(index, args.key)

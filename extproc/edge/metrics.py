@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,55 @@ class EdgeMetrics:
         self._keys.set_function(keys)
         self._jwts.set_function(jwts)
 
+    def watch_informers(self, statuses: Callable[[], Mapping[str, Any]]) -> None:
+        """Kubernetes mode: expose each informer's status (InformerStatus, by informer name)."""
+        self.registry.register(_InformerCollector(statuses))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _InformerCollector(Collector):
+    """Reads the informers' statuses at scrape time (they change on the loop, never here)."""
+
+    def __init__(self, statuses: Callable[[], Mapping[str, Any]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Metric]:
+        prefix = "agentcube_e2b_edge_informer_"
+        connected = GaugeMetricFamily(
+            prefix + "connected",
+            "1 while the informer's list/watch is answered by the API server, else 0 "
+            "(the edge then serves from its cache).",
+            labels=["informer"],
+        )
+        synced = GaugeMetricFamily(
+            prefix + "last_sync_timestamp_seconds",
+            "Unix time the informer's cache was last known current (list, event or bookmark).",
+            labels=["informer"],
+        )
+        relists = CounterMetricFamily(
+            prefix + "relists",
+            "Lists after the first (410 Gone or a lost resume).",
+            labels=["informer"],
+        )
+        events = CounterMetricFamily(
+            prefix + "events", "Watch events applied (bookmarks excluded).", labels=["informer"]
+        )
+        errors = GaugeMetricFamily(
+            prefix + "last_error_info",
+            "1 with the informer's last failure as a label while it is failing.",
+            labels=["informer", "error"],
+        )
+        for name, status in sorted(self._statuses().items()):
+            connected.add_metric([name], 1.0 if status.connected else 0.0)
+            if status.last_sync_at is not None:
+                synced.add_metric([name], status.last_sync_at)
+            relists.add_metric([name], status.relists)
+            events.add_metric([name], status.events)
+            if status.last_error:
+                errors.add_metric([name, str(status.last_error)[:200]], 1.0)
+        yield from (connected, synced, relists, events, errors)
 
 
 async def _answer(

@@ -1,6 +1,7 @@
 """The routing directory: sandbox id -> where its ports listen and who may reach it.
 
-Pure data, fed by the lifecycle watcher (watching.py) and read by the Check decision. The
+Pure data, fed by the lifecycle watcher (watching.py) or, in Kubernetes mode, by the
+cluster informers (cluster_watching.py), and read by the Check decision. The
 map is mutated in place: all readers and the one writer run on the same event loop, and
 Check never awaits between reading a route and using it, so no reader sees a half-applied
 event, and copying a 10k-entry map per event would cost far more than it protects.
@@ -25,6 +26,9 @@ class Route:
     secure: bool
     # Unix seconds when the sandbox ends; 0 when unknown.
     end_at: float
+    # Kubernetes mode: sha256 digest of the envd token (the API stores no token). When set, it
+    # is what X-Access-Token is checked against, and `envd_access_token` is "".
+    access_token_sha256: bytes = b""
 
     @property
     def running(self) -> bool:

@@ -4,6 +4,17 @@
 SERVING only when the key index is loaded and the directory has synced, so Envoy's health
 check keeps traffic away from an edge that would wrongly answer "not found". `run()` is the
 process: start, wait for SIGTERM/SIGINT, stop with a bounded grace.
+
+Kubernetes mode (`--keys-source kubernetes` and/or `--directory-source kubernetes`) swaps the
+key store and/or the directory feed for informers (extproc.k8s); the Check is the same code.
+Once synced, health stays SERVING while the API server is unreachable: fail static. The
+caches hold the last known keys and routes, and taking every edge replica out of Envoy's and
+kubelet's rotation because the control plane blinked would turn an API-server outage into a
+full data-plane outage. The staleness is reported instead: health service
+`agentcube.e2b.edge.Kubernetes` turns NOT_SERVING while any informer is disconnected (nothing
+probes it for readiness), and the `agentcube_e2b_edge_informer_*` metrics carry each
+informer's connected / last sync / relists / last error. The cost is that a key revoked during
+the outage is honoured until the API server is back.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
@@ -21,6 +33,7 @@ from grpc_health.v1._async import HealthServicer
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.edge.authz import AuthorizationServicer
+from extproc.edge.cluster_watching import ClusterDirectoryFeed
 from extproc.edge.decision import SandboxDecider
 from extproc.edge.extproc import ExternalProcessorServicer
 from extproc.edge.keystore import KeyStore
@@ -31,6 +44,12 @@ from extproc.edge.settings import EdgeSettings
 from extproc.edge.tokens import TokenSigner
 from extproc.edge.watching import DirectoryFeed
 
+# The Kubernetes client takes about half a second to import: only Kubernetes mode pays it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from extproc.k8s.informing import Informer
+    from extproc.k8s.keys import KeyInformers
+
 log = logging.getLogger(__name__)
 
 SERVICES = (
@@ -38,6 +57,8 @@ SERVICES = (
     "envoy.service.ext_proc.v3.ExternalProcessor",
     "",  # the whole server
 )
+# Kubernetes mode: SERVING while every informer is connected; reported, never probed.
+KUBERNETES_SERVICE = "agentcube.e2b.edge.Kubernetes"
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -51,13 +72,23 @@ class Edge:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics()
-        self.keys = KeyStore(settings.keys)
         self.directory = Directory()
         self.signer = TokenSigner(settings.tokens)
         self._channel = grpc.aio.insecure_channel(settings.directory.lifecycle_target)
-        self.feed = DirectoryFeed(
-            pb_grpc.SandboxServiceStub(self._channel), self.directory, settings.directory
-        )
+        self.informers: list[Informer] = []
+        self._close_kube_client: Callable[[], None] = lambda: None
+        self.keys: KeyStore | KeyInformers = KeyStore(settings.keys)
+        self.feed: DirectoryFeed | ClusterDirectoryFeed
+        if settings.kubernetes.directory_source == "kubernetes":
+            self.feed = ClusterDirectoryFeed(
+                self.directory, settings.directory, settings.kubernetes.miss_wait_s
+            )
+        else:
+            self.feed = DirectoryFeed(
+                pb_grpc.SandboxServiceStub(self._channel), self.directory, settings.directory
+            )
+        if settings.kubernetes.enabled:
+            self._use_kubernetes()
         self.feed.on_gone = self.signer.forget
         self.health = HealthServicer()
         self.server = grpc.aio.server()
@@ -79,11 +110,32 @@ class Edge:
         self.metrics.watch_sizes(
             lambda: len(self.directory), lambda: len(self.keys.index), lambda: len(self.signer)
         )
+        if self.informers:
+            self.metrics.watch_informers(
+                lambda: {informer.target.name: informer.status for informer in self.informers}
+            )
         self.port = 0
         self.metrics_port = 0
         self.watchers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
+
+    def _use_kubernetes(self) -> None:
+        """Swap in the informer-backed key index and/or directory feed."""
+        from extproc.k8s.client import api_client
+        from extproc.k8s.directory import SandboxInformers
+        from extproc.k8s.keys import KeyInformers
+
+        kube = self.settings.kubernetes
+        client = api_client(kube.kubeconfig)
+        self._close_kube_client = client.close
+        if kube.keys_source == "kubernetes":
+            self.keys = KeyInformers(client, kube.keys, kube.informer)
+            self.informers += [self.keys.secret, self.keys.config]
+        if isinstance(self.feed, ClusterDirectoryFeed):
+            sandboxes = SandboxInformers(client, kube.informer, self.feed)
+            self.feed.attach(sandboxes)
+            self.informers += sandboxes.informers
 
     async def start(self) -> None:
         self.port = self.server.add_insecure_port(self.settings.listen)
@@ -91,6 +143,8 @@ class Edge:
             raise OSError(f"cannot listen on {self.settings.listen}")
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.informers:
+            await self.health.set(KUBERNETES_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.settings.metrics_listen:
             host, port = split_host_port(self.settings.metrics_listen)
@@ -109,6 +163,10 @@ class Edge:
             *self.watchers,
             asyncio.create_task(self._serve_when_ready(), name="edge-readiness"),
         ]
+        if self.informers:
+            self._tasks.append(
+                asyncio.create_task(self._report_connection(), name="edge-kubernetes-health")
+            )
         log.info("edge listening on port %d (metrics %s)", self.port, self.metrics_port or "off")
 
     async def _serve_when_ready(self) -> None:
@@ -117,6 +175,42 @@ class Edge:
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("edge is SERVING")
+
+    async def _report_connection(self) -> None:
+        """Mirror "every informer connected" into KUBERNETES_SERVICE, on each status change."""
+        reported: bool | None = None
+        # The first connection attempt is not an outage: warn only after having been live.
+        was_connected = False
+        changed = asyncio.Event()
+
+        async def follow(informer: Informer) -> None:
+            while True:
+                seen = informer.status.connected
+                changed.set()
+
+                def flipped(current: Informer, seen: bool = seen) -> bool:
+                    return current.status.connected != seen
+
+                await informer.wait_for(flipped)
+
+        async with asyncio.TaskGroup() as group:
+            for informer in self.informers:
+                group.create_task(follow(informer), name=f"edge-follow-{informer.target.name}")
+            while True:
+                await changed.wait()
+                changed.clear()
+                connected = all(informer.status.connected for informer in self.informers)
+                if connected != reported:
+                    reported = connected
+                    status = health_pb2.HealthCheckResponse
+                    await self.health.set(
+                        KUBERNETES_SERVICE, status.SERVING if connected else status.NOT_SERVING
+                    )
+                    if connected:
+                        log.info("Kubernetes API connected: caches are live")
+                    elif was_connected:
+                        log.warning("Kubernetes API unreachable: serving from the caches")
+                    was_connected = was_connected or connected
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -131,6 +225,7 @@ class Edge:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
         await self._channel.close()
+        self._close_kube_client()
 
 
 async def run(settings: EdgeSettings) -> None:

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from extproc.k8s.settings import InformerSettings, KeySourceSettings
+
+KeysSource = Literal["files", "kubernetes"]
+DirectorySource = Literal["lifecycle", "kubernetes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,30 @@ class DirectorySettings:
     # First and largest seconds between WatchSandboxes reconnects (doubling). 0.1 and 5.0.
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesSettings:
+    # Where the API key index comes from: "files" (<state-dir>/keys, polled) or "kubernetes"
+    # (informers on Secret e2b-api-keys and ConfigMap e2b-api-key-config). Default files.
+    keys_source: KeysSource = "files"
+    # Where the routing directory comes from: "lifecycle" (WatchSandboxes) or "kubernetes"
+    # (informers on Sandboxes and Pods, see docs/contracts/README.md). Default lifecycle.
+    directory_source: DirectorySource = "lifecycle"
+    # Kubeconfig file; None: the pod's service account, else ~/.kube/config. Default None.
+    kubeconfig: Path | None = None
+    # Namespace and names of the two key documents. Default agentcube-system.
+    keys: KeySourceSettings = field(default_factory=KeySourceSettings)
+    # List/watch timeouts and backoff of every informer.
+    informer: InformerSettings = field(default_factory=InformerSettings)
+    # Seconds a Check for a sandbox id the informers do not (yet) show as running waits for
+    # them before answering "not found"; it covers the watch lag right after a create and
+    # must stay under Envoy's ext_authz timeout (250 ms). Default 0.2.
+    miss_wait_s: float = 0.2
+
+    @property
+    def enabled(self) -> bool:
+        return self.keys_source == "kubernetes" or self.directory_source == "kubernetes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +91,8 @@ class EdgeSettings:
     shutdown_grace_s: float = 5.0
     # Largest request body the platform API accepts, bytes (Envoy buffers up to 1 MiB).
     max_body_bytes: int = field(default=1 << 20)
+    # Kubernetes mode: key and directory sources, informer settings.
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @staticmethod
     def for_state_dir(state_dir: Path, **overrides: object) -> EdgeSettings:

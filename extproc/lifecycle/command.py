@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from extproc.core.flags import FALSE_WORDS, TRUE_WORDS, EnvDefaults, integer_arg, number_arg
-from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
+from extproc.lifecycle.settings import (
+    KubernetesSettings,
+    LifecycleSettings,
+    LocalSettings,
+    ServerSettings,
+)
 
 ENV = EnvDefaults("AGENTCUBE_E2B_LIFECYCLE_")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    server, local = ServerSettings(), LocalSettings()
+    server, local, kube = ServerSettings(), LocalSettings(), KubernetesSettings()
     add = parser.add_argument
-    add("--backend", default=ENV.text("BACKEND", "local"), choices=["local"],
-        help="sandbox backend (default local)")
+    add("--backend", default=ENV.text("BACKEND", "local"), choices=["local", "kubernetes"],
+        help="sandbox backend: local processes or agent-sandbox CRs (default local)")
     add("--listen", default=ENV.text("LISTEN", server.listen), metavar="HOST:PORT",
         help=f"gRPC address (default {server.listen})")
     add("--grace", default=ENV.text("GRACE", server.grace_s), metavar="SECONDS",
@@ -56,9 +62,29 @@ def register(parser: argparse.ArgumentParser) -> None:
         local.address_space_factor), metavar="N",
         help="RLIMIT_AS per sandbox process = template memory x N (default "
              f"{local.address_space_factor})")
-    add("--ready-timeout", default=ENV.text("READY_TIMEOUT", local.ready_timeout_s),
-        metavar="SECONDS", help="seconds a sandbox gets to start, warm kernel included "
-        f"(default {local.ready_timeout_s})")
+    add("--ready-timeout", default=ENV.text("READY_TIMEOUT", None), metavar="SECONDS",
+        help="seconds a sandbox gets to start, warm kernel included; with kubernetes, pod "
+             f"Ready and picod answering (default {local.ready_timeout_s}, kubernetes "
+             f"{kube.ready_timeout_s})")
+    # --backend kubernetes only
+    add("--namespace", default=ENV.text("NAMESPACE", os.environ.get("POD_NAMESPACE")
+        or kube.namespace), metavar="NS",
+        help="kubernetes: namespace of the identity and token-seed Secrets (default "
+             f"$POD_NAMESPACE, else {kube.namespace})")
+    add("--identity-secret", default=ENV.text("IDENTITY_SECRET", kube.identity_secret),
+        metavar="NAME", help="kubernetes: Secret with the router identity (private.pem, "
+        f"public.pem), created if absent (default {kube.identity_secret})")
+    add("--seed-secret", default=ENV.text("SEED_SECRET", kube.seed_secret), metavar="NAME",
+        help=f"kubernetes: Secret with the access-token seed (default {kube.seed_secret})")
+    add("--kubeconfig", default=ENV.text("KUBECONFIG", None), metavar="FILE",
+        help="kubernetes: kubeconfig (default: in-cluster service account, else "
+             "~/.kube/config)")
+    add("--context", default=ENV.text("CONTEXT", None), metavar="NAME",
+        help="kubernetes: kubeconfig context (default: the current one)")
+    add("--picod-port", default=ENV.text("PICOD_PORT", kube.picod_port), metavar="PORT",
+        help=f"kubernetes: picod's port on the pod IP (default {kube.picod_port})")
+    add("--picod-scheme", default=ENV.text("PICOD_SCHEME", kube.picod_scheme),
+        choices=["http", "https"], help=f"kubernetes: picod's scheme (default {kube.picod_scheme})")
     add("--kill-on-exit", default=ENV.text("KILL_ON_EXIT", "off"), metavar="on|off",
         help="kill every sandbox on SIGTERM instead of leaving them for re-adoption "
              "(default off)")
@@ -79,6 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
     host, sep, port = str(args.listen).rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    ready_given = args.ready_timeout is not None
+    local_defaults, kube_defaults = LocalSettings(), KubernetesSettings()
     key = Path(args.jwt_public_key) if args.jwt_public_key else None
     if key is not None and not key.is_file():
         raise ValueError(f"--jwt-public-key: {key} is not a readable file")
@@ -92,15 +120,35 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         max_concurrent_starts=integer_arg(args, "max_concurrent_starts", 1),
         isolation=_switch(args, "isolation"),
         address_space_factor=integer_arg(args, "address_space_factor", 1),
-        ready_timeout_s=number_arg(args, "ready_timeout", 0.1),
+        ready_timeout_s=number_arg(args, "ready_timeout", 0.1) if ready_given
+        else local_defaults.ready_timeout_s,
         kill_on_exit=_switch(args, "kill_on_exit"),
         **({"picod_command": tuple(shlex.split(args.picod_command))}
            if args.picod_command else {}),
         **({"interpreter_command": tuple(shlex.split(args.interpreter_command))}
            if args.interpreter_command else {}),
     )  # fmt: skip
+    picod_port = integer_arg(args, "picod_port", 1)
+    if picod_port > 65535:
+        raise ValueError(f"--picod-port: expected 1..65535, got {picod_port}")
+    if not str(args.namespace):
+        raise ValueError("--namespace: expected a namespace name, got ''")
+    kubernetes = KubernetesSettings(
+        namespace=str(args.namespace),
+        identity_secret=str(args.identity_secret),
+        seed_secret=str(args.seed_secret),
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        context=args.context or None,
+        max_timeout_s=local.max_timeout_s,
+        ready_timeout_s=number_arg(args, "ready_timeout", 0.1) if ready_given
+        else kube_defaults.ready_timeout_s,
+        picod_port=picod_port,
+        picod_scheme=str(args.picod_scheme),
+    )  # fmt: skip
     server = ServerSettings(listen=args.listen, grace_s=number_arg(args, "grace", 0))
-    return LifecycleSettings(backend=args.backend, server=server, local=local)
+    return LifecycleSettings(
+        backend=args.backend, server=server, local=local, kubernetes=kubernetes
+    )
 
 
 def run(args: argparse.Namespace) -> int:

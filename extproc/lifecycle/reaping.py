@@ -70,5 +70,9 @@ class Reaper:
                 delay = min(max(self._heap[0][0] - self._clock(), 0.0), MAX_SLEEP_S)
             if delay <= 0:
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+            # that arrives as the wake event is set (cpython gh-86296), and the task then
+            # never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()

@@ -13,12 +13,13 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
-from extproc.lifecycle.local import LocalBackend
+from extproc.lifecycle.backend import Backend
 from extproc.lifecycle.service import SandboxServicer, TemplateServicer
 from extproc.lifecycle.settings import LifecycleSettings
 
@@ -30,19 +31,39 @@ SERVICES = ("", "agentcube.e2b.v1.SandboxService", "agentcube.e2b.v1.TemplateSer
 class Running:
     server: grpc.aio.Server
     port: int
-    backend: LocalBackend
+    backend: ManagedBackend
+
+
+class ManagedBackend(Backend, Protocol):
+    async def start(self) -> list[asyncio.Task[None]]: ...
+
+    async def close(self) -> None: ...
+
+
+def make_backend(settings: LifecycleSettings) -> ManagedBackend:
+    """The configured backend; the Kubernetes client is imported only when it is chosen."""
+    if settings.backend == "local":
+        from extproc.lifecycle.local import LocalBackend
+
+        return LocalBackend(settings.local)
+    if settings.backend == "kubernetes":
+        from extproc.k8s.client import api_client
+        from extproc.k8s.resources import Resources
+        from extproc.lifecycle.kubernetes import KubernetesBackend
+
+        kube = settings.kubernetes
+        return KubernetesBackend(kube, Resources(api_client(kube.kubeconfig, kube.context)))
+    raise ValueError(f"backend {settings.backend!r} is not available; use local or kubernetes")
 
 
 @contextlib.asynccontextmanager
 async def serving(settings: LifecycleSettings) -> AsyncIterator[Running]:
     """Start the server and backend; on exit stop both within the configured grace."""
-    if settings.backend != "local":
-        raise ValueError(f"backend {settings.backend!r} is not available; use 'local'")
-    backend = LocalBackend(settings.local)
+    backend = make_backend(settings)
     # Sandboxes carry long-lived watch streams; keepalives find dead clients.
     server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 30_000)])
     pb_grpc.add_SandboxServiceServicer_to_server(
-        SandboxServicer(backend, settings.local.max_timeout_s), server
+        SandboxServicer(backend, settings.max_timeout_s), server
     )
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(backend), server)
     health_servicer = health.aio.HealthServicer()

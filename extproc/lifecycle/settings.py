@@ -70,8 +70,45 @@ class LocalSettings:
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    # Namespace of the identity and token-seed Secrets (default agentcube-system; the
+    # command defaults it from $POD_NAMESPACE when that is set).
+    namespace: str = "agentcube-system"
+    # Secret with the router identity (private.pem PKCS#1, public.pem PKIX), shared with
+    # AgentCube's router; created if absent (default picod-router-identity).
+    identity_secret: str = "picod-router-identity"  # noqa: S105 (a Secret name)
+    # Secret with the envd access-token seed (hex under `seed`); created if absent
+    # (default e2b-envd-token-seed).
+    seed_secret: str = "e2b-envd-token-seed"  # noqa: S105 (a Secret name)
+    # Kubeconfig file and context; None: the pod's service account in a cluster, else
+    # ~/.kube/config or $KUBECONFIG (default None).
+    kubeconfig: Path | None = None
+    context: str | None = None
+    # Longest sandbox life in seconds, create to end (default 3600).
+    max_timeout_s: int = 3600
+    # Seconds a Create waits for the pod to be Ready and picod's /health to answer before
+    # it rolls back (default 120.0: image pulls and scheduling take time).
+    ready_timeout_s: float = 120.0
+    # picod's port and scheme on the pod IP, for /health and /metrics (defaults 49983,
+    # "http"; tests point them at local stand-ins).
+    picod_port: int = 49983
+    picod_scheme: str = "http"
+    # Seconds between reads of a SandboxClaim while waiting for the warm pool to bind it
+    # (default 0.5).
+    claim_poll_s: float = 0.5
+
+
+@dataclass(frozen=True)
 class LifecycleSettings:
-    # Sandbox backend (default "local"; only "local" exists).
+    # Sandbox backend: "local" (processes on this machine) or "kubernetes" (agent-sandbox
+    # CRs) (default "local").
     backend: str = "local"
     server: ServerSettings = field(default_factory=ServerSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+
+    @property
+    def max_timeout_s(self) -> int:
+        if self.backend == "kubernetes":
+            return self.kubernetes.max_timeout_s
+        return self.local.max_timeout_s

@@ -30,7 +30,9 @@ EXPECTED: dict[str, set[Grant]] = {
         *((CLUSTER, "agents.x-k8s.io", "sandboxes", verb, "*") for verb in WRITE),
         *((CLUSTER, "extensions.agents.x-k8s.io", "sandboxclaims", verb, "*") for verb in WRITE),
         *((CLUSTER, "runtime.agentcube.volcano.sh", "codeinterpreters", v, "*") for v in READ),
+        *((CLUSTER, "", "pods", verb, "*") for verb in (*READ, "patch")),
         (NAMESPACE, "", "secrets", "get", "picod-router-identity"),
+        (NAMESPACE, "", "secrets", "get", "e2b-envd-token-seed"),
         # `create` cannot be limited by name in RBAC; the ValidatingAdmissionPolicy does it
         (NAMESPACE, "", "secrets", "create", "*"),
     },
@@ -95,7 +97,9 @@ def test_admission_policy_limits_lifecycle_secret_creates_to_the_identity() -> N
     (condition,) = spec["matchConditions"]
     assert f"system:serviceaccount:{NAMESPACE}:agentcube-e2b-lifecycle" in condition["expression"]
     (validation,) = spec["validations"]
-    assert validation["expression"] == "object.metadata.name == 'picod-router-identity'"
+    assert validation["expression"] == (
+        "object.metadata.name in ['picod-router-identity', 'e2b-envd-token-seed']"
+    )
 
 
 def test_pods_run_as_their_own_accounts() -> None:

@@ -1,0 +1,447 @@
+"""The gateway in Kubernetes mode against a fake cluster, once per package.
+
+- `cluster`: a helper process (cluster.py) serving the fake Kubernetes API over HTTP on
+  127.0.0.1 and running the fake kubelet (a real picod per Sandbox on 127.101.x.y:49983),
+  preloaded with CodeInterpreter `base` in tenant namespace `team-a`; and a kubeconfig for it.
+- `gateway`: the lifecycle service (`--backend kubernetes`), the edge (keys and routing
+  directory from the cluster) and Envoy, started as up.py starts them, each in its own
+  process group, each waited on (gRPC health SERVING, Envoy /ready); API keys created with
+  `agentcube-e2b keys create --kubernetes`. The SDK environment is set for this package only.
+
+Everything but the API server and the kubelet is the production code path.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from support.gateway import CLI, envoy_argv
+from support.processes import free_port, spawn_logged, wait_healthy
+
+from extproc.k8s.client import api_client
+
+TESTS = Path(__file__).resolve().parent.parent
+SYSTEM_NAMESPACE = "agentcube-system"
+TENANT = "team-a"
+OTHER_TENANT = "team-b"
+TEMPLATE = "base"
+DOMAIN = "e2b.localhost"
+IDENTITY_SECRET = "picod-router-identity"
+SANDBOX_API = ("agents.x-k8s.io", "v1alpha1", "sandboxes")
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 10.0
+
+CODE_INTERPRETER: dict[str, Any] = {
+    "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
+    "kind": "CodeInterpreter",
+    "metadata": {"name": TEMPLATE, "namespace": TENANT, "uid": "ci-base"},
+    "spec": {
+        "ports": [{"name": "envd", "port": 49983, "protocol": "HTTP", "pathPrefix": "/"}],
+        "template": {"image": "agentcube-e2b-sandbox:0.1.0", "imagePullPolicy": "IfNotPresent"},
+        "sessionTimeout": "15m",
+        "maxSessionDuration": "8h",
+        "authMode": "picod",
+    },
+}
+
+
+def child_env() -> dict[str, str]:
+    """This environment without anything that points a child at another cluster or gateway."""
+    drop = ("E2B_", "KUBERNETES_", "AGENTCUBE_E2B_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "KUBECONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    return env
+
+
+def stop_group(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM the process group, SIGKILL it after `grace_s`; the exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace_s)
+        raise
+
+
+def stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:
+    """Stop each, last started first; a process that needed SIGKILL has code None."""
+    codes: dict[str, int | None] = {}
+    for name, process in reversed(processes.items()):
+        try:
+            codes[name] = stop_group(process)
+        except subprocess.TimeoutExpired:
+            codes[name] = None
+    return codes
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """pid -> command line of live processes whose argv contains `text` (a temp path of
+    ours, so only processes this session started)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found[int(entry.name)] = argv.strip()
+    return found
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.02
+) -> float:
+    """Seconds until `predicate()` was true; polls a remote state no event reports here."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"not true within {timeout_s} s")
+        time.sleep(interval_s)
+    return time.monotonic() - start
+
+
+# --- the fake cluster ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    kubeconfig: Path
+    root: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self) -> ApiClient:
+        """The official client, configured from the kubeconfig as the gateway's processes are."""
+        return api_client(self.kubeconfig)
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [
+            {
+                "name": "fake",
+                "context": {"cluster": "fake", "user": "fake", "namespace": SYSTEM_NAMESPACE},
+            }
+        ],
+        "current-context": "fake",
+    }
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+def start_cluster(directory: Path, preload: list[dict[str, Any]]) -> Cluster:
+    root = directory / "pods"
+    root.mkdir(parents=True)
+    preload_file = directory / "preload.json"
+    preload_file.write_text(json.dumps(preload))
+    log = directory / "cluster.log"
+    argv = [sys.executable, "-m", "e2e_k8s.cluster", "--root", str(root)]
+    argv += ["--preload", str(preload_file)]
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            start_new_session=True,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().split()
+    if line[:1] != ["listening"]:
+        stop_group(process)
+        raise RuntimeError(f"fake cluster did not start:\n{log.read_text()[-4000:]}")
+    url = f"http://127.0.0.1:{line[1]}"
+    return Cluster(url, write_kubeconfig(directory / "kubeconfig", url), root, log, process)
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    code = stop_all({"cluster": cluster.process})["cluster"]
+    if cluster.process.stdout is not None:
+        cluster.process.stdout.close()
+    # The kubelet stops every picod it started before it exits; kill any it did not.
+    left = processes_mentioning(str(cluster.root))
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert code == 0, cluster.log.read_text()[-4000:]
+    assert left == {}, left
+
+
+@pytest.fixture(scope="package")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = start_cluster(
+        tmp_path_factory.mktemp("cluster"),
+        [{"plural": "codeinterpreters", "object": CODE_INTERPRETER}],
+    )
+    try:
+        yield running
+    finally:
+        stop_cluster(running)
+
+
+@pytest.fixture(scope="package")
+def kube(cluster: Cluster) -> Iterator[ApiClient]:
+    with cluster.client() as client:
+        yield client
+
+
+def get_sandbox_cr(kube: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        obj = CustomObjectsApi(kube).get_namespaced_custom_object(
+            *SANDBOX_API[:2], namespace, SANDBOX_API[2], name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    assert isinstance(obj, dict)
+    return obj
+
+
+def pod_ip(kube: ApiClient, namespace: str, name: str) -> str | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        pod = CoreV1Api(kube).read_namespaced_pod(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    ip: str | None = pod.status.pod_ip if pod.status else None
+    return ip
+
+
+# --- the gateway -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    admin: str
+    lifecycle: str
+    edge: str
+    directory: Path
+    cluster: Cluster
+    api_key: str
+    other_tenant_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "E2B_API_URL": self.url,
+            "E2B_SANDBOX_URL": self.url,
+            "E2B_DOMAIN": DOMAIN,
+            "E2B_API_KEY": self.api_key,
+        }
+
+    def keys(self, *args: str) -> str:
+        return keys_cli(self.cluster, *args)
+
+    def create_key(self, namespace: str) -> str:
+        return create_key(self.cluster, namespace)
+
+
+def keys_cli(cluster: Cluster, *args: str) -> str:
+    """`agentcube-e2b keys ... --kubernetes` against the fake cluster; its stdout."""
+    argv = [*CLI, "keys", *args, "--kubernetes", "--kubeconfig", str(cluster.kubeconfig)]
+    argv += ["--keys-namespace", SYSTEM_NAMESPACE]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, env=child_env(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def create_key(cluster: Cluster, namespace: str) -> str:
+    out = keys_cli(cluster, "create", "--namespace", namespace)
+    return next(word for word in out.split() if word.startswith("e2b_"))
+
+
+def at(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def _commands(
+    ports: dict[str, int], kubeconfig: Path, envoy_yaml: Path, edge_state: Path
+) -> dict[str, list[str]]:
+    addr = {name: at(port) for name, port in ports.items()}
+    return {
+        "lifecycle": [
+            *CLI, "lifecycle",
+            "--backend", "kubernetes",
+            "--kubeconfig", str(kubeconfig),
+            "--namespace", SYSTEM_NAMESPACE,
+            # a pod the fake kubelet cannot start fails the test in seconds, not minutes
+            "--ready-timeout", "20",
+            "--listen", addr["lifecycle"],
+        ],
+        "edge": [
+            *CLI, "edge",
+            "--listen", addr["edge"],
+            "--lifecycle", addr["lifecycle"],
+            "--domain", DOMAIN,
+            "--metrics-listen", addr["metrics"],
+            "--keys-source", "kubernetes",
+            "--keys-namespace", SYSTEM_NAMESPACE,
+            "--directory-source", "kubernetes",
+            "--kubeconfig", str(kubeconfig),
+            # identity/ holds the Secret picod-router-identity, as the Deployment mounts it
+            "--state-dir", str(edge_state),
+        ],
+        "envoy": envoy_argv(envoy_yaml, concurrency=2, log_level="warning"),
+    }  # fmt: skip
+
+
+def wait_grpc_serving(
+    process: subprocess.Popen[bytes], target: str, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """Until grpc.health.v1 Check says SERVING (the process starting: nothing to subscribe to
+    before its port is open, so poll)."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{target}: exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target}: not SERVING within {timeout_s:g} s")
+            time.sleep(0.05)
+
+
+def mount_identity(cluster: Cluster, directory: Path) -> None:
+    """What the kubelet does for the edge's Secret volume (k8s/base/edge.yaml): the router
+    identity the lifecycle service created, as files private.pem and public.pem."""
+    from kubernetes.client.exceptions import ApiException
+
+    def secret() -> Any:
+        try:
+            return CoreV1Api(client).read_namespaced_secret(IDENTITY_SECRET, SYSTEM_NAMESPACE)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    with cluster.client() as client:
+        wait_until(secret, START_TIMEOUT_S, interval_s=0.05)
+        data = secret().data
+    directory.mkdir(parents=True, mode=0o700)
+    for name in ("private.pem", "public.pem"):
+        (directory / name).write_bytes(base64.b64decode(data[name]))
+        (directory / name).chmod(0o400)
+
+
+@contextlib.contextmanager
+def running_gateway(
+    cluster: Cluster, directory: Path, tenants: tuple[str, ...]
+) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """lifecycle, edge and Envoy up, and a key per tenant created (while the lifecycle
+    service starts: the edge reports SERVING once it has read them); yields their addresses
+    and tenant -> key; stops every group on exit."""
+    ports = {name: free_port() for name in ("lifecycle", "edge", "metrics", "listen", "admin")}
+    envoy_yaml = directory / "envoy.yaml"
+    subprocess.run(
+        [
+            *CLI, "envoy-config",
+            "--listen", at(ports["listen"]),
+            "--admin", at(ports["admin"]),
+            "--edge", at(ports["edge"]),
+            "--domain", DOMAIN,
+            "-o", str(envoy_yaml),
+        ],
+        check=True, timeout=30, env=child_env(),
+    )  # fmt: skip
+    commands = _commands(ports, cluster.kubeconfig, envoy_yaml, directory / "edge-state")
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        processes[name] = spawn_logged(commands[name], directory / f"{name}.log", child_env())
+        return processes[name]
+
+    try:
+        try:
+            start("envoy")  # needs nothing else to become ready
+            start("lifecycle")
+            keys = {tenant: create_key(cluster, tenant) for tenant in tenants}
+            wait_grpc_serving(processes["lifecycle"], at(ports["lifecycle"]))
+            mount_identity(cluster, directory / "edge-state" / "identity")
+            wait_grpc_serving(start("edge"), at(ports["edge"]))
+            wait_healthy(
+                processes["envoy"],
+                f"http://{at(ports['admin'])}/ready",
+                200,
+                timeout_s=START_TIMEOUT_S,
+                interval_s=0.05,
+            )
+        except Exception as error:
+            logs = "\n".join(
+                f"--- {name}.log\n{(directory / f'{name}.log').read_text()[-3000:]}"
+                for name in processes
+            )
+            raise RuntimeError(f"gateway did not start: {error}\n{logs}") from error
+        yield {name: at(port) for name, port in ports.items()}, keys
+    finally:
+        codes = stop_all(processes)
+    assert all(code == 0 for code in codes.values()), codes
+
+
+@pytest.fixture(scope="package")
+def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    directory = tmp_path_factory.mktemp("gateway")
+    with running_gateway(cluster, directory, (TENANT, OTHER_TENANT)) as (at, keys):
+        gateway = Gateway(
+            url=f"http://{at['listen']}",
+            admin=at["admin"],
+            lifecycle=at["lifecycle"],
+            edge=at["edge"],
+            directory=directory,
+            cluster=cluster,
+            api_key=keys[TENANT],
+            other_tenant_key=keys[OTHER_TENANT],
+        )
+        # The SDK reads its configuration from the environment; set for this package only and
+        # restored before the rest of the suite runs (as tests/e2e/conftest.py does).
+        saved = {name: os.environ.get(name) for name in (*gateway.env, "E2B_DEBUG")}
+        os.environ.update(gateway.env)
+        os.environ.pop("E2B_DEBUG", None)
+        try:
+            yield gateway
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
