@@ -3,8 +3,16 @@
 It prepares the state directory (router identity, a first API key), then runs the lifecycle
 service, the edge and Envoy as child processes, each in its own process group so that a
 sandbox or worker a child started is stopped with it. Their output is copied to stderr, each
-line prefixed with the child's name. When all three are ready it prints `export ...` lines
+line prefixed with the child's name. When all of them are ready it prints `export ...` lines
 and `ready` on stdout, so a script can `eval` the exports and wait for the word.
+
+The edge runs as `--edge-processes` processes (`edge-1`, `edge-2`, ...; just `edge` when there
+is one). One Python process keeps about one core busy, and Envoy keeps one HTTP/2 connection
+per worker per edge host, so extra processes must be extra endpoints of Envoy's edge cluster,
+not SO_REUSEPORT siblings (docs/benchmarks.md has the numbers). The first edge listens on
+`--edge-listen`; the others on free ports of the same host, which only Envoy needs to know.
+Edge N serves its metrics on the `--metrics-listen` port + N - 1 (9091, 9092, ...), so a
+scrape configuration can list them.
 
 Only sha256 hashes of API keys are stored, so a key can be printed only when it is created:
 the first `up` on an empty state directory creates one and prints it; later runs print how to
@@ -21,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +38,8 @@ from typing import Any
 
 import httpx
 
-from extproc.core.flags import EnvDefaults
+from extproc.core.flags import EnvDefaults, integer_arg
+from extproc.envoy_config.clusters import EDGE_CLUSTER
 from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
 
 ENV = EnvDefaults("AGENTCUBE_E2B_UP_")
@@ -45,19 +55,34 @@ class UpSettings:
     state_dir: Path
     # Envoy admin, loopback only. Default 127.0.0.1:9901.
     admin: HostPort
-    # edge gRPC (ext_authz + ext_proc). Default 127.0.0.1:9001.
+    # the first edge's gRPC (ext_authz + ext_proc); the others take free ports on its host.
+    # Default 127.0.0.1:9001.
     edge: HostPort
-    # edge Prometheus metrics. Default 127.0.0.1:9091.
+    # the first edge's Prometheus metrics; edge N uses this port + N - 1. Default
+    # 127.0.0.1:9091.
     metrics: HostPort
     # lifecycle gRPC. Default 127.0.0.1:9002.
     lifecycle: HostPort
-    # Envoy worker threads. Default 2: one edge process keeps about one core busy, and more
-    # workers would only wait on it.
+    # edge processes, each its own endpoint of Envoy's edge cluster. Default
+    # default_edge_processes(): half the CPUs, 1 to 4.
+    edge_processes: int = 1
+    # Envoy worker threads. Default 2.
     envoy_concurrency: int = 2
-    # seconds the three children get to become ready. Default 60.
+    # seconds the children get to become ready. Default 60.
     ready_timeout_s: float = 60.0
     # seconds each child gets between SIGTERM and SIGKILL. Default 10.
     grace_s: float = 10.0
+
+
+def default_edge_processes() -> int:
+    """Half the CPUs, at least one, at most four.
+
+    An edge process needs about as much CPU per request as Envoy (~200-300 µs, nearly all of
+    it gRPC transport), and Envoy, picod and the clients need the rest. On 2 cores, where
+    everything is CPU-bound, a second edge process only added overhead: 20-30% fewer requests
+    per second than one (docs/benchmarks.md). Four is as far as the reasoning goes untested.
+    """
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +98,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     ENV.add(parser, "--edge-listen", "127.0.0.1:9001", "edge gRPC", metavar="IP:PORT")
     ENV.add(parser, "--metrics-listen", "127.0.0.1:9091", "edge metrics", metavar="IP:PORT")
     ENV.add(parser, "--lifecycle-listen", "127.0.0.1:9002", "lifecycle gRPC", metavar="IP:PORT")
+    parser.add_argument(
+        "--edge-processes",
+        default=ENV.text("EDGE_PROCESSES", str(default_edge_processes())),
+        metavar="N",
+        help=(
+            f"edge processes, each an endpoint of Envoy's edge cluster (env "
+            f"{ENV.var('EDGE_PROCESSES')}; default %(default)s: half the CPUs, 1 to 4)"
+        ),
+    )
     parser.add_argument(
         "--envoy-concurrency",
         type=int,
@@ -106,35 +140,100 @@ def settings_from(args: argparse.Namespace) -> UpSettings:
         edge=HostPort.parse(args.edge_listen),
         metrics=HostPort.parse(args.metrics_listen),
         lifecycle=HostPort.parse(args.lifecycle_listen),
+        edge_processes=integer_arg(args, "edge_processes", 1),
         envoy_concurrency=args.envoy_concurrency,
         ready_timeout_s=args.ready_timeout,
         grace_s=args.grace,
     )
 
 
+@dataclass(frozen=True)
+class EdgeProcess:
+    name: str
+    listen: HostPort
+    metrics: HostPort
+
+
+def plan_edges(settings: UpSettings) -> tuple[EdgeProcess, ...]:
+    """Name and addresses of each edge process; extra gRPC ports are picked free now."""
+    count = settings.edge_processes
+    last_metrics = settings.metrics.port + count - 1
+    if last_metrics > 65535:
+        raise ValueError(f"--metrics-listen: {count} edges need ports up to {last_metrics}")
+    taken = {
+        "--listen": settings.listen,
+        "--admin": settings.admin,
+        "--lifecycle-listen": settings.lifecycle,
+        "--edge-listen": settings.edge,
+    }
+    edges = []
+    for index in range(count):
+        metrics = HostPort(settings.metrics.host, settings.metrics.port + index)
+        for flag, address in taken.items():
+            if index > 0 and address.port == metrics.port:  # the first one is the user's choice
+                raise ValueError(
+                    f"--metrics-listen: edge {index + 1} would serve metrics on {metrics}, "
+                    f"the port of {flag}"
+                )
+        listen = (
+            settings.edge if index == 0 else HostPort(settings.edge.host, _free_port(settings.edge))
+        )
+        name = "edge" if count == 1 else f"edge-{index + 1}"
+        edges.append(EdgeProcess(name, listen, metrics))
+    return tuple(edges)
+
+
+def _free_port(near: HostPort) -> int:
+    family = socket.AF_INET6 if ":" in near.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((near.host, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
+        edges = plan_edges(settings)
         envoy = EnvoySettings(
             listen=settings.listen,
             admin=settings.admin,
             domain=settings.domain,
-            edges=(settings.edge,),
+            edges=tuple(edge.listen for edge in edges),
         )
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"agentcube-e2b up: {error}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings, envoy))
+    return asyncio.run(serve(settings, edges, envoy))
 
 
 def _say(text: str) -> None:
     print(f"[up] {text}", file=sys.stderr, flush=True)
 
 
-def _commands(settings: UpSettings, config: Path) -> dict[str, list[str]]:
+def _commands(
+    settings: UpSettings, edges: tuple[EdgeProcess, ...], config: Path
+) -> dict[str, list[str]]:
     cli = [sys.executable, "-m", "extproc.cli"]
     state = settings.state_dir
     envoy = Path(sys.executable).parent / "envoy"
+    edge_commands = {
+        edge.name: [
+            *cli,
+            "edge",
+            "--listen",
+            str(edge.listen),
+            "--lifecycle",
+            str(settings.lifecycle),
+            "--state-dir",
+            str(state),
+            "--domain",
+            settings.domain,
+            "--metrics-listen",
+            str(edge.metrics),
+        ]
+        for edge in edges
+    }
     return {
         "lifecycle": [
             *cli,
@@ -151,20 +250,7 @@ def _commands(settings: UpSettings, config: Path) -> dict[str, list[str]]:
             "--kill-on-exit",
             "on",
         ],
-        "edge": [
-            *cli,
-            "edge",
-            "--listen",
-            str(settings.edge),
-            "--lifecycle",
-            str(settings.lifecycle),
-            "--state-dir",
-            str(state),
-            "--domain",
-            settings.domain,
-            "--metrics-listen",
-            str(settings.metrics),
-        ],
+        **edge_commands,
         "envoy": [
             str(envoy if envoy.exists() else "envoy"),
             "-c",
@@ -179,7 +265,7 @@ def _commands(settings: UpSettings, config: Path) -> dict[str, list[str]]:
     }
 
 
-async def serve(settings: UpSettings, envoy: EnvoySettings) -> int:
+async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: EnvoySettings) -> int:
     from extproc.envoy_config.bootstrap import render_yaml
 
     first_key = prepare_state(settings.state_dir)
@@ -192,13 +278,16 @@ async def serve(settings: UpSettings, envoy: EnvoySettings) -> int:
         loop.add_signal_handler(signum, stop.set)
     code = 0
     try:
-        for name, argv in _commands(settings, config).items():
+        for name, argv in _commands(settings, edges, config).items():
             children[name] = await start_child(name, argv)
-        _say("starting lifecycle, edge and envoy")
+        listed = ", ".join(
+            f"{edge.name} on {edge.listen} (metrics {edge.metrics})" for edge in edges
+        )
+        _say(f"starting lifecycle, {listed} and envoy")
         readiness = asyncio.gather(
             wait_grpc_serving(str(settings.lifecycle)),
-            wait_grpc_serving(str(settings.edge)),
-            wait_envoy_ready(settings.admin),
+            *(wait_grpc_serving(str(edge.listen)) for edge in edges),
+            wait_envoy_ready(settings.admin, len(edges)),
         )
         code = await _until_ready(readiness, children, stop, settings.ready_timeout_s)
         if code == 0 and not stop.is_set():
@@ -214,7 +303,7 @@ async def serve(settings: UpSettings, envoy: EnvoySettings) -> int:
 
 
 async def _until_ready(
-    readiness: asyncio.Future[tuple[None, None, None]],
+    readiness: asyncio.Future[list[None]],
     children: dict[str, Child],
     stop: asyncio.Event,
     timeout_s: float,
@@ -400,11 +489,19 @@ async def wait_grpc_serving(target: str) -> None:
                     raise
 
 
-async def wait_envoy_ready(admin: HostPort) -> None:
-    """Until Envoy's admin `/ready` answers 200 (Envoy has no push signal for this)."""
-    async with httpx.AsyncClient(timeout=1.0) as client:
+async def wait_envoy_ready(admin: HostPort, edges: int) -> None:
+    """Until Envoy's admin `/ready` answers 200 and its health checks pass on all `edges`
+    endpoints, so that the first requests are balanced over every edge (Envoy has no push
+    signal for either)."""
+    healthy = f"cluster.{EDGE_CLUSTER}.membership_healthy: {edges}"
+    async with httpx.AsyncClient(base_url=f"http://{admin}", timeout=1.0) as client:
         while True:
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get(f"http://{admin}/ready")).status_code == 200:
-                    return
+                if (await client.get("/ready")).status_code == 200:
+                    stats = await client.get(
+                        "/stats",
+                        params={"filter": f"^cluster\\.{EDGE_CLUSTER}\\.membership_healthy$"},
+                    )
+                    if stats.text.strip() == healthy:
+                        return
             await asyncio.sleep(0.05)

@@ -1,12 +1,15 @@
 """Gateway benchmarks; print numbers, assert nothing: .venv/bin/python tests/bench/gateway_bench.py
 
-Starts `agentcube-e2b up` on free ports with a temporary state directory, then measures:
+Starts `agentcube-e2b up` on free ports with a temporary state directory (`--edge-processes`
+and `--envoy-concurrency` are passed through; `up`'s defaults otherwise), then measures:
 1. small sandbox requests (picod GET /health) through the full gateway vs the same Envoy config
    with ext_authz disabled on a route to the same picod (h2load; target ratio >= 0.5);
 2. a 256 MiB /files download through the gateway vs straight to picod (target ratio >= 0.8);
 3. SDK `commands.run("true")` p50 through the gateway (target <= 8 ms);
 4. `Sandbox.create()` p50 with a warm pool (target <= 60 ms).
 Envoy, the edge, picod and the load generator share this machine's cores: compare ratios.
+`--rounds N` repeats 1 and 2 back to back, each round measuring both sides, and prints the load
+average before each.
 """
 
 from __future__ import annotations
@@ -163,13 +166,24 @@ async def picod_address(lifecycle: str, sandbox_id: str) -> HostPort:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat 1 and 2 this many times")
+    parser.add_argument("--edge-processes", type=int, help="`up --edge-processes`")
+    parser.add_argument("--envoy-concurrency", type=int, help="`up --envoy-concurrency`")
+    parser.add_argument(
+        "--only", choices=("throughput", "all"), default="all", help="throughput: 1 and 2 only"
+    )
     args = parser.parse_args()
+    up_env = dict(os.environ)
+    if args.edge_processes is not None:
+        up_env["AGENTCUBE_E2B_UP_EDGE_PROCESSES"] = str(args.edge_processes)
+    if args.envoy_concurrency is not None:
+        up_env["AGENTCUBE_E2B_UP_ENVOY_CONCURRENCY"] = str(args.envoy_concurrency)
     with tempfile.TemporaryDirectory() as tmp:
         ports = {
             name: free_port()
             for name in ("listen", "admin", "edge_listen", "metrics_listen", "lifecycle_listen")
         }
-        process, printed = start_up(Path(tmp) / "state", Path(tmp) / "up.log", **ports)
+        process, printed = start_up(Path(tmp) / "state", Path(tmp) / "up.log", env=up_env, **ports)
         env = exported(printed)
         os.environ.update(env)
         from e2b import Sandbox
@@ -202,33 +216,39 @@ def main() -> None:
                         pass
                     time.sleep(0.05)
 
-            # 1. small requests
             host = f"49983-{sbx.sandbox_id}.{domain}"
             gateway_url = f"{env['E2B_API_URL']}/health"
-            h2load(gateway_url, host, token, 2000)  # warm-up
-            through = h2load(gateway_url, host, token, args.requests)
             base_url = f"http://{settings.listen}/health"
-            h2load(base_url, f"baseline.{domain}", token, 2000)
-            direct = h2load(base_url, f"baseline.{domain}", token, args.requests)
-            print(
-                f"small requests: gateway {through:,.0f} req/s, ext_authz disabled "
-                f"{direct:,.0f} req/s, ratio {through / direct:.2f} (target >= 0.5)"
-            )
-
-            # 2. 256 MiB download
             sbx.commands.run("head -c 268435456 /dev/zero > big.bin", timeout=120)
             path = "/files?path=big.bin"
-            via = download_mib_s(
-                f"{env['E2B_API_URL']}{path}", {"host": host, "x-access-token": token}
-            )
             jwt = picod_jwt(Path(tmp) / "state" / "identity" / "private.pem", sbx.sandbox_id)
-            straight = download_mib_s(
-                f"http://{picod}{path}", {"x-access-token": token, "authorization": jwt}
-            )
-            print(
-                f"256 MiB download: gateway {via:,.0f} MiB/s, straight to picod "
-                f"{straight:,.0f} MiB/s, ratio {via / straight:.2f} (target >= 0.8)"
-            )
+            h2load(gateway_url, host, token, 2000)  # warm-up
+            h2load(base_url, f"baseline.{domain}", token, 2000)
+            for _ in range(args.rounds):
+                print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+                # 1. small requests
+                through = h2load(gateway_url, host, token, args.requests)
+                direct = h2load(base_url, f"baseline.{domain}", token, args.requests)
+                print(
+                    f"small requests: gateway {through:,.0f} req/s, ext_authz disabled "
+                    f"{direct:,.0f} req/s, ratio {through / direct:.2f} (target >= 0.5)",
+                    flush=True,
+                )
+
+                # 2. 256 MiB download
+                via = download_mib_s(
+                    f"{env['E2B_API_URL']}{path}", {"host": host, "x-access-token": token}
+                )
+                straight = download_mib_s(
+                    f"http://{picod}{path}", {"x-access-token": token, "authorization": jwt}
+                )
+                print(
+                    f"256 MiB download: gateway {via:,.0f} MiB/s, straight to picod "
+                    f"{straight:,.0f} MiB/s, ratio {via / straight:.2f} (target >= 0.8)",
+                    flush=True,
+                )
+            if args.only == "throughput":
+                return
 
             # 3. commands.run("true")
             for _ in range(10):
