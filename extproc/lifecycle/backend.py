@@ -1,7 +1,7 @@
 """The contract between the gRPC servicer and a sandbox backend.
 
-The local backend (processes under bubblewrap) implements it now; a Kubernetes backend
-(agent-sandbox CRs) can implement the same Protocol later without touching the servicer.
+Two backends implement it: `local` (processes under bubblewrap) and `kubernetes`
+(agent-sandbox CRs); the servicer does not know which one it serves.
 Methods raise the domain errors of `extproc.core.errors`.
 """
 

@@ -6,7 +6,11 @@
 #   PICOD_AUTH_PUBLIC_KEY                the gateway's public key (PEM), as AgentCube's picod
 #   AGENTCUBE_E2B_PICOD_SANDBOX_ID       this sandbox's id (JWTs for others are refused)
 #   AGENTCUBE_E2B_PICOD_ACCESS_TOKEN     envd's X-Access-Token
+#   AGENTCUBE_E2B_PICOD_ENV              the sandbox's envVars, one KEY=VALUE per line
+#   AGENTCUBE_E2B_INTERPRETER=off        when the template has no port 49999
 # and the interpreter's AGENTCUBE_E2B_INTERPRETER_* twins, defaulted from picod's below.
+# A warm-pool pod (SandboxClaim) starts before its sandbox exists and gets only what
+# AgentCube's SandboxTemplate sets: no sandbox id, access token or envVars.
 set -euo pipefail
 
 bin=/opt/agentcube-e2b/venv/bin/agentcube-e2b
