@@ -14,10 +14,9 @@ _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
     sys.path.insert(1, _TESTS)
 
+from extproc.lifecycle.processes import tree  # noqa: E402
 from support.gateway import envoy_argv, exported, start_up  # noqa: E402
 from support.processes import NotHealthy, environ_without, free_port, wait_healthy  # noqa: E402
-
-from extproc.lifecycle.processes import tree  # noqa: E402
 
 __all__ = [
     "NotHealthy",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from support.gateway import CLI, exported, start_up, stop_up
 from support.processes import free_port
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.gateway import envoy_argv
 
 from e2e.conftest import CLI, Gateway, free_port, wait_until
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
+from support.gateway import envoy_argv
 
 
 def _start_edge(gateway: Gateway, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import kmock
+
 from e2e_k8s.kubelet import Kubelet
 from support.kubeapi import FakeApi
 

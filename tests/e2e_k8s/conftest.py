@@ -30,10 +30,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
-from support.gateway import CLI, envoy_argv
-from support.processes import free_port, spawn_logged, wait_healthy
 
 from extproc.k8s.client import api_client
+from support.gateway import CLI, envoy_argv
+from support.processes import free_port, spawn_logged, wait_healthy
 
 TESTS = Path(__file__).resolve().parent.parent
 SYSTEM_NAMESPACE = "agentcube-system"

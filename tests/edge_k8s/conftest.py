@@ -14,13 +14,13 @@ from typing import Any
 import kmock
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as auth
-from support.kubeapi import FakeApi
 
 from extproc.core.api_keys import hash_api_key
 from extproc.core.identity import load_or_create_router_identity
 from extproc.edge.server import Edge
 from extproc.edge.settings import DirectorySettings, EdgeSettings, KubernetesSettings
 from extproc.k8s.settings import InformerSettings
+from support.kubeapi import FakeApi
 
 DOMAIN = "e2b.test"
 NS = "agentcube-system"

@@ -16,10 +16,10 @@ import jwt
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.kubeapi import FakeApi
 
 from extproc.core.api_keys import hash_api_key
 from extproc.edge.server import KUBERNETES_SERVICE, Edge
+from support.kubeapi import FakeApi
 
 from .conftest import (
     DOMAIN,

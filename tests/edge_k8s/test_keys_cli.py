@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from support.kubeapi import FakeApi
 
 from extproc.cli import main
 from extproc.core.api_keys import hash_api_key
 from extproc.edge.server import Edge
+from support.kubeapi import FakeApi
 
 from .conftest import KEY_A, NS, WAIT_S, check_request
 from .test_cluster_edge import check, denial, tenant

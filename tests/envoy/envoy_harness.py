@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-from support.gateway import ENVOY as ENVOY  # test_bootstrap runs it directly
-from support.gateway import envoy_argv
-from support.processes import free_port
 
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
+from support.gateway import ENVOY as ENVOY  # test_bootstrap runs it directly
+from support.gateway import envoy_argv
+from support.processes import free_port
 
 
 async def wait_ready(admin: HostPort, process: asyncio.subprocess.Process) -> None:

@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from e2b_code_interpreter import Sandbox
+
 from support.processes import NotHealthy, environ_without, free_port, spawn_logged, wait_healthy
 
 CLI = str(Path(sys.executable).with_name("agentcube-e2b"))

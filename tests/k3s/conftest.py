@@ -50,6 +50,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from kubernetes.client import ApiClient, ApiextensionsV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
 from e2e_k8s.conftest import (
     CODE_INTERPRETER,
     SYSTEM_NAMESPACE,
@@ -58,9 +61,6 @@ from e2e_k8s.conftest import (
     running_gateway,
     wait_until,
 )
-from kubernetes.client import ApiClient, ApiextensionsV1Api, CoreV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
-
 from extproc.k8s.client import api_client
 
 ENABLE_ENV = "AGENTCUBE_E2B_K3S"

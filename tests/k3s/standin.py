@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from e2e_k8s.kubelet import picod_argv
 from kubernetes import watch
 from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+
+from e2e_k8s.kubelet import picod_argv
 
 Obj = dict[str, Any]
 log = logging.getLogger("k3s-stand-in")

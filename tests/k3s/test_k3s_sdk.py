@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from e2b import Sandbox
-from e2e_k8s.conftest import SANDBOX_API, TEMPLATE, TENANT, get_sandbox_cr
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
+from e2e_k8s.conftest import SANDBOX_API, TEMPLATE, TENANT, get_sandbox_cr
 from k3s.conftest import K3sGateway, wait_gone
 
 # Starting k3s (and pulling its image) takes far longer than the suite's 120 s default; the

@@ -15,12 +15,12 @@ from typing import Any
 import kmock
 import pytest
 from kubernetes.client import ApiClient, Configuration
-from support.kubeapi import FakeApi, Obj
 
 from extproc.k8s.resources import Resources
 from extproc.k8s.settings import InformerSettings
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.settings import KubernetesSettings
+from support.kubeapi import FakeApi, Obj
 
 FAST = InformerSettings(
     watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1

@@ -11,12 +11,12 @@ import time
 from typing import Any
 
 import pytest
-from support.kubeapi import FakeApi
 
 from extproc.core.errors import DeadlineExceeded, InvalidArgument, NotFound, Unimplemented
 from extproc.core.tokens import access_token
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import CreateSpec, State
+from support.kubeapi import FakeApi
 
 from .conftest import OTHER, SYSTEM, TENANT, Kubelet, Picod
 

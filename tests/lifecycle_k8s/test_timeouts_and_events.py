@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-from support.kubeapi import FakeApi
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
@@ -19,6 +18,7 @@ from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import CreateSpec, EventType, ListQuery, State
 from extproc.lifecycle.server import serving
 from extproc.lifecycle.settings import LifecycleSettings, ServerSettings
+from support.kubeapi import FakeApi
 
 from .conftest import OTHER, TENANT, Picod, settings
 

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from e2b import AsyncSandbox, ConnectionConfig, Sandbox
 from packaging.version import Version
+
 from support.processes import NotHealthy, environ_without, free_port, spawn_logged, wait_healthy
 
 PICOD = str(Path(sys.executable).with_name("agentcube-e2b"))
