@@ -23,17 +23,17 @@ included. Refusing an ambiguous id turns that into a denial of service on one id
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient
 
 from extproc.k8s.informing import Informer
 from extproc.k8s.listwatch import KubeObject, WatchTarget
+from extproc.k8s.resources import POD, SANDBOX, cluster_list_call
 from extproc.k8s.settings import InformerSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 SANDBOX_ID_LABEL = "e2b.agentcube.io/sandbox-id"
 END_AT_ANNOTATION = "e2b.agentcube.io/end-at"
 ACCESS_TOKEN_ANNOTATION = "e2b.agentcube.io/access-token-sha256"  # noqa: S105 - a name
-SANDBOX_GROUP, SANDBOX_VERSION, SANDBOX_PLURAL = "agents.x-k8s.io", "v1alpha1", "sandboxes"
 # Never equal to a sha256 digest (32 bytes): an annotation that is present but malformed
 # makes every token wrong rather than the sandbox open.
 UNMATCHABLE_DIGEST = b"invalid"
@@ -220,16 +219,10 @@ class SandboxInformers:
 
     def __init__(self, client: ApiClient, settings: InformerSettings, sink: EndpointSink) -> None:
         self.join = SandboxJoin(sink)
-        custom = CustomObjectsApi(client)
         self.sandboxes = Informer(
             WatchTarget(
-                name=SANDBOX_PLURAL,
-                list_call=functools.partial(
-                    custom.list_cluster_custom_object,
-                    SANDBOX_GROUP,
-                    SANDBOX_VERSION,
-                    SANDBOX_PLURAL,
-                ),
+                name=SANDBOX.plural,
+                list_call=cluster_list_call(client, SANDBOX),
                 label_selector=SANDBOX_ID_LABEL,
                 transform=sandbox_facts,
             ),
@@ -238,8 +231,8 @@ class SandboxInformers:
         )
         self.pods = Informer(
             WatchTarget(
-                name="pods",
-                list_call=functools.partial(CoreV1Api(client).list_pod_for_all_namespaces),
+                name=POD.plural,
+                list_call=cluster_list_call(client, POD),
                 label_selector=SANDBOX_ID_LABEL,
                 transform=pod_facts,
             ),

@@ -66,6 +66,7 @@ class Resources:
         read_timeout_s: float = 30.0,
         workers: int = 8,
     ) -> None:
+        self._client = client
         self._custom = CustomObjectsApi(client)
         self._core = CoreV1Api(client)
         self._timeout = (connect_timeout_s, read_timeout_s)
@@ -75,107 +76,63 @@ class Resources:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def get(self, kind: Kind, namespace: str, name: str) -> KubeObject:
-        if kind.group:
-            call = functools.partial(
-                self._custom.get_namespaced_custom_object,
-                kind.group,
-                kind.version,
-                namespace,
-                kind.plural,
-                name,
-            )
-        else:
-            call = functools.partial(self._core_method("read", kind), name, namespace)
+        call = self._bind("get", kind, namespace, name)
         return await self._call(call, f"get {kind.kind} {namespace}/{name}")
 
     async def list(self, kind: Kind, namespace: str, label_selector: str = "") -> list[KubeObject]:
         """All objects of `kind` in `namespace` (one page; templates and the like are few)."""
         extra: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
-        if kind.group:
-            call = functools.partial(
-                self._custom.list_namespaced_custom_object,
-                kind.group,
-                kind.version,
-                namespace,
-                kind.plural,
-                **extra,
-            )
-        else:
-            call = functools.partial(self._core_method("list", kind), namespace, **extra)
+        call = self._bind("list", kind, namespace, **extra)
         page = await self._call(call, f"list {kind.plural} in {namespace}")
         return [item for item in page.get("items") or () if isinstance(item, dict)]
 
     async def create(self, kind: Kind, namespace: str, body: KubeObject) -> KubeObject:
         name = body.get("metadata", {}).get("name", "")
-        if kind.group:
-            call = functools.partial(
-                self._custom.create_namespaced_custom_object,
-                kind.group,
-                kind.version,
-                namespace,
-                kind.plural,
-                body,
-            )
-        else:
-            call = functools.partial(self._core_method("create", kind), namespace, body)
+        call = self._bind("create", kind, namespace, body=body)
         return await self._call(call, f"create {kind.kind} {namespace}/{name}")
 
     async def patch(self, kind: Kind, namespace: str, name: str, patch: KubeObject) -> KubeObject:
         """A JSON merge patch (RFC 7386): the API server's only patch type for CRDs besides
         JSON patch; the official client would otherwise send a strategic merge patch."""
-        if kind.group:
-            call = functools.partial(
-                self._custom.patch_namespaced_custom_object,
-                kind.group,
-                kind.version,
-                namespace,
-                kind.plural,
-                name,
-                patch,
-                _content_type=MERGE_PATCH,
-            )
-        else:
-            call = functools.partial(
-                self._core_method("patch", kind), name, namespace, patch, _content_type=MERGE_PATCH
-            )
+        call = self._bind("patch", kind, namespace, name, patch, _content_type=MERGE_PATCH)
         return await self._call(call, f"patch {kind.kind} {namespace}/{name}")
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
-        if kind.group:
-            call = functools.partial(
-                self._custom.delete_namespaced_custom_object,
-                kind.group,
-                kind.version,
-                namespace,
-                kind.plural,
-                name,
-            )
-        else:
-            call = functools.partial(self._core_method("delete", kind), name, namespace)
+        call = self._bind("delete", kind, namespace, name)
         await self._call(call, f"delete {kind.kind} {namespace}/{name}")
-
-    def cluster_list_call(self, kind: Kind) -> ListCall:
-        """The all-namespaces list method for an informer's `WatchTarget`."""
-        if kind.group:
-            return functools.partial(
-                self._custom.list_cluster_custom_object, kind.group, kind.version, kind.plural
-            )
-        method: ListCall = getattr(self._core, f"list_{_core_name(kind)}_for_all_namespaces")
-        return method
 
     def watch_target(
         self, kind: Kind, label_selector: str, transform: Transform | None = None
     ) -> WatchTarget:
         return WatchTarget(
             name=f"{kind.plural}/{label_selector}",
-            list_call=self.cluster_list_call(kind),
+            list_call=cluster_list_call(self._client, kind),
             label_selector=label_selector,
             transform=transform,
         )
 
-    def _core_method(self, verb: str, kind: Kind) -> Callable[..., Any]:
-        method: Callable[..., Any] = getattr(self._core, f"{verb}_namespaced_{_core_name(kind)}")
-        return method
+    def _bind(
+        self,
+        verb: str,
+        kind: Kind,
+        namespace: str,
+        name: str | None = None,
+        body: KubeObject | None = None,
+        **options: Any,
+    ) -> Callable[..., Any]:
+        """The client method for `verb` on `kind` with its arguments in that method's order:
+        custom objects take (group, version, namespace, plural, [name], [body]), core ones
+        ([name], namespace, [body]) and say `read` where custom objects say `get`."""
+        named = () if name is None else (name,)
+        bodies = () if body is None else (body,)
+        if kind.group:
+            method = getattr(self._custom, f"{verb}_namespaced_custom_object")
+            return functools.partial(
+                method, kind.group, kind.version, namespace, kind.plural, *named, *bodies, **options
+            )
+        core_verb = "read" if verb == "get" else verb
+        method = getattr(self._core, f"{core_verb}_namespaced_{_core_name(kind)}")
+        return functools.partial(method, *named, namespace, *bodies, **options)
 
     async def _call(self, call: Callable[..., Any], what: str) -> KubeObject:
         def blocking() -> KubeObject:
@@ -199,6 +156,19 @@ class Resources:
             raise Unavailable(f"{what}: {reason}") from error
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
             raise Unavailable(f"{what}: {type(error).__name__}") from error
+
+
+def cluster_list_call(client: ApiClient, kind: Kind) -> ListCall:
+    """The all-namespaces list method of `kind` for an informer's `WatchTarget`."""
+    if kind.group:
+        return functools.partial(
+            CustomObjectsApi(client).list_cluster_custom_object,
+            kind.group,
+            kind.version,
+            kind.plural,
+        )
+    method: ListCall = getattr(CoreV1Api(client), f"list_{_core_name(kind)}_for_all_namespaces")
+    return method
 
 
 def _core_name(kind: Kind) -> str:

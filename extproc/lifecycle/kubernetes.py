@@ -145,14 +145,11 @@ class KubernetesBackend:
         informers = asyncio.create_task(
             run_informers([self.sandbox_informer, self.pod_informer]), name="lifecycle-informers"
         )
-        await asyncio.wait(
-            [asyncio.ensure_future(self.sandbox_informer.synced.wait()), informers],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        await asyncio.wait(
-            [asyncio.ensure_future(self.pod_informer.synced.wait()), informers],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        for informer in (self.sandbox_informer, self.pod_informer):
+            await asyncio.wait(
+                [asyncio.ensure_future(informer.synced.wait()), informers],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         if informers.done():
             informers.result()  # raises what ended them
         for sandbox_id in list(self._crs):
@@ -239,8 +236,7 @@ class KubernetesBackend:
             raise NotFound(f"template {name[:80]!r} not found") from None
 
     async def create(self, spec: CreateSpec) -> Sandbox:
-        if not spec.tenant:
-            raise InvalidArgument("tenant is required")
+        self._require_tenant(spec.tenant)
         if spec.on_timeout is OnTimeout.PAUSE or spec.auto_resume:
             raise Unimplemented(_NO_PAUSE)
         metadata = check_metadata(spec.metadata)

@@ -168,7 +168,7 @@ class DirectoryJoin:
 async def serve(n: int) -> None:
     import kmock
 
-    from tests.k8s_informers.fakeapi import FakeApi
+    from tests.support.kubeapi import FakeApi
 
     async with kmock.KubernetesScaffold() as handler:
         api = FakeApi(handler)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from support.gateway import CLI, exported, start_up, stop_up
+from support.gateway import CLI, exported, sdk_environment, start_up, stop_up
 from support.processes import free_port
 
 
@@ -67,33 +66,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         log=log,
         process=process,
     )
-    # The SDKs read their configuration from the environment, as a user's code would; set for
-    # the e2e package only (package-scoped: torn down before the rest of the suite runs, so
-    # picod's SDK tests in debug mode never inherit a gateway URL). Background threads that
-    # drive the SDK see it too.
-    saved = {name: os.environ.get(name) for name in (*gateway.env, "E2B_DEBUG")}
-    os.environ.update(gateway.env)
-    os.environ.pop("E2B_DEBUG", None)
     try:
-        yield gateway
+        with sdk_environment(gateway.env):  # for the e2e package only
+            yield gateway
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         assert stop_up(process) == 0
-
-
-def wait_until(predicate: object, timeout_s: float, interval_s: float = 0.05) -> float:
-    """Seconds until `predicate()` was true; polls a remote state no event reports."""
-    assert callable(predicate)
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"not true within {timeout_s} s")
-        time.sleep(interval_s)
-    return time.monotonic() - start
 
 
 def process_group_alive(pgid: int) -> bool:

@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.conftest import CLI, Gateway, free_port, wait_until
+from e2e.conftest import CLI, Gateway, free_port
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
 from support.gateway import envoy_argv
+from support.processes import wait_until
 
 
 def _start_edge(gateway: Gateway, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -22,7 +22,8 @@ from e2b import (
     SandboxQuery,
 )
 
-from e2e.conftest import CLI, Gateway, wait_until
+from e2e.conftest import CLI, Gateway
+from support.processes import wait_until
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from e2e.conftest import CLI, free_port, start_up, stop_up, wait_until
+from e2e.conftest import CLI, free_port, start_up, stop_up
 from extproc.envoy_config.settings import HostPort
 from extproc.up import UpSettings, plan_edges
+from support.processes import wait_until
 
 
 def _processes_mentioning(text: str) -> list[str]:

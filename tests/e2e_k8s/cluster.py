@@ -23,10 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kmock
-
 from e2e_k8s.kubelet import Kubelet
-from support.kubeapi import FakeApi
+from support.kubeapi import FakeApi, served
 
 # plural -> (group, version) of everything the gateway reads or writes.
 RESOURCES = {
@@ -44,13 +42,14 @@ async def serve(root: Path, preload: list[dict[str, Any]]) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with kmock.KubernetesScaffold() as handler:
-        api = FakeApi(handler)
+
+    def setup(api: FakeApi) -> None:
         for plural, (group, version) in RESOURCES.items():
             api.install(plural, group=group, version=version, writable=True)
         for item in preload:
             api.put(item["plural"], item["object"])
-        await api.start()
+
+    async with served(setup) as api:
         kubelet = Kubelet(api, root)
         dispatching = kubelet.start()
         print(f"listening {api.port}", flush=True)
@@ -61,7 +60,6 @@ async def serve(root: Path, preload: list[dict[str, Any]]) -> int:
             dispatching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatching
-            await api.stop()
     return 0
 
 

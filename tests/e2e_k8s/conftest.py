@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
 from extproc.k8s.client import api_client
-from support.gateway import CLI, envoy_argv
-from support.processes import free_port, spawn_logged, wait_healthy
+from support.gateway import CLI, envoy_argv, sdk_environment
+from support.processes import free_port, spawn_logged, wait_healthy, wait_until
 
 TESTS = Path(__file__).resolve().parent.parent
 SYSTEM_NAMESPACE = "agentcube-system"
@@ -106,18 +106,6 @@ def processes_mentioning(text: str) -> dict[int, str]:
         if text in argv:
             found[int(entry.name)] = argv.strip()
     return found
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.02
-) -> float:
-    """Seconds until `predicate()` was true; polls a remote state no event reports here."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"not true within {timeout_s} s")
-        time.sleep(interval_s)
-    return time.monotonic() - start
 
 
 # --- the fake cluster ------------------------------------------------------------------------
@@ -432,16 +420,5 @@ def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
             api_key=keys[TENANT],
             other_tenant_key=keys[OTHER_TENANT],
         )
-        # The SDK reads its configuration from the environment; set for this package only and
-        # restored before the rest of the suite runs (as tests/e2e/conftest.py does).
-        saved = {name: os.environ.get(name) for name in (*gateway.env, "E2B_DEBUG")}
-        os.environ.update(gateway.env)
-        os.environ.pop("E2B_DEBUG", None)
-        try:
+        with sdk_environment(gateway.env):  # for this package only
             yield gateway
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value

@@ -24,6 +24,7 @@ import copy
 import logging
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -72,6 +73,15 @@ class PodProcess:
     # the task starting it; deleting the Sandbox sets `deleted` and waits for this task
     starting: asyncio.Task[None] | None = None
     deleted: bool = False
+
+
+def picod_refuses(ip: str) -> bool:
+    """Whether a connection to picod's port at `ip` is refused (the pod's picod is gone)."""
+    try:
+        socket.create_connection((ip, PICOD_PORT), timeout=0.5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def picod_argv(container: Obj, ip: str, home: Path) -> list[str]:

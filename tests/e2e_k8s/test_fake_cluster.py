@@ -5,7 +5,6 @@ configured from the pod template; deleting the Sandbox stops picod and deletes t
 from __future__ import annotations
 
 import base64
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from kubernetes import watch
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
 from e2e_k8s.conftest import SANDBOX_API, TENANT, Cluster, get_sandbox_cr, wait_until
-from e2e_k8s.kubelet import PICOD, picod_argv
+from e2e_k8s.kubelet import PICOD, picod_argv, picod_refuses
 
 WAIT_S = 15.0
 
@@ -53,14 +52,6 @@ def _ready_pod_ip(kube: ApiClient, name: str) -> str:
     raise AssertionError(f"pod of {name} never became Ready")
 
 
-def _refuses(ip: str) -> bool:
-    try:
-        socket.create_connection((ip, 49983), timeout=0.5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 def test_sandbox_gets_a_ready_pod_serving_picod_and_delete_stops_it(
     cluster: Cluster, kube: ApiClient
 ) -> None:
@@ -91,11 +82,12 @@ def test_sandbox_gets_a_ready_pod_serving_picod_and_delete_stops_it(
     assert {"type": "Ready", "status": "True"}.items() <= status["conditions"][0].items()
 
     custom.delete_namespaced_custom_object(*SANDBOX_API[:2], TENANT, SANDBOX_API[2], name)
-    wait_until(lambda: _refuses(ip), WAIT_S)
+    wait_until(lambda: picod_refuses(ip), WAIT_S, interval_s=0.02)
     selector = f"e2b.agentcube.io/sandbox-id={name}"
     wait_until(
         lambda: not CoreV1Api(kube).list_namespaced_pod(TENANT, label_selector=selector).items,
         WAIT_S,
+        interval_s=0.02,
     )
     CoreV1Api(kube).delete_namespaced_secret(f"{name}-token", TENANT)
 

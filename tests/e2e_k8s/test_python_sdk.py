@@ -4,7 +4,6 @@ whose pods are local picods (conftest.py, kubelet.py)."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
@@ -20,6 +19,7 @@ from e2e_k8s.conftest import (
     pod_ip,
     wait_until,
 )
+from e2e_k8s.kubelet import picod_refuses
 
 WAIT_S = 10.0
 REVOCATION_BOUND_S = 1.0
@@ -27,14 +27,6 @@ REVOCATION_BOUND_S = 1.0
 
 def _cr_name(sandbox_id: str) -> str:
     return f"e2b-{sandbox_id}"
-
-
-def _refuses(ip: str) -> bool:
-    try:
-        socket.create_connection((ip, 49983), timeout=0.5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_create_run_files_kill(gateway: Gateway, kube: ApiClient) -> None:
@@ -56,8 +48,8 @@ def test_create_run_files_kill(gateway: Gateway, kube: ApiClient) -> None:
         assert sbx.files.read("notes/a.txt") == "some text"
     finally:
         sbx.kill()
-    wait_until(lambda: get_sandbox_cr(kube, TENANT, name) is None, WAIT_S)
-    wait_until(lambda: _refuses(ip), WAIT_S)
+    wait_until(lambda: get_sandbox_cr(kube, TENANT, name) is None, WAIT_S, interval_s=0.02)
+    wait_until(lambda: picod_refuses(ip), WAIT_S, interval_s=0.02)
     assert not sbx.is_running()
 
 
@@ -81,7 +73,7 @@ def test_revoked_key_is_refused_within_one_second(gateway: Gateway) -> None:
     key = gateway.create_key(TENANT)
     with httpx.Client(base_url=gateway.url, headers={"X-API-Key": key}, timeout=5) as api:
         # the edge learns new keys from the same watch: wait for this one to be accepted
-        wait_until(lambda: api.get("/sandboxes").status_code == 200, WAIT_S)
+        wait_until(lambda: api.get("/sandboxes").status_code == 200, WAIT_S, interval_s=0.02)
         gateway.keys("revoke", key)
         revoked = time.monotonic()
         wait_until(lambda: api.get("/sandboxes").status_code == 401, WAIT_S, interval_s=0.01)

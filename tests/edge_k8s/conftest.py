@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 
@@ -20,7 +19,7 @@ from extproc.core.identity import load_or_create_router_identity
 from extproc.edge.server import Edge
 from extproc.edge.settings import DirectorySettings, EdgeSettings, KubernetesSettings
 from extproc.k8s.settings import InformerSettings
-from support.kubeapi import FakeApi
+from support.kubeapi import FakeApi, served
 
 DOMAIN = "e2b.test"
 NS = "agentcube-system"
@@ -84,17 +83,13 @@ def check_request(
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApi]:
-    async with kmock.KubernetesScaffold() as handler:
-        fake = FakeApi(handler)
+    def setup(fake: FakeApi) -> None:
         fake.install("secrets", "configmaps", writable=True)
         fake.install("pods")
         fake.install("sandboxes", group="agents.x-k8s.io", version="v1alpha1")
-        await fake.start()
-        try:
-            yield fake
-        finally:
-            if fake.server is not None:
-                await fake.stop()
+
+    async with served(setup) as fake:
+        yield fake
 
 
 @pytest.fixture

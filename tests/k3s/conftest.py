@@ -62,6 +62,7 @@ from e2e_k8s.conftest import (
     wait_until,
 )
 from extproc.k8s.client import api_client
+from support.gateway import sdk_environment
 
 ENABLE_ENV = "AGENTCUBE_E2B_K3S"
 K3S_IMAGE_ENV = "AGENTCUBE_E2B_K3S_IMAGE"
@@ -299,17 +300,8 @@ def gateway(
             "E2B_DOMAIN": "e2b.localhost",
             "E2B_API_KEY": keys[TENANT],
         }
-        saved = {name: os.environ.get(name) for name in (*env, "E2B_DEBUG")}
-        os.environ.update(env)
-        os.environ.pop("E2B_DEBUG", None)
-        try:
+        with sdk_environment(env):
             yield K3sGateway(url, keys[TENANT], env)
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def wait_gone(read: Any, timeout_s: float) -> None:

@@ -9,13 +9,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
-import kmock
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
 from extproc.k8s.settings import InformerSettings
-
-from .fakeapi import FakeApi
+from support.kubeapi import FakeApi, served
 
 # Fast retries so recovery tests take milliseconds; the logic is the production one.
 FAST = InformerSettings(
@@ -26,15 +24,8 @@ WAIT_S = 5.0
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApi]:
-    async with kmock.KubernetesScaffold() as handler:
-        fake = FakeApi(handler)
-        fake.install("secrets", "configmaps", "pods")
-        await fake.start()
-        try:
-            yield fake
-        finally:
-            if fake.server is not None:
-                await fake.stop()
+    async with served(lambda fake: fake.install("secrets", "configmaps", "pods")) as fake:
+        yield fake
 
 
 @pytest.fixture

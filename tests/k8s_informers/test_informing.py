@@ -12,9 +12,9 @@ from kubernetes.client import ApiClient, CoreV1Api
 from extproc.k8s.informing import Informer
 from extproc.k8s.listwatch import KubeObject, WatchTarget, field_selector_for_name
 from extproc.k8s.settings import InformerSettings
+from support.kubeapi import FakeApi
 
 from .conftest import FAST, WAIT_S, Runner
-from .fakeapi import FakeApi
 
 NS = "agentcube-system"
 

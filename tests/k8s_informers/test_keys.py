@@ -12,9 +12,9 @@ from kubernetes.client import ApiClient
 from extproc.core.api_keys import KeyStatus, hash_api_key, new_api_key
 from extproc.k8s.keys import KeyInformers
 from extproc.k8s.settings import KeySourceSettings
+from support.kubeapi import FakeApi
 
 from .conftest import FAST, WAIT_S, Runner
-from .fakeapi import FakeApi
 
 NS = "agentcube-system"
 KEY = new_api_key()

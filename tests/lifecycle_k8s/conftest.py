@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import kmock
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
@@ -20,7 +19,7 @@ from extproc.k8s.resources import Resources
 from extproc.k8s.settings import InformerSettings
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.settings import KubernetesSettings
-from support.kubeapi import FakeApi, Obj
+from support.kubeapi import FakeApi, Obj, served
 
 FAST = InformerSettings(
     watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
@@ -101,8 +100,7 @@ class Kubelet:
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApi]:
-    async with kmock.KubernetesScaffold() as handler:
-        fake = FakeApi(handler)
+    def setup(fake: FakeApi) -> None:
         fake.install("secrets", "pods", writable=True)
         fake.install("sandboxes", group="agents.x-k8s.io", version="v1alpha1", writable=True)
         fake.install("sandboxclaims", group="extensions.agents.x-k8s.io", version="v1alpha1",
@@ -112,12 +110,9 @@ async def api() -> AsyncIterator[FakeApi]:
         fake.put("codeinterpreters", code_interpreter("code-interpreter-v1"))
         fake.put("codeinterpreters", code_interpreter("pooled", warmPoolSize=2))
         fake.put("codeinterpreters", code_interpreter("code-interpreter-v1", OTHER))
-        await fake.start()
-        try:
-            yield fake
-        finally:
-            if fake.server is not None:
-                await fake.stop()
+
+    async with served(setup) as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "extproc.cli"]
@@ -59,3 +62,23 @@ def envoy_argv(config: Path, *, concurrency: int, log_level: str) -> list[str]:
         "-l",
         log_level,
     ]
+
+
+@contextlib.contextmanager
+def sdk_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """`env` set and `E2B_DEBUG` unset while inside; every name restored (or removed) after.
+
+    The SDKs read their configuration from the environment, as a user's code would, and so do
+    the background threads that drive them. A package-scoped fixture uses this so the rest of
+    the suite (picod's SDK tests in debug mode) never inherits a gateway URL."""
+    saved = {name: os.environ.get(name) for name in (*env, "E2B_DEBUG")}
+    os.environ.update(env)
+    os.environ.pop("E2B_DEBUG", None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -20,6 +20,7 @@ kubelet reacts to Sandboxes there); `fail` makes the next requests of a method f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import time
@@ -380,3 +381,18 @@ class FakeApi:
         for watcher in self.watchers:
             if watcher.plural == plural:
                 watcher.queue.put_nowait(None)
+
+
+@contextlib.asynccontextmanager
+async def served(setup: Callable[[FakeApi], None]) -> AsyncIterator[FakeApi]:
+    """A FakeApi listening on a free port once `setup` has installed its resources and put
+    its objects; stopped on exit unless the test already stopped it."""
+    async with kmock.KubernetesScaffold() as handler:
+        fake = FakeApi(handler)
+        setup(fake)
+        await fake.start()
+        try:
+            yield fake
+        finally:
+            if fake.server is not None:
+                await fake.stop()

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -58,3 +59,15 @@ def wait_healthy(
             if time.monotonic() > deadline:
                 raise NotHealthy("did not become healthy")
             time.sleep(interval_s)  # polling a port that is not open yet: nothing to await
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05
+) -> float:
+    """Seconds until `predicate()` was true; polls a remote state no event reports."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"not true within {timeout_s} s")
+        time.sleep(interval_s)
+    return time.monotonic() - start
