@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 # No run-time `typing` import (~3 ms) before picod's own imports need it; type checkers
 # take this name as True.
@@ -104,3 +105,37 @@ def _at_least(
     if value < low:
         raise ValueError(f"{flag}: expected >= {low}, got {value}")
     return value
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`--listen HOST:PORT` as (host, port); an empty host means all interfaces."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"--listen: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def sandbox_daemon_auth(
+    key_file: str | None, key_pem: str | None, access_token: str | None, no_auth: bool
+) -> str | None:
+    """The auth flags of a daemon inside a sandbox (picod, the interpreter).
+
+    Returns the gateway's public key PEM, read from `--jwt-public-key` (else `key_pem`, e.g.
+    from an environment variable) and checked; None when there is none. Refuses a daemon
+    with no credential at all unless `--no-auth` says so explicitly.
+    """
+    if key_file:
+        try:
+            key_pem = Path(key_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"--jwt-public-key: cannot read {key_file}: {e}") from e
+    if key_pem:
+        from extproc.core.gateway_jwt import load_public_key  # cryptography: only when used
+
+        load_public_key(key_pem)
+    if not (key_pem or access_token or no_auth):
+        raise ValueError(
+            "no auth configured: pass --jwt-public-key and/or --access-token, "
+            "or --no-auth to serve without auth"
+        )
+    return key_pem or None

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from extproc.core.flags import EnvDefaults
+from extproc.core.flags import EnvDefaults, listen_address, sandbox_daemon_auth
 from extproc.interpreter.settings import (
     DEFAULT_CWD,
     DEFAULT_ENVD_URL,
@@ -98,29 +98,14 @@ def _number(args: argparse.Namespace, flag: str, *, integer: bool = False) -> fl
 
 def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
-    host, sep, port_text = str(args.listen).rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
-    key_pem: str | None = None
-    if args.jwt_public_key:
-        try:
-            key_pem = Path(args.jwt_public_key).read_text()
-        except OSError as e:
-            raise ValueError(f"--jwt-public-key: cannot read {args.jwt_public_key}: {e}") from e
-        from extproc.core.gateway_jwt import load_public_key
-
-        load_public_key(key_pem)
+    host, port = listen_address(str(args.listen))
+    key_pem = sandbox_daemon_auth(args.jwt_public_key, None, args.access_token, args.no_auth)
     cwd = Path(args.cwd)
     if not cwd.is_dir():
         raise ValueError(f"--cwd: {args.cwd!r} is not an existing directory")
-    if not (key_pem or args.access_token or args.no_auth):
-        raise ValueError(
-            "no auth configured: pass --jwt-public-key and/or --access-token, "
-            "or --no-auth to serve without auth"
-        )
     return InterpreterSettings(
-        host=host.strip("[]") or "0.0.0.0",
-        port=int(port_text),
+        host=host,
+        port=port,
         envd_url=args.envd_url or None,
         sandbox_id=args.sandbox_id or None,
         jwt_public_key=key_pem,

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from extproc.core.flags import EnvDefaults
+from extproc.core.flags import EnvDefaults, listen_address, sandbox_daemon_auth
 from extproc.picod.settings import DEFAULT_HOME, DEFAULT_USER, PicodSettings
 
 ENV = EnvDefaults("AGENTCUBE_E2B_PICOD_")
@@ -62,35 +62,19 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> PicodSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
-    host, sep, port_text = str(args.listen).rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
-    key_pem: str | None = None
-    if args.jwt_public_key:
-        try:
-            key_pem = Path(args.jwt_public_key).read_text()
-        except OSError as e:
-            raise ValueError(f"--jwt-public-key: cannot read {args.jwt_public_key}: {e}") from e
-    elif os.environ.get(AGENTCUBE_KEY_ENV):
-        key_pem = os.environ[AGENTCUBE_KEY_ENV]
-    if key_pem is not None:
-        from extproc.core.gateway_jwt import load_public_key
-
-        load_public_key(key_pem)
+    host, port = listen_address(str(args.listen))
+    key_pem = sandbox_daemon_auth(
+        args.jwt_public_key, os.environ.get(AGENTCUBE_KEY_ENV), args.access_token, args.no_auth
+    )
     env_vars: dict[str, str] = {}
     for item in args.env:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise ValueError(f"--env: expected KEY=VALUE, got {item!r}")
         env_vars[name] = value
-    if not (key_pem or args.access_token or args.no_auth):
-        raise ValueError(
-            "no auth configured: pass --jwt-public-key and/or --access-token, "
-            "or --no-auth to serve without auth"
-        )
     return PicodSettings(
-        host=host.strip("[]") or "0.0.0.0",
-        port=int(port_text),
+        host=host,
+        port=port,
         sandbox_id=args.sandbox_id or None,
         jwt_public_key=key_pem,
         access_token=args.access_token or None,
