@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 NODE_PREFIX := $(VENV)/node
 BUF := $(NODE_PREFIX)/node_modules/.bin/buf
 GEN := extproc/_gen
+# The base root filesystem of local sandboxes that every test shares (built once, ~40 s).
+ROOTFS_CACHE ?= $(or $(AGENTCUBE_E2B_ROOTFS_CACHE_DIR),$(CURDIR)/.cache/rootfs)
 
-.PHONY: up test venv generate check-generate lint unit bench
+.PHONY: up test venv host-packages rootfs generate check-generate lint unit bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +26,21 @@ $(NODE_PREFIX)/.installed: tests/js/package.json tests/js/package-lock.json
 
 venv: $(VENV)/.installed $(NODE_PREFIX)/.installed
 
-up: venv
+# The Debian packages sandbox isolation needs (packaging/debian-packages.txt): installed when
+# run as root, else the apt-get line is printed and this fails.
+host-packages:
+	sh packaging/install-host-packages
+
+# Building needs root, as sandbox isolation does; as another user the tests that need the
+# base skip and say so.
+rootfs: $(VENV)/.installed host-packages
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(VENV)/bin/agentcube-e2b rootfs build --cache-dir $(ROOTFS_CACHE); \
+	else \
+	  echo "not root: not building the base rootfs (sandbox isolation needs root)"; \
+	fi
+
+up: venv host-packages
 	$(VENV)/bin/agentcube-e2b up
 
 # One command regenerates every stub; CI fails if the checked-in ones differ.
@@ -49,8 +65,8 @@ lint: venv
 	$(VENV)/bin/ruff check extproc tests
 	$(VENV)/bin/mypy extproc
 
-test: venv check-generate lint
-	$(VENV)/bin/pytest
+test: venv host-packages check-generate lint rootfs
+	AGENTCUBE_E2B_ROOTFS_CACHE_DIR=$(ROOTFS_CACHE) $(VENV)/bin/pytest
 
 bench: venv
 	@echo "benchmarks: run the scripts in tests/bench/ one by one, e.g. $(PY) tests/bench/picod_bench.py"

@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "extproc.interpreter.command",
         "the code interpreter server inside a sandbox (port 49999)",
     ),
+    "rootfs": (
+        "extproc.lifecycle.rootfs_command",
+        "build the base root filesystem of local sandboxes",
+    ),
     "up": ("extproc.up", "run the whole gateway on this machine with local sandboxes"),
 }
 

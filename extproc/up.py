@@ -6,13 +6,26 @@ sandbox or worker a child started is stopped with it. Their output is copied to 
 line prefixed with the child's name. When all of them are ready it prints `export ...` lines
 and `ready` on stdout, so a script can `eval` the exports and wait for the word.
 
+Nothing of the control plane listens where a sandbox could connect. Only the public listener
+is TCP; the lifecycle gRPC, each edge's gRPC and metrics, and Envoy's admin are unix sockets
+(mode 0600) in `<state>/run/` (mode 0700, refused when another user owns it):
+`lifecycle.sock`, `edge.sock` (or `edge-1.sock`, `edge-2.sock`, ...), `metrics.sock` (or
+`metrics-N.sock`) and `envoy-admin.sock`. Each flag also takes `HOST:PORT` for operators who
+want TCP (Prometheus, for one, scrapes only TCP). Each run writes a fresh lifecycle caller
+token to `<state>/run/lifecycle-token` (0600) and hands its path, never its value, to the
+lifecycle service (which then refuses calls without it) and to the edges (which send it).
+
+With `--isolation namespaces` (the default) sandboxes live in network namespaces behind a
+hub namespace the lifecycle service owns; `up` makes sure the hub exists before Envoy starts,
+and Envoy opens its connections to sandboxes inside it. `--isolation none` runs sandboxes
+unisolated (unsafe: a tenant's code then shares the host's network and files).
+
 The edge runs as `--edge-processes` processes (`edge-1`, `edge-2`, ...; just `edge` when there
 is one). One Python process keeps about one core busy, and Envoy keeps one HTTP/2 connection
 per worker per edge host, so extra processes must be extra endpoints of Envoy's edge cluster,
-not SO_REUSEPORT siblings (docs/benchmarks.md has the numbers). The first edge listens on
-`--edge-listen`; the others on free ports of the same host, which only Envoy needs to know.
-Edge N serves its metrics on the `--metrics-listen` port + N - 1 (9091, 9092, ...), so a
-scrape configuration can list them.
+not SO_REUSEPORT siblings (docs/benchmarks.md has the numbers). With TCP, the first edge
+listens on `--edge-listen` and the others on free ports of the same host, which only Envoy
+needs to know, and edge N serves its metrics on the `--metrics-listen` port + N - 1.
 
 Only sha256 hashes of API keys are stored, so a key can be printed only when it is created:
 the first `up` on an empty state directory creates one and prints it; later runs print how to
@@ -30,6 +43,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +52,26 @@ from typing import Any
 
 import httpx
 
+from extproc.core.caller_token import new_token, write_token_file
 from extproc.core.flags import EnvDefaults, integer_arg
 from extproc.envoy_config.clusters import EDGE_CLUSTER
-from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
+from extproc.envoy_config.settings import (
+    DEFAULT_DOMAIN,
+    Endpoint,
+    EnvoySettings,
+    HostPort,
+    UnixSocket,
+    parse_endpoint,
+)
 
 ENV = EnvDefaults("AGENTCUBE_E2B_UP_")
+ISOLATIONS = ("namespaces", "none")
+# in <state>/run/
+LIFECYCLE_SOCKET = "lifecycle.sock"
+EDGE_SOCKET = "edge.sock"
+METRICS_SOCKET = "metrics.sock"
+ADMIN_SOCKET = "envoy-admin.sock"
+TOKEN_FILE = "lifecycle-token"  # noqa: S105 (a file name)
 
 
 @dataclass(frozen=True)
@@ -51,18 +80,19 @@ class UpSettings:
     listen: HostPort
     # sandbox domain. Default e2b.localhost.
     domain: str
-    # state directory (identity/, keys/, lifecycle/, envoy.yaml). Default ./state.
+    # state directory (identity/, keys/, lifecycle/, run/, envoy.yaml). Default ./state.
     state_dir: Path
-    # Envoy admin, loopback only. Default 127.0.0.1:9901.
-    admin: HostPort
-    # the first edge's gRPC (ext_authz + ext_proc); the others take free ports on its host.
-    # Default 127.0.0.1:9001.
-    edge: HostPort
-    # the first edge's Prometheus metrics; edge N uses this port + N - 1. Default
-    # 127.0.0.1:9091.
-    metrics: HostPort
-    # lifecycle gRPC. Default 127.0.0.1:9002.
-    lifecycle: HostPort
+    # Envoy admin: a unix socket or a loopback IP:PORT. Default <state>/run/envoy-admin.sock.
+    admin: Endpoint
+    # the edges' gRPC (ext_authz + ext_proc): a unix socket (edge N of several: `<stem>-N`
+    # next to it) or IP:PORT (the first edge; the others take free ports on its host).
+    # Default <state>/run/edge.sock.
+    edge: Endpoint
+    # the edges' Prometheus metrics: a unix socket (numbered like `edge`) or IP:PORT (edge N
+    # uses this port + N - 1). Default <state>/run/metrics.sock.
+    metrics: Endpoint
+    # lifecycle gRPC: a unix socket or IP:PORT. Default <state>/run/lifecycle.sock.
+    lifecycle: Endpoint
     # edge processes, each its own endpoint of Envoy's edge cluster. Default
     # default_edge_processes(): half the CPUs, 1 to 4.
     edge_processes: int = 1
@@ -72,6 +102,14 @@ class UpSettings:
     ready_timeout_s: float = 60.0
     # seconds each child gets between SIGTERM and SIGKILL. Default 10.
     grace_s: float = 10.0
+    # sandbox isolation: "namespaces" (own network namespace each, behind the lifecycle
+    # service's hub) or "none" (unsafe: shares the host's). Default namespaces.
+    isolation: str = "namespaces"
+
+    @property
+    def run_dir(self) -> Path:
+        """Sockets and the caller token; mode 0700."""
+        return self.state_dir / "run"
 
 
 def default_edge_processes() -> int:
@@ -94,10 +132,28 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"state directory (env {ENV.var('STATE_DIR')}; default ./%(default)s)",
     )
-    ENV.add(parser, "--admin", "127.0.0.1:9901", "Envoy admin, loopback only", metavar="IP:PORT")
-    ENV.add(parser, "--edge-listen", "127.0.0.1:9001", "edge gRPC", metavar="IP:PORT")
-    ENV.add(parser, "--metrics-listen", "127.0.0.1:9091", "edge metrics", metavar="IP:PORT")
-    ENV.add(parser, "--lifecycle-listen", "127.0.0.1:9002", "lifecycle gRPC", metavar="IP:PORT")
+    for flag, what, name in (
+        ("--admin", "Envoy admin (a TCP address must be loopback)", ADMIN_SOCKET),
+        ("--edge-listen", "edge gRPC", EDGE_SOCKET),
+        ("--metrics-listen", "edge Prometheus metrics", METRICS_SOCKET),
+        ("--lifecycle-listen", "lifecycle gRPC", LIFECYCLE_SOCKET),
+    ):
+        env = flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(
+            flag,
+            default=ENV.text(env),
+            metavar="unix:PATH|IP:PORT",
+            help=f"{what} (env {ENV.var(env)}; default unix:STATE-DIR/run/{name})",
+        )
+    parser.add_argument(
+        "--isolation",
+        default=ENV.text("ISOLATION", "namespaces"),
+        choices=ISOLATIONS,
+        help=(
+            "sandbox isolation: namespaces, or none to run tenants' code unisolated on this "
+            f"host (UNSAFE) (env {ENV.var('ISOLATION')}; default %(default)s)"
+        ),
+    )
     parser.add_argument(
         "--edge-processes",
         default=ENV.text("EDGE_PROCESSES", str(default_edge_processes())),
@@ -132,55 +188,92 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> UpSettings:
+    state_dir = Path(args.state_dir).absolute()
+
+    def endpoint(flag: str, socket_name: str) -> Endpoint:
+        text = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if text is None:
+            text = f"unix:{state_dir / 'run' / socket_name}"
+        try:
+            return parse_endpoint(text)
+        except ValueError as error:
+            raise ValueError(f"{flag}: {error}") from None
+
+    if args.isolation not in ISOLATIONS:  # reachable through the environment variable
+        raise ValueError(f"--isolation: expected one of {', '.join(ISOLATIONS)}")
     return UpSettings(
         listen=HostPort.parse(args.listen),
         domain=args.domain.lower(),
-        state_dir=Path(args.state_dir).absolute(),
-        admin=HostPort.parse(args.admin),
-        edge=HostPort.parse(args.edge_listen),
-        metrics=HostPort.parse(args.metrics_listen),
-        lifecycle=HostPort.parse(args.lifecycle_listen),
+        state_dir=state_dir,
+        admin=endpoint("--admin", ADMIN_SOCKET),
+        edge=endpoint("--edge-listen", EDGE_SOCKET),
+        metrics=endpoint("--metrics-listen", METRICS_SOCKET),
+        lifecycle=endpoint("--lifecycle-listen", LIFECYCLE_SOCKET),
         edge_processes=integer_arg(args, "edge_processes", 1),
         envoy_concurrency=args.envoy_concurrency,
         ready_timeout_s=args.ready_timeout,
         grace_s=args.grace,
+        isolation=args.isolation,
     )
 
 
 @dataclass(frozen=True)
 class EdgeProcess:
     name: str
-    listen: HostPort
-    metrics: HostPort
+    listen: Endpoint
+    metrics: Endpoint
 
 
 def plan_edges(settings: UpSettings) -> tuple[EdgeProcess, ...]:
     """Name and addresses of each edge process; extra gRPC ports are picked free now."""
     count = settings.edge_processes
-    last_metrics = settings.metrics.port + count - 1
-    if last_metrics > 65535:
-        raise ValueError(f"--metrics-listen: {count} edges need ports up to {last_metrics}")
+    if isinstance(settings.metrics, HostPort):
+        last_metrics = settings.metrics.port + count - 1
+        if last_metrics > 65535:
+            raise ValueError(f"--metrics-listen: {count} edges need ports up to {last_metrics}")
     taken = {
-        "--listen": settings.listen,
-        "--admin": settings.admin,
-        "--lifecycle-listen": settings.lifecycle,
-        "--edge-listen": settings.edge,
+        flag: address
+        for flag, address in (
+            ("--listen", settings.listen),
+            ("--admin", settings.admin),
+            ("--lifecycle-listen", settings.lifecycle),
+            ("--edge-listen", settings.edge),
+        )
+        if isinstance(address, HostPort)
     }
     edges = []
     for index in range(count):
-        metrics = HostPort(settings.metrics.host, settings.metrics.port + index)
+        metrics = _nth(settings.metrics, index, count)
         for flag, address in taken.items():
-            if index > 0 and address.port == metrics.port:  # the first one is the user's choice
+            # the first one is the user's choice
+            if index > 0 and isinstance(metrics, HostPort) and address.port == metrics.port:
                 raise ValueError(
                     f"--metrics-listen: edge {index + 1} would serve metrics on {metrics}, "
                     f"the port of {flag}"
                 )
-        listen = (
-            settings.edge if index == 0 else HostPort(settings.edge.host, _free_port(settings.edge))
-        )
         name = "edge" if count == 1 else f"edge-{index + 1}"
-        edges.append(EdgeProcess(name, listen, metrics))
+        edges.append(EdgeProcess(name, _edge_listen(settings.edge, index, count), metrics))
     return tuple(edges)
+
+
+def _numbered(socket: UnixSocket, index: int, count: int) -> UnixSocket:
+    """`edge.sock` for one process; `edge-1.sock`, `edge-2.sock`, ... for several."""
+    if count == 1:
+        return socket
+    path = socket.path
+    return UnixSocket.parse(f"unix:{path.with_name(f'{path.stem}-{index + 1}{path.suffix}')}")
+
+
+def _nth(metrics: Endpoint, index: int, count: int) -> Endpoint:
+    if isinstance(metrics, UnixSocket):
+        return _numbered(metrics, index, count)
+    return HostPort(metrics.host, metrics.port + index)
+
+
+def _edge_listen(edge: Endpoint, index: int, count: int) -> Endpoint:
+    if isinstance(edge, UnixSocket):
+        return _numbered(edge, index, count)
+    return edge if index == 0 else HostPort(edge.host, _free_port(edge))
 
 
 def _free_port(near: HostPort) -> int:
@@ -200,11 +293,22 @@ def run(args: argparse.Namespace) -> int:
             admin=settings.admin,
             domain=settings.domain,
             edges=tuple(edge.listen for edge in edges),
+            sandbox_netns=_hub(settings),
         )
+        prepare_run_dir(settings.run_dir)
     except (ValueError, OSError) as error:
         print(f"agentcube-e2b up: {error}", file=sys.stderr)
         return 2
     return asyncio.run(serve(settings, edges, envoy))
+
+
+def _hub(settings: UpSettings) -> Path | None:
+    """The lifecycle service's hub namespace, where Envoy must open sandbox connections."""
+    if settings.isolation == "none":
+        return None
+    from extproc.lifecycle.networking import hub_netns_path
+
+    return hub_netns_path(settings.state_dir / "lifecycle")
 
 
 def _say(text: str) -> None:
@@ -216,6 +320,7 @@ def _commands(
 ) -> dict[str, list[str]]:
     cli = [sys.executable, "-m", "extproc.cli"]
     state = settings.state_dir
+    token = settings.run_dir / TOKEN_FILE
     envoy = Path(sys.executable).parent / "envoy"
     edge_commands = {
         edge.name: [
@@ -225,6 +330,8 @@ def _commands(
             str(edge.listen),
             "--lifecycle",
             str(settings.lifecycle),
+            "--lifecycle-token-file",
+            str(token),
             "--state-dir",
             str(state),
             "--domain",
@@ -242,6 +349,12 @@ def _commands(
             "local",
             "--listen",
             str(settings.lifecycle),
+            "--caller-token-file",
+            str(token),
+            "--isolation",
+            settings.isolation,
+            "--rootfs-cache-dir",
+            str(rootfs_cache_dir(settings)),
             "--state-dir",
             str(state / "lifecycle"),
             "--jwt-public-key",
@@ -265,12 +378,52 @@ def _commands(
     }
 
 
+async def _prepare_isolation(settings: UpSettings, hub: Path) -> str:
+    """Fail closed before anything starts: '' when sandboxes can be isolated here, else why
+    not and what to install. The base root filesystem is built here, with its progress on
+    stderr, so that a first run's build (about a minute) does not count against the
+    children's ready timeout."""
+    from extproc.lifecycle import host_support, rootfs
+    from extproc.lifecycle.networking import ensure_hub
+
+    missing = host_support.missing_for_isolation()
+    if missing:
+        install = host_support.apt_install_line(missing)
+        return (
+            "cannot isolate sandboxes on this host: " + "; ".join(missing)
+            + (f". Install with: {install}" if install else "")
+            + ". Or run with --isolation none (UNSAFE: tenants' code then runs as this user "
+            "with this machine's files and network)."
+        )  # fmt: skip
+    try:
+        await asyncio.to_thread(rootfs.ensure_base, rootfs_cache_dir(settings), _say)
+        await asyncio.to_thread(ensure_hub, hub)
+    except Exception as error:  # any failure: nothing has started yet
+        return f"cannot prepare sandbox isolation: {error}"
+    return ""
+
+
+def rootfs_cache_dir(settings: UpSettings) -> Path:
+    """$AGENTCUBE_E2B_ROOTFS_CACHE_DIR (shared with `rootfs build`), else <state>/rootfs."""
+    shared = os.environ.get("AGENTCUBE_E2B_ROOTFS_CACHE_DIR")
+    return Path(shared).absolute() if shared else settings.state_dir / "rootfs"
+
+
 async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: EnvoySettings) -> int:
     from extproc.envoy_config.bootstrap import render_yaml
 
     first_key = prepare_state(settings.state_dir)
+    if envoy.sandbox_netns is not None:
+        refused = await _prepare_isolation(settings, envoy.sandbox_netns)
+        if refused:
+            _say(refused)
+            return 1
+    # fresh each run: the lifecycle service and the edges start (and stop) with `up`
+    write_token_file(settings.run_dir / TOKEN_FILE, new_token())
     config = settings.state_dir / "envoy.yaml"
     config.write_text(render_yaml(envoy))
+    if settings.isolation == "none":
+        _say("--isolation none: sandboxes share this host's network and files (unsafe)")
     children: dict[str, Child] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -298,6 +451,10 @@ async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: Env
             loop.remove_signal_handler(signum)
         _say("stopping")
         await stop_children(list(children.values()), settings.grace_s)
+        # the token is worthless now; Envoy leaves its admin socket behind
+        (settings.run_dir / TOKEN_FILE).unlink(missing_ok=True)
+        if isinstance(settings.admin, UnixSocket):
+            settings.admin.path.unlink(missing_ok=True)
         _say("stopped")
     return code
 
@@ -367,6 +524,27 @@ def _print_exports(settings: UpSettings, first_key: str | None) -> None:
 
 
 # --- the state directory ---------------------------------------------------------------
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create `run_dir` (and the state directory) private to this user: mode 0700.
+
+    Raises ValueError when it is not a directory of ours: the sockets and the caller token
+    in it are what keeps every other local user, and every sandbox, off the control plane.
+    """
+    run_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        run_dir.mkdir(mode=0o700)
+    info = run_dir.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{run_dir} is not a directory")
+    if info.st_uid != os.getuid():
+        raise ValueError(
+            f"{run_dir} belongs to uid {info.st_uid}, not to this user ({os.getuid()}); "
+            "remove it or choose another --state-dir"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        run_dir.chmod(0o700)
 
 
 def prepare_state(state_dir: Path) -> str | None:
@@ -489,12 +667,20 @@ async def wait_grpc_serving(target: str) -> None:
                     raise
 
 
-async def wait_envoy_ready(admin: HostPort, edges: int) -> None:
+def admin_client(admin: Endpoint, timeout_s: float = 1.0) -> httpx.AsyncClient:
+    """An HTTP client of Envoy's admin interface, over its unix socket or TCP."""
+    if isinstance(admin, UnixSocket):
+        transport = httpx.AsyncHTTPTransport(uds=str(admin.path))
+        return httpx.AsyncClient(transport=transport, base_url="http://envoy", timeout=timeout_s)
+    return httpx.AsyncClient(base_url=f"http://{admin}", timeout=timeout_s)
+
+
+async def wait_envoy_ready(admin: Endpoint, edges: int) -> None:
     """Until Envoy's admin `/ready` answers 200 and its health checks pass on all `edges`
     endpoints, so that the first requests are balanced over every edge (Envoy has no push
     signal for either)."""
     healthy = f"cluster.{EDGE_CLUSTER}.membership_healthy: {edges}"
-    async with httpx.AsyncClient(base_url=f"http://{admin}", timeout=1.0) as client:
+    async with admin_client(admin) as client:
         while True:
             with contextlib.suppress(httpx.TransportError):
                 if (await client.get("/ready")).status_code == 200:

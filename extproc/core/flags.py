@@ -139,3 +139,43 @@ def sandbox_daemon_auth(
             "or --no-auth to serve without auth"
         )
     return key_pem or None
+
+
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes, the last one a NUL
+MAX_UNIX_PATH_BYTES = 107
+
+
+def unix_socket_path(text: str) -> Path | None:
+    """The path of a `unix:/ABS/PATH` address; None when `text` does not start `unix:`.
+
+    Raises ValueError when the path is relative or longer than a socket address holds.
+    """
+    if not text.startswith(UNIX_PREFIX):
+        return None
+    path = Path(text.removeprefix(UNIX_PREFIX))
+    if not path.is_absolute():
+        raise ValueError(f"expected unix:/ABSOLUTE/PATH, got {text!r}")
+    size = len(os.fsencode(path))
+    if size > MAX_UNIX_PATH_BYTES:
+        raise ValueError(
+            f"socket path {path} is {size} bytes, more than a unix socket address holds "
+            f"({MAX_UNIX_PATH_BYTES}); choose a shorter directory"
+        )
+    return path
+
+
+def grpc_address(text: str, flag: str, *, optional: bool = False) -> str:
+    """A gRPC listen or dial address as grpc takes it: `unix:/ABS/PATH` or `HOST:PORT`
+    (port 0 lets a server pick one). `optional` accepts '' (off). ValueError names `flag`."""
+    if optional and not text:
+        return text
+    try:
+        if unix_socket_path(text) is not None:
+            return text
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{flag}: expected unix:/PATH or HOST:PORT, got {text!r}")
+    return text

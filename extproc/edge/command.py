@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from extproc.core.api_keys import validate_namespace
+from extproc.core.caller_token import read_token_file
 from extproc.core.errors import InvalidArgument
-from extproc.core.flags import EnvDefaults, number_arg
+from extproc.core.flags import EnvDefaults, grpc_address, number_arg
 from extproc.edge.settings import (
     DirectorySettings,
     EdgeSettings,
@@ -31,14 +32,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     add(
         "--listen",
         default=ENV.text("LISTEN", "127.0.0.1:9001"),
-        metavar="HOST:PORT",
-        help="gRPC address for ext_authz, ext_proc and health (default 127.0.0.1:9001)",
+        metavar="unix:PATH|HOST:PORT",
+        help="gRPC address for ext_authz, ext_proc and health; a unix socket is made 0600 "
+        "(default 127.0.0.1:9001)",
     )
     add(
         "--lifecycle",
         default=ENV.text("LIFECYCLE", directory.lifecycle_target),
-        metavar="HOST:PORT",
+        metavar="unix:PATH|HOST:PORT",
         help=f"lifecycle gRPC address (default {directory.lifecycle_target})",
+    )
+    add(
+        "--lifecycle-token-file",
+        default=ENV.text("LIFECYCLE_TOKEN_FILE", None),
+        metavar="FILE",
+        help="0600 file with the lifecycle service's caller token, sent on every lifecycle "
+        "call (default: none)",
     )
     add(
         "--state-dir",
@@ -55,8 +64,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     add(
         "--metrics-listen",
         default=ENV.text("METRICS_LISTEN", "127.0.0.1:9091"),
-        metavar="HOST:PORT",
-        help="Prometheus /metrics address, '' to disable (default 127.0.0.1:9091)",
+        metavar="unix:PATH|HOST:PORT",
+        help="Prometheus /metrics address, '' to disable; a unix socket is made 0600 "
+        "(default 127.0.0.1:9091)",
     )
     add(
         "--grace",
@@ -141,13 +151,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _address(args: argparse.Namespace, name: str, optional: bool = False) -> str:
-    value = str(getattr(args, name))
-    if optional and not value:
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--{name.replace('_', '-')}: expected HOST:PORT, got {value!r}")
-    return value
+    flag = f"--{name.replace('_', '-')}"
+    return grpc_address(str(getattr(args, name)), flag, optional=optional)
 
 
 def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
@@ -161,6 +166,9 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
     if not domain:
         raise ValueError("--domain: expected a domain name")
     kube = _kubernetes_settings(args)
+    token_file = Path(args.lifecycle_token_file) if args.lifecycle_token_file else None
+    if token_file is not None:
+        read_token_file(token_file, "--lifecycle-token-file")  # fail now, naming the flag
     return EdgeSettings(
         listen=_address(args, "listen"),
         keys=KeyStoreSettings(
@@ -169,6 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         ),
         directory=DirectorySettings(
             lifecycle_target=_address(args, "lifecycle"),
+            lifecycle_token_file=token_file,
             lookup_timeout_s=number_arg(args, "lookup_timeout", 0.01),
             negative_ttl_s=number_arg(args, "negative_ttl", 0),
         ),

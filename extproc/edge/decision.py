@@ -5,6 +5,14 @@ here awaits. A directory miss is returned as `Miss` so the adapter can do its on
 read and decide again with the route it got. Denial bodies follow E2B: platform errors are
 `{"code","message"}`, a dead sandbox is the client-proxy's 502 "was not found" (the SDK keys
 on that phrase), a bad envd token is envd's own 401.
+
+Internal envd routes are refused by the path a server could come to route, not by its
+spelling: picod's server (uvicorn) percent-decodes the whole path before routing, and an
+Envoy with `normalize_path`/`merge_slashes` turns `//init` or `/a/../init` into `/init`.
+So the path is decoded, backslashes read as slashes, slashes merged and dot segments
+removed before it is compared. Only that deny-list uses the normalised path; what is let
+through without a token (`GET /health`, signed `/files`) matches the raw path, so an odd
+spelling of an open route is refused rather than an odd spelling of a closed one allowed.
 """
 
 from __future__ import annotations
@@ -19,12 +27,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
+from extproc.core import signed_urls
 from extproc.core.api_keys import KeyIndex, KeyStatus
-from extproc.core.errors import InvalidArgument
+from extproc.core.errors import InvalidArgument, Unauthenticated
 from extproc.core.hosts import ENVD_PORT, Target, parse_target
 from extproc.edge.routes import Directory, Route
-from extproc.edge.signing import signature_problem
 
 # envd routes only the control plane may call; the proxy hides them (E2B answers 404).
 INTERNAL_ENVD_PATHS = frozenset(
@@ -86,6 +95,33 @@ def unavailable(message: str) -> Deny:
     return _error(503, message, "directory_unavailable")
 
 
+def normalized_path(path: str) -> str:
+    """The path part of a request target as a server could come to route it.
+
+    Query and fragment dropped, every percent-escape decoded (uvicorn decodes them all, not
+    only the unreserved ones), backslashes read as slashes, runs of slashes merged, and
+    RFC 3986 dot segments removed. A trailing slash stays: `/init/` is not `/init`.
+    """
+    path = path.partition("?")[0]
+    if "#" in path:
+        path = path.partition("#")[0]
+    # Already normal (nearly every request): a few substring tests, no allocation.
+    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
+        return path
+    path = unquote(path, errors="replace").replace("\\", "/")
+    segments = re.sub("/{2,}", "/", path).split("/")
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if len(kept) > 1:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    if segments[-1] in (".", ".."):
+        kept.append("")  # "/a/." is the directory "/a/"
+    return "/".join(kept) or "/"
+
+
 def decide_platform(index: KeyIndex, api_key: str | None) -> Allow | Deny:
     if not api_key:
         return MISSING_KEY
@@ -142,7 +178,7 @@ class SandboxDecider:
             return target
         path_only, _, query = path.partition("?")
         envd = target.port == ENVD_PORT
-        if envd and path_only in INTERNAL_ENVD_PATHS:
+        if envd and normalized_path(path_only) in INTERNAL_ENVD_PATHS:
             return INTERNAL_PATH
         if route is None:
             route = self._directory.get(target.sandbox_id)
@@ -184,8 +220,17 @@ class SandboxDecider:
                 return _error(
                     401, "unauthorized access, signed URLs are not supported here", "bad_signature"
                 )
-            problem = signature_problem(query, method, route.envd_access_token, self._clock())
-            if problem is None:
-                return None
-            return _error(401, f"unauthorized access, {problem}", "bad_signature")
+            try:
+                params = signed_urls.parse_query(query)
+                signed_urls.verify(
+                    params,
+                    signed_urls.operation_of(method),
+                    route.envd_access_token,
+                    self._clock(),
+                )
+            except InvalidArgument as error:
+                return _error(400, error.message, "bad_query")
+            except Unauthenticated as error:
+                return _error(401, error.message, "bad_signature")
+            return None
         return BAD_TOKEN

@@ -1,7 +1,9 @@
 """Prometheus metrics of one edge process, on its own registry (no module globals).
 
 Served by a tiny asyncio HTTP responder instead of prometheus_client's threaded server, so
-the process stays single-threaded async and stops with the other tasks.
+the process stays single-threaded async and stops with the other tasks, and so it can listen
+on a unix socket (made 0600, as `up` does) as well as on TCP. Prometheus itself scrapes only
+TCP: an operator who scrapes the edge gives it `--metrics-listen HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from extproc.core.flags import unix_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -153,5 +157,16 @@ async def _answer(
             await writer.wait_closed()
 
 
-async def start_metrics_server(metrics: EdgeMetrics, host: str, port: int) -> asyncio.Server:
-    return await asyncio.start_server(lambda r, w: _answer(metrics, r, w), host, port)
+async def start_metrics_server(metrics: EdgeMetrics, address: str) -> asyncio.Server:
+    """Serve GET /metrics on `address`: unix:/PATH (a 0600 socket) or HOST:PORT."""
+
+    def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        return _answer(metrics, reader, writer)
+
+    path = unix_socket_path(address)
+    if path is not None:
+        server = await asyncio.start_unix_server(answer, path)
+        path.chmod(0o600)
+        return server
+    host, _, port = address.rpartition(":")
+    return await asyncio.start_server(answer, host.strip("[]"), int(port))

@@ -32,11 +32,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.core.flags import unix_socket_path
 from extproc.edge.authz import AuthorizationServicer
 from extproc.edge.cluster_watching import ClusterDirectoryFeed
 from extproc.edge.decision import SandboxDecider
 from extproc.edge.extproc import ExternalProcessorServicer
 from extproc.edge.keystore import KeyStore
+from extproc.edge.lifecycle_channel import lifecycle_channel
 from extproc.edge.metrics import EdgeMetrics, start_metrics_server
 from extproc.edge.platform import PlatformApi
 from extproc.edge.routes import Directory
@@ -61,20 +63,15 @@ SERVICES = (
 KUBERNETES_SERVICE = "agentcube.e2b.edge.Kubernetes"
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
 class Edge:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics()
         self.directory = Directory()
         self.signer = TokenSigner(settings.tokens)
-        self._channel = grpc.aio.insecure_channel(settings.directory.lifecycle_target)
+        self._channel = lifecycle_channel(
+            settings.directory.lifecycle_target, settings.directory.lifecycle_token_file
+        )
         self.informers: list[Informer] = []
         self._close_kube_client: Callable[[], None] = lambda: None
         self.keys: KeyStore | KeyInformers = KeyStore(settings.keys)
@@ -141,20 +138,25 @@ class Edge:
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
+        socket_path = unix_socket_path(self.settings.listen)
+        if socket_path is not None:
+            socket_path.chmod(0o600)  # only the gateway's user (Envoy) may connect
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.informers:
             await self.health.set(KUBERNETES_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.settings.metrics_listen:
-            host, port = split_host_port(self.settings.metrics_listen)
             try:
-                self._metrics_server = await start_metrics_server(self.metrics, host, port)
+                self._metrics_server = await start_metrics_server(
+                    self.metrics, self.settings.metrics_listen
+                )
             except OSError:
                 await self.server.stop(0)
                 await self._channel.close()
                 raise
-            self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
+            if unix_socket_path(self.settings.metrics_listen) is None:
+                self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
         self.watchers = [
             asyncio.create_task(self.keys.watch(), name="edge-keys-watch"),
             asyncio.create_task(self.feed.watch(), name="edge-directory-watch"),
@@ -167,7 +169,11 @@ class Edge:
             self._tasks.append(
                 asyncio.create_task(self._report_connection(), name="edge-kubernetes-health")
             )
-        log.info("edge listening on port %d (metrics %s)", self.port, self.metrics_port or "off")
+        log.info(
+            "edge listening on %s (metrics %s)",
+            socket_path or f"port {self.port}",
+            self.metrics_port or self.settings.metrics_listen or "off",
+        )
 
     async def _serve_when_ready(self) -> None:
         await self.keys.loaded.wait()
@@ -224,6 +230,9 @@ class Edge:
         if self._metrics_server is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
+            metrics_socket = unix_socket_path(self.settings.metrics_listen)
+            if metrics_socket is not None:  # Python before 3.13 leaves it behind
+                metrics_socket.unlink(missing_ok=True)
         await self._channel.close()
         self._close_kube_client()
 

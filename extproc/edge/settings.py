@@ -27,8 +27,11 @@ class KeyStoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class DirectorySettings:
-    # Lifecycle gRPC address HOST:PORT. Default 127.0.0.1:9002.
+    # Lifecycle gRPC address, unix:/PATH or HOST:PORT. Default 127.0.0.1:9002.
     lifecycle_target: str = "127.0.0.1:9002"
+    # 0600 file with the lifecycle service's caller token, sent as `authorization: Bearer`
+    # on every lifecycle call. Default None: no token (Kubernetes mode, NetworkPolicy).
+    lifecycle_token_file: Path | None = None
     # Seconds a GetSandbox fallback read may take before the request gets 503. Default 1.0.
     lookup_timeout_s: float = 1.0
     # Seconds an id that lifecycle said does not exist stays cached as missing. Default 2.0.
@@ -78,14 +81,16 @@ class TokenSettings:
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
-    # gRPC listen address HOST:PORT for ext_authz, ext_proc and health. Default 127.0.0.1:9001.
+    # gRPC listen address for ext_authz, ext_proc and health: unix:/PATH (made 0600) or
+    # HOST:PORT. Default 127.0.0.1:9001.
     listen: str
     keys: KeyStoreSettings
     directory: DirectorySettings
     tokens: TokenSettings
     # Sandbox domain: hosts are {port}-{id}.<domain>, `domain` in API answers. e2b.localhost.
     domain: str = "e2b.localhost"
-    # Prometheus HOST:PORT (GET /metrics); empty disables it. Default 127.0.0.1:9091.
+    # Prometheus GET /metrics on unix:/PATH (made 0600) or HOST:PORT; empty disables it.
+    # Default 127.0.0.1:9091.
     metrics_listen: str = "127.0.0.1:9091"
     # Seconds SIGTERM waits for in-flight RPCs before cancelling them. Default 5.0.
     shutdown_grace_s: float = 5.0

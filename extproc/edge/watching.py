@@ -6,9 +6,11 @@ reconnect never shows a half-empty directory; a revision gap or a broken stream 
 re-watching (with doubling backoff) and rebuilding from the next snapshot.
 
 A sandbox created a moment ago may not have reached us through the stream yet, so a miss
-asks lifecycle once (GetSandbox, empty tenant = trusted reader) before answering "not
-found". Answers of NOT_FOUND are remembered for a couple of seconds, and concurrent misses
-for one id share a single call, so a flood of unknown ids cannot hammer lifecycle.
+asks lifecycle once (GetSandbox with an empty tenant) before answering "not found". Both
+calls cover every tenant, so both say so (`x-agentcube-e2b-scope: all-tenants`); the
+lifecycle service refuses an empty tenant without it. Answers of NOT_FOUND are remembered
+for a couple of seconds, and concurrent misses for one id share a single call, so a flood of
+unknown ids cannot hammer lifecycle.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cachetools import TTLCache
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.core.caller_token import ALL_TENANTS_METADATA
 from extproc.core.errors import DeadlineExceeded, Unavailable
 from extproc.edge.routes import Directory, Route, route_from_proto
 from extproc.edge.settings import DirectorySettings
@@ -79,7 +82,7 @@ class DirectoryFeed:
     async def _follow_once(self) -> None:
         snapshot: dict[str, Route] | None = {}
         revision: int | None = None
-        call = self._stub.WatchSandboxes(pb.WatchSandboxesRequest())
+        call = self._stub.WatchSandboxes(pb.WatchSandboxesRequest(), metadata=ALL_TENANTS_METADATA)
         try:
             async for event in call:
                 # Snapshot events all carry the revision they were taken at; every change
@@ -146,6 +149,7 @@ class DirectoryFeed:
             reply = await self._stub.GetSandbox(
                 pb.GetSandboxRequest(sandbox_id=sandbox_id),
                 timeout=self._settings.lookup_timeout_s,
+                metadata=ALL_TENANTS_METADATA,
             )
         except grpc.aio.AioRpcError as error:
             code = error.code()

@@ -1,4 +1,12 @@
-"""The whole bootstrap: one listener, two clusters, a loopback admin, and its YAML form."""
+"""The whole bootstrap: one listener, two clusters, a private admin, and its YAML form.
+
+The connection manager normalises paths before any filter sees them (RFC 3986 dot segments
+and percent-decoding of unreserved characters, merged slashes, `%2F`/`%5C` unescaped), so
+the edge decides on the very path picod and user servers receive: `/%69nit`, `//init` and
+`/./init` all arrive as `/init`. Unescaped slashes are forwarded rather than rejected: what
+the edge checks and what the sandbox serves stay one path either way, and rejecting would
+turn an encoded slash that a user's own server expects into a 400 from the gateway.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceM
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpConnectionManagerUpgradeConfig,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
@@ -45,6 +54,12 @@ def connection_manager(settings: EnvoySettings) -> HttpConnectionManager:
         use_remote_address=True,
         # the edge parses `{port}-{id}.<domain>`; it never has to deal with `:port`
         strip_any_host_port=True,
+        # one spelling per path for the edge and the sandbox (see the module docstring)
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action=(
+            HttpConnectionManagerPathWithEscapedSlashesAction.UNESCAPE_AND_FORWARD
+        ),
         # above the SDK's 50 s stream keepalive
         stream_idle_timeout=timedelta(seconds=300),
         request_headers_timeout=timedelta(seconds=10),
@@ -77,10 +92,10 @@ def bootstrap(settings: EnvoySettings) -> Bootstrap:
     connections = DownstreamConnectionsConfig(max_active_downstream_connections=_MAX_CONNECTIONS)
     return Bootstrap(
         node=Node(id="agentcube-e2b", cluster="agentcube-e2b"),
-        admin=Admin(address=socket_address(settings.admin)),
+        admin=Admin(address=socket_address(settings.admin, owner_only=True)),
         static_resources=BootstrapStaticResources(
             listeners=[listener(settings)],
-            clusters=[edge_cluster(settings), sandbox_cluster()],
+            clusters=[edge_cluster(settings), sandbox_cluster(settings)],
         ),
         overload_manager=OverloadManager(
             resource_monitors=[

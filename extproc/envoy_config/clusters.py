@@ -8,7 +8,9 @@ dead edge fail fast (503) rather than hang requests.
 `sandbox`: ORIGINAL_DST keyed on the ext_authz dynamic metadata `upstream_host`. A client cannot
 write dynamic metadata, and when authz did not run there is no host at all (503), so this can
 never become an open proxy. picod and user servers are plain HTTP/1.1, so the upstream protocol
-is HTTP/1.1 whatever the client spoke.
+is HTTP/1.1 whatever the client spoke. With `sandbox_netns` set, Envoy opens these connections
+inside that network namespace (`upstream_bind_config.source_address.network_namespace_filepath`):
+the local sandboxes' addresses exist only there, and nothing else Envoy connects to does.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    BindConfig,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
     HttpProtocolOptions,
+    Pipe,
     RoutingPriority,
     SocketAddress,
 )
@@ -48,6 +52,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.metadata.v3 import MetadataKey, MetadataKeyPathSegment
 from envoy_data_plane.google.protobuf import Any
 
+from extproc.envoy_config.settings import Endpoint as Listening
 from extproc.envoy_config.settings import EnvoySettings, HostPort
 
 EDGE_CLUSTER = "edge"
@@ -60,8 +65,13 @@ _CLUSTER_LIMIT = 20_000
 _PER_SANDBOX_CONNECTIONS = 1024
 
 
-def socket_address(endpoint: HostPort) -> Address:
-    return Address(socket_address=SocketAddress(address=endpoint.host, port_value=endpoint.port))
+def socket_address(endpoint: Listening, *, owner_only: bool = False) -> Address:
+    """A TCP address or a `pipe`; `owner_only`: a pipe Envoy listens on gets mode 0600."""
+    if isinstance(endpoint, HostPort):
+        return Address(
+            socket_address=SocketAddress(address=endpoint.host, port_value=endpoint.port)
+        )
+    return Address(pipe=Pipe(path=str(endpoint.path), mode=0o600 if owner_only else 0))
 
 
 def _http_options(*, http2: bool, idle: timedelta) -> dict[str, Any]:
@@ -123,7 +133,18 @@ def edge_cluster(settings: EnvoySettings) -> Cluster:
     )
 
 
-def sandbox_cluster() -> Cluster:
+def sandbox_cluster(settings: EnvoySettings) -> Cluster:
+    bind = (
+        BindConfig(
+            source_address=SocketAddress(
+                address="0.0.0.0",
+                port_value=0,
+                network_namespace_filepath=str(settings.sandbox_netns),
+            )
+        )
+        if settings.sandbox_netns is not None
+        else None
+    )
     return Cluster(
         name=SANDBOX_CLUSTER,
         type=ClusterDiscoveryType.ORIGINAL_DST,
@@ -138,4 +159,5 @@ def sandbox_cluster() -> Cluster:
         ),
         typed_extension_protocol_options=_http_options(http2=False, idle=timedelta(seconds=60)),
         circuit_breakers=_breakers(per_host=_PER_SANDBOX_CONNECTIONS),
+        upstream_bind_config=bind,
     )

@@ -1,19 +1,32 @@
-"""Who may run code: the gateway's JWT, or E2B's access token, or nobody without --no-auth.
+"""Who may run code: E2B's access token and the gateway's JWT, or nobody without --no-auth.
 
-Either credential is enough, unlike picod where both are required when both are
-configured: the SDK sends `X-Access-Token` on `/execute` only, never on the context calls,
-so behind the gateway those carry just the gateway's JWT. A bearer token that is present
-but does not verify is refused even when the access token matches (a forged or stale JWT is
-never papered over). The JWT check is RS256 only, `exp` and `iat` required, and
-`session_id` must be this sandbox when its id is known. It is written here rather than
-imported from picod because surfaces do not import each other.
-Failures answer 401 JSON that says which credential is wrong, nothing more.
+Running code (`/execute`, and any route not listed below) needs every credential that is
+configured: `X-Access-Token` equal to the sandbox's access token (compared in constant
+time) when the interpreter has one, which makes it a secure sandbox, and the gateway's
+JWT when a JWT key is configured. The gateway attaches a valid JWT to every request it
+routes, so the JWT alone only proves the request came through the gateway, not who sent
+it: anyone who knows a sandbox id could otherwise run code in it. The code-interpreter
+SDK sends `X-Access-Token` on `/execute`.
+
+The context routes (`/contexts...`) take either credential: the SDK never sends the token
+there (`create_code_context`, `list_code_contexts`, `remove_code_context` and
+`restart_code_context` send only the sandbox id and port headers), so behind the gateway
+they carry just the JWT, and the lifecycle service checks a kernel is up with the token
+alone. They manage kernels but run no code given in the request.
+
+Anywhere, a credential that is present must be right: a bearer token that does not verify,
+or an access token that does not match, is refused even when the other one is good. The
+JWT check is RS256 only, `exp` and `iat` required, and `session_id` must be this sandbox
+when its id is known. `/health` is always open. Failures answer 401 JSON
+`{"code": 401, "message": ...}` (the SDK shows the body in its SandboxException) that says
+which credential is missing or wrong, nothing more.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 from extproc.core.errors import Unauthenticated
 from extproc.core.gateway_jwt import GatewayJwtVerifier
@@ -22,6 +35,8 @@ from extproc.interpreter.settings import InterpreterSettings
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health"})
+# Routes where either credential will do (see the module docstring).
+EITHER_CREDENTIAL = re.compile(r"/contexts(/[^/]+(/restart)?)?")
 
 
 class Authenticator:
@@ -46,19 +61,21 @@ class Authenticator:
                 bearer = value[7:]
             elif name == b"x-access-token":
                 token = value
+        jwt_ok = False
         if bearer is not None and self._verifier is not None:
-            if not self._verify(bearer.decode("latin-1")):
+            if not self._verifier.verify(bearer.decode("latin-1")):
                 raise Unauthenticated("unauthorized access: invalid bearer token")
+            jwt_ok = True
+        token_ok = False
+        if token is not None and self._token is not None:
+            if not hmac.compare_digest(token, self._token):
+                raise Unauthenticated("unauthorized access, please provide a valid access token")
+            token_ok = True
+        if EITHER_CREDENTIAL.fullmatch(path):
+            if not (jwt_ok or token_ok):
+                raise Unauthenticated("unauthorized access: missing credentials")
             return
-        if (
-            self._token is not None
-            and token is not None
-            and hmac.compare_digest(token, self._token)
-        ):
-            return
-        if self._token is not None and token is not None:
+        if self._token is not None and not token_ok:
             raise Unauthenticated("unauthorized access, please provide a valid access token")
-        raise Unauthenticated("unauthorized access: missing credentials")
-
-    def _verify(self, token: str) -> bool:
-        return self._verifier is not None and self._verifier.verify(token)
+        if self._verifier is not None and not jwt_ok:
+            raise Unauthenticated("unauthorized access: missing bearer token")

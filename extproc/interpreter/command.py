@@ -35,7 +35,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help=f"envd here, for the sandbox's env vars ('' to skip; default {DEFAULT_ENVD_URL})",
     )
     parser.add_argument(
-        "--access-token", default=ENV.text("ACCESS_TOKEN"), help="E2B's X-Access-Token to accept"
+        "--access-token",
+        default=ENV.text("ACCESS_TOKEN"),
+        help="E2B's X-Access-Token; when set, /execute requires it (a secure sandbox)",
     )
     parser.add_argument(
         "--jwt-public-key",

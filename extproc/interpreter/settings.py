@@ -25,7 +25,8 @@ class InterpreterSettings:
     sandbox_id: str | None = None
     # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
     jwt_public_key: str | None = None
-    # E2B's envd access token (X-Access-Token). None: not accepted as a credential.
+    # E2B's envd access token (X-Access-Token). Set: a secure sandbox, and /execute requires
+    # it (see auth.py). None: not accepted as a credential.
     access_token: str | None = None
     # Explicitly serve without any auth (local debugging only).
     no_auth: bool = False

@@ -6,14 +6,17 @@ pid still runs with the recorded start time, and its picod answers /health (a pa
 stopped and cannot answer, so for it the live process is enough). Everything else is killed:
 rows whose processes are gone become ENDED ("died"), and any supervisor carrying this state
 dir's marker without an adopted row (warm-pool sandboxes, a crash between spawn and commit)
-is killed by process group. Directories of sandboxes not adopted are removed.
+is killed by process group. The mounts, network namespaces and cgroups of sandboxes not
+adopted are removed with their directories.
+
+"Merely slow" is not "dead": a sandbox whose processes run is adopted even when its /health
+is late under load (it gets several seconds, then the live process is enough).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -36,12 +39,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def _alive(row: Row) -> bool:
+async def _alive(backend: LocalBackend, row: Row) -> bool:
     if row.pooled or not is_alive(row.pid, row.pid_start):
         return False
-    if row.sandbox.state is State.PAUSED:
-        return True
-    return await spawning.is_healthy(row.sandbox.endpoint_host, limit_s=2.0)
+    if row.sandbox.state is not State.PAUSED:
+        healthy = await backend.probe.is_healthy(row.sandbox.endpoint_host, limit_s=5.0)
+        if not healthy:
+            log.warning("sandbox %s runs but its /health is late; adopting it anyway",
+                        row.sandbox.sandbox_id)  # fmt: skip
+    return True
 
 
 async def recover(backend: LocalBackend) -> None:
@@ -49,7 +55,7 @@ async def recover(backend: LocalBackend) -> None:
 
     started = time.monotonic()
     rows = await backend.store.load_live()
-    verdicts = await asyncio.gather(*(_alive(r) for r in rows))
+    verdicts = await asyncio.gather(*(_alive(backend, r) for r in rows))
     adopted, ended = 0, 0
     for row, alive in zip(rows, verdicts, strict=True):
         token = access_token(backend.seed, row.sandbox.sandbox_id)
@@ -57,7 +63,10 @@ async def recover(backend: LocalBackend) -> None:
         if alive:
             entry = Live(replace(row, sandbox=sandbox), Watched(row.pid, row.pid_start, None))
             backend.live[sandbox.sandbox_id] = entry
-            backend.addresses.take(sandbox.endpoint_host)
+            if backend.isolation is not None:
+                backend.isolation.networks.take(sandbox.endpoint_host)
+            else:
+                backend.addresses.take(sandbox.endpoint_host)
             backend.watch_exit(entry)
             if sandbox.state is State.RUNNING:
                 backend.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
@@ -74,9 +83,12 @@ async def recover(backend: LocalBackend) -> None:
         ticks = start_ticks(pid)
         if ticks is not None:
             kill_group(pid, ticks)
+    ended_rows = {r.sandbox.sandbox_id: r.sandbox.endpoint_host for r in rows}
     for path in backend.sandboxes_dir.iterdir():
         if path.name not in backend.live:
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            await backend.free(path.name, ended_rows.get(path.name, ""))
+    if backend.isolation is not None:
+        await asyncio.to_thread(backend.isolation.remove_strays, set(backend.live))
     log.info(
         "recovered state in %.0f ms: %d sandboxes adopted, %d ended, %d stray processes killed",
         (time.monotonic() - started) * 1000, adopted, ended, len(strays),

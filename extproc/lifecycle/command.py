@@ -12,7 +12,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from extproc.core.flags import FALSE_WORDS, TRUE_WORDS, EnvDefaults, integer_arg, number_arg
+from extproc.core.caller_token import read_token_file
+from extproc.core.flags import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    EnvDefaults,
+    grpc_address,
+    integer_arg,
+    number_arg,
+)
 from extproc.lifecycle.settings import (
     KubernetesSettings,
     LifecycleSettings,
@@ -21,6 +29,8 @@ from extproc.lifecycle.settings import (
 )
 
 ENV = EnvDefaults("AGENTCUBE_E2B_LIFECYCLE_")
+# Shared with `agentcube-e2b rootfs build`, so a built base is found by every command.
+ROOTFS_CACHE_ENV = "AGENTCUBE_E2B_ROOTFS_CACHE_DIR"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +38,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--backend", default=ENV.text("BACKEND", "local"), choices=["local", "kubernetes"],
         help="sandbox backend: local processes or agent-sandbox CRs (default local)")
-    add("--listen", default=ENV.text("LISTEN", server.listen), metavar="HOST:PORT",
-        help=f"gRPC address (default {server.listen})")
+    add("--listen", default=ENV.text("LISTEN", server.listen), metavar="unix:PATH|HOST:PORT",
+        help=f"gRPC address; a unix socket is made 0600 (default {server.listen})")
+    add("--caller-token-file", default=ENV.text("CALLER_TOKEN_FILE", None), metavar="FILE",
+        help="require `authorization: Bearer <token>` with the token in this 0600 file on "
+             "every RPC but health (default: no caller authentication)")
     add("--grace", default=ENV.text("GRACE", server.grace_s), metavar="SECONDS",
         help=f"seconds in-flight RPCs get on SIGTERM (default {server.grace_s})")
     add("--state-dir", default=ENV.text("STATE_DIR", str(local.state_dir)), metavar="DIR",
@@ -56,8 +69,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     add("--interpreter-command", default=ENV.text("INTERPRETER_COMMAND", None), metavar="CMD",
         help="code interpreter command before its flags, shell-quoted (default: this Python "
              "-m extproc.cli interpreter)")
-    add("--isolation", default=ENV.text("ISOLATION", "on"), metavar="on|off",
-        help="bubblewrap isolation when bwrap is installed (default on)")
+    add("--isolation", default=ENV.text("ISOLATION", local.isolation),
+        metavar="namespaces|none",
+        help="namespaces: each sandbox in network, user, mount and pid namespaces of its own "
+             "with its own root filesystem and limits, refusing to start when the host cannot "
+             "do it; none: plain processes of this user (UNSAFE, debugging only) (default "
+             f"{local.isolation})")
+    add("--egress", default=ENV.text("EGRESS", local.egress), metavar="pasta|none|netns:NAME",
+        help="outbound network of sandboxes created with allow_internet_access (default "
+             f"{local.egress})")
+    add("--max-processes", default=ENV.text("MAX_PROCESSES", local.max_processes), metavar="N",
+        help=f"most processes per sandbox (default {local.max_processes})")
+    add("--layer-mb", default=ENV.text("LAYER_MB", local.layer_mb), metavar="MIB",
+        help=f"size of each sandbox's writable layer (default {local.layer_mb})")
+    add("--rootfs-cache-dir", default=os.environ.get(ROOTFS_CACHE_ENV), metavar="DIR",
+        help=f"where the sandboxes' base root filesystem is built and kept (env "
+             f"{ROOTFS_CACHE_ENV}, shared with `rootfs build`; default <state-dir>/rootfs)")
     add("--address-space-factor", default=ENV.text("ADDRESS_SPACE_FACTOR",
         local.address_space_factor), metavar="N",
         help="RLIMIT_AS per sandbox process = template memory x N (default "
@@ -100,11 +127,23 @@ def _switch(args: argparse.Namespace, name: str) -> bool:
     raise ValueError(f"--{name.replace('_', '-')}: expected on or off, got {raw!r}")
 
 
+def _isolation(args: argparse.Namespace) -> str:
+    # `up --isolation {namespaces,none}` passes its word through; on/off stay accepted
+    word = str(args.isolation).lower()
+    if word in ("namespaces", "none"):
+        return word
+    return "namespaces" if _switch(args, "isolation") else "none"
+
+
+def _egress(raw: str) -> str:
+    if raw in ("pasta", "none") or (raw.startswith("netns:") and len(raw) > len("netns:")):
+        return raw
+    raise ValueError(f"--egress: expected pasta, none or netns:NAME, got {raw!r}")
+
+
 def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
-    host, sep, port = str(args.listen).rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    listen = grpc_address(str(args.listen), "--listen")
     ready_given = args.ready_timeout is not None
     local_defaults, kube_defaults = LocalSettings(), KubernetesSettings()
     key = Path(args.jwt_public_key) if args.jwt_public_key else None
@@ -118,15 +157,19 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         max_timeout_s=integer_arg(args, "max_timeout", 1),
         max_sandboxes=integer_arg(args, "max_sandboxes", 1),
         max_concurrent_starts=integer_arg(args, "max_concurrent_starts", 1),
-        isolation=_switch(args, "isolation"),
+        isolation=_isolation(args),
+        egress=_egress(args.egress),
+        max_processes=integer_arg(args, "max_processes", 1),
+        layer_mb=integer_arg(args, "layer_mb", 64),
+        rootfs_cache_dir=Path(args.rootfs_cache_dir) if args.rootfs_cache_dir else None,
         address_space_factor=integer_arg(args, "address_space_factor", 1),
         ready_timeout_s=number_arg(args, "ready_timeout", 0.1) if ready_given
         else local_defaults.ready_timeout_s,
         kill_on_exit=_switch(args, "kill_on_exit"),
-        **({"picod_command": tuple(shlex.split(args.picod_command))}
-           if args.picod_command else {}),
-        **({"interpreter_command": tuple(shlex.split(args.interpreter_command))}
-           if args.interpreter_command else {}),
+        picod_command=tuple(shlex.split(args.picod_command)) if args.picod_command
+        else local_defaults.picod_command,
+        interpreter_command=tuple(shlex.split(args.interpreter_command))
+        if args.interpreter_command else local_defaults.interpreter_command,
     )  # fmt: skip
     picod_port = integer_arg(args, "picod_port", 1)
     if picod_port > 65535:
@@ -145,15 +188,23 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         picod_port=picod_port,
         picod_scheme=str(args.picod_scheme),
     )  # fmt: skip
-    server = ServerSettings(listen=args.listen, grace_s=number_arg(args, "grace", 0))
+    server = ServerSettings(listen=listen, grace_s=number_arg(args, "grace", 0))
     return LifecycleSettings(
         backend=args.backend, server=server, local=local, kubernetes=kubernetes
     )
 
 
+def caller_token(args: argparse.Namespace) -> str | None:
+    """The token of `--caller-token-file`, None without one; ValueError naming the flag."""
+    if not args.caller_token_file:
+        return None
+    return read_token_file(Path(args.caller_token_file), "--caller-token-file")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
+        token = caller_token(args)
     except ValueError as exc:
         args.parser.error(str(exc))
     logging.basicConfig(
@@ -165,4 +216,4 @@ def run(args: argparse.Namespace) -> int:
 
     from extproc.lifecycle.server import run as serve
 
-    return uvloop.run(serve(settings))
+    return uvloop.run(serve(settings, token))

@@ -10,8 +10,10 @@ are gone, so it is never served half-dead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import time
@@ -20,13 +22,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from extproc.core import timeouts
-from extproc.core.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
+from extproc.core.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)  # fmt: skip
 from extproc.core.ids import check_sandbox_id, new_sandbox_id
 from extproc.core.tokens import access_token, load_or_create_seed
-from extproc.lifecycle import adopting, listing, spawning
+from extproc.lifecycle import adopting, listing, mounting, spawning
 from extproc.lifecycle.addresses import Addresses
+from extproc.lifecycle.isolation import Isolation
 from extproc.lifecycle.measuring import Meter
 from extproc.lifecycle.pooling import Pool
+from extproc.lifecycle.probing import Probe
 from extproc.lifecycle.processes import Watched, signal_tree, wait_gone
 from extproc.lifecycle.reaping import Clock, Reaper
 from extproc.lifecycle.sandboxes import (
@@ -49,6 +58,15 @@ from extproc.lifecycle.watching import Hub
 log = logging.getLogger(__name__)
 IDEMPOTENCY_WINDOW_S = 600.0
 _KILL_WAIT_S = 5.0
+
+
+def _tail(path: Path, size: int = 2048) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
 
 
 @dataclass
@@ -77,7 +95,12 @@ class LocalBackend:
         self.live: dict[str, Live] = {}
         self.pools: dict[str, Pool[Live]] = {}
         self.reaper = Reaper(clock, self._end_at_of, self._expire)
-        self.bwrap: str | None = None
+        self.isolation = (
+            Isolation(settings, self.sandboxes_dir) if settings.isolation != "none" else None
+        )
+        # With isolation a sandbox's servers are reachable from the hub namespace only.
+        connect = self.isolation.hub_sockets.open_connection if self.isolation else None
+        self.probe = Probe(connect or asyncio.open_connection)
         self._idempotent: dict[tuple[str, str], tuple[float, Sandbox]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Sandbox]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,12 +114,12 @@ class LocalBackend:
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.seed = load_or_create_seed(self.dir / "token-seed")
         self.catalog = Catalog.load(self.dir / "templates.json")
-        self.bwrap = spawning.find_bwrap(self.settings)
-        if self.bwrap is None:
+        if self.isolation is not None:
+            await asyncio.to_thread(self.isolation.start)
+        else:
             log.warning(
-                "ISOLATION IS OFF: bubblewrap (bwrap) %s; sandboxes run as plain processes "
-                "that can see and change this machine's files",
-                "is disabled" if not self.settings.isolation else "was not found on PATH",
+                "ISOLATION IS OFF (--isolation none): sandboxes run as plain processes of "
+                "this user that can see and change this machine's files and network"
             )
         self.catalog.interpreter_missing = spawning.interpreter_missing(self.settings)
         if self.catalog.interpreter_missing:
@@ -152,6 +175,8 @@ class LocalBackend:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+        if self.isolation is not None:
+            await asyncio.to_thread(self.isolation.close, bool(self.live))
 
     def _spawn_task(self, coro: Callable[[], object], name: str) -> None:
         async def wrapper() -> None:
@@ -165,10 +190,10 @@ class LocalBackend:
 
     @property
     def _depth(self) -> int:
-        # sh -> bwrap (monitor) -> bwrap (pid 1 of the sandbox) -> picod (or, for
+        # sh -> unshare (monitor) -> sh (pid 1 of the sandbox) -> picod (or, for
         # interpreter templates, the inner shell above picod and the interpreter); without
-        # bwrap, sh -> picod (or the inner shell).
-        return 3 if self.bwrap else 1
+        # isolation, sh -> picod (or the inner shell).
+        return 3 if self.isolation else 1
 
     def _has_room(self) -> bool:
         pooled = sum(p.ready for p in self.pools.values())
@@ -186,7 +211,9 @@ class LocalBackend:
         return self.catalog
 
     def home_of(self, sandbox_id: str) -> Path:
-        return self.sandboxes_dir / sandbox_id / "home"
+        """The default user's home, as the host sees it."""
+        directory = self.sandboxes_dir / sandbox_id
+        return directory / "root" / "home" / "user" if self.isolation else directory / "home"
 
     def find(self, sandbox_id: str, tenant: str) -> Live:
         check_sandbox_id(sandbox_id)
@@ -222,27 +249,22 @@ class LocalBackend:
                 "kill one or raise --max-sandboxes"
             )
         sandbox_id = new_sandbox_id()
-        host = self.addresses.allocate()
-        for _ in range(16):
-            if not await spawning.in_use(host):
-                break
-            host = self.addresses.allocate()  # the busy one stays marked as used
-        else:
-            raise ResourceExhausted("no free sandbox address found in 127.100.0.0/16")
         token = access_token(self.seed, sandbox_id)
-        launch = spawning.Launch(
-            sandbox_id, token, host, self.home_of(sandbox_id), template.memory_mb, env,
-            interpreter=template.interpreter,
-        )
         self._starting += 1
         try:
             async with self._start_slots:  # the ready timeout counts from the spawn
-                process = await self._start(launch)
-        except BaseException:
-            self.addresses.release(host)
-            raise
+                launch = await self._prepare(sandbox_id, token, template, env)
+                try:
+                    process = await self._start(launch)
+                except BaseException:
+                    await self.free(sandbox_id, launch.host)
+                    raise
+                finally:
+                    if launch.userns_fd is not None:
+                        os.close(launch.userns_fd)
         finally:
             self._starting -= 1
+        host = launch.host
         now = self.clock()
         sandbox = Sandbox(
             sandbox_id=sandbox_id, template_id=template.template_id, alias="", tenant="",
@@ -253,17 +275,60 @@ class LocalBackend:
         )  # fmt: skip
         return Live(Row(sandbox, process.pid, process.ticks, pooled=True), process)
 
-    async def _start(self, launch: spawning.Launch) -> Watched:
-        process = spawning.spawn(self.settings, launch, self.bwrap)
+    async def _prepare(
+        self, sandbox_id: str, token: str, template: Template, env: dict[str, str]
+    ) -> spawning.Launch:
+        """Address, network, users, root filesystem and cgroups of a sandbox to start."""
+        directory = self.sandboxes_dir / sandbox_id
+        if self.isolation is None:
+            host = self.addresses.allocate()
+            for _ in range(16):
+                if not await self.probe.in_use(host):
+                    break
+                host = self.addresses.allocate()  # the busy one stays marked as used
+            else:
+                raise ResourceExhausted("no free sandbox address found in 127.100.0.0/16")
+            paths = mounting.SandboxRoot(directory, 0)
+            return spawning.Launch(sandbox_id, token, host, paths, template.memory_mb, env,
+                                   interpreter=template.interpreter)  # fmt: skip
+        # Shielded: a cancelled Create must not leave a namespace or mount nobody knows of.
+        confining = asyncio.ensure_future(
+            asyncio.to_thread(self.isolation.confine, sandbox_id, template.memory_mb)
+        )
         try:
-            await spawning.wait_ready(process, launch, self.settings.ready_timeout_s)
+            confined = await asyncio.shield(confining)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                made = await confining
+                os.close(made.userns_fd)
+                await asyncio.to_thread(self.isolation.release, sandbox_id, made.link.address)
+            raise
+        return spawning.Launch(
+            sandbox_id, token, confined.link.address, confined.paths, template.memory_mb, env,
+            interpreter=template.interpreter, netns=confined.link.netns_path,
+            userns_fd=confined.userns_fd, cgroups=confined.cgroups,
+        )  # fmt: skip
+
+    async def free(self, sandbox_id: str, host: str) -> None:
+        """Free what `_prepare` took (idempotent; the processes must be gone)."""
+        if self.isolation is not None:
+            await asyncio.to_thread(self.isolation.release, sandbox_id, host)
+        else:
+            self.addresses.release(host)
+            await asyncio.to_thread(shutil.rmtree, self.sandboxes_dir / sandbox_id, True)
+
+    async def _start(self, launch: spawning.Launch) -> Watched:
+        process = spawning.spawn(self.settings, launch, self.isolation is not None)
+        try:
+            await spawning.wait_ready(self.probe, process, launch, self.settings.ready_timeout_s)
         except BaseException:
             # Also on cancellation (service stopping): wait for the exit, so that our child
             # is reaped rather than left running or a zombie.
             await wait_gone(process.kill(), _KILL_WAIT_S)
             await asyncio.wait([process.exited], timeout=_KILL_WAIT_S)
             process.close()
-            await asyncio.to_thread(shutil.rmtree, launch.home.parent, True)
+            log.warning("sandbox %s failed to start; its log ends with:\n%s",
+                        launch.sandbox_id, _tail(launch.paths.log))  # fmt: skip
             raise
         return process
 
@@ -280,7 +345,7 @@ class LocalBackend:
         headers = {"X-Access-Token": entry.sandbox.envd_access_token,
                    "Content-Type": "application/json"}  # fmt: skip
         try:
-            status = await spawning.http_status(
+            status = await self.probe.picod_status(
                 entry.sandbox.endpoint_host, "POST", "/init", headers, body, 5.0
             )
         except (OSError, TimeoutError) as exc:
@@ -334,6 +399,11 @@ class LocalBackend:
             idempotency_key=spec.idempotency_key,
         )  # fmt: skip
         entry.row = replace(entry.row, pooled=False)
+        if self.isolation is not None:
+            await asyncio.to_thread(
+                self.isolation.allow_internet, sandbox.sandbox_id, sandbox.endpoint_host,
+                spec.allow_internet_access,
+            )  # fmt: skip
         self.live[sandbox.sandbox_id] = entry
         self.watch_exit(entry)
         try:
@@ -353,10 +423,8 @@ class LocalBackend:
         # Our own supervisor is reaped when its pidfd fires; let that happen first.
         await asyncio.wait([entry.process.exited], timeout=_KILL_WAIT_S)
         entry.process.close()
-        self.addresses.release(entry.sandbox.endpoint_host)
         self.meter.forget(entry.sandbox.sandbox_id)
-        home = self.home_of(entry.sandbox.sandbox_id)
-        await asyncio.to_thread(shutil.rmtree, home.parent, True)
+        await self.free(entry.sandbox.sandbox_id, entry.sandbox.endpoint_host)
         for pool in self.pools.values():
             pool.poke()
 
@@ -412,9 +480,10 @@ class LocalBackend:
 
     async def metrics(self, sandbox_id: str, tenant: str) -> list[Metric]:
         entry = self.find(sandbox_id, tenant)
-        home = self.home_of(sandbox_id)
+        directory = self.sandboxes_dir / sandbox_id
+        written = directory / "layer" / "upper" if self.isolation else directory / "home"
         sample = await asyncio.to_thread(
-            self.meter.sample, entry.sandbox, entry.process.pid, home, self.clock()
+            self.meter.sample, entry.sandbox, entry.process.pid, written, self.clock()
         )
         return [sample]
 

@@ -2,6 +2,11 @@
 
 Handlers only translate: protobuf in, a backend call, protobuf out. Every domain error
 becomes a status through the one table in `status`.
+
+The backends read an empty tenant as "every tenant" (the edge's routing directory needs
+that), so the servicers refuse one with INVALID_ARGUMENT unless the call carries
+`x-agentcube-e2b-scope: all-tenants` (`caller_auth`). WatchSandboxes has no tenant: it always
+covers every tenant, so it always needs the scope.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core import timeouts
 from extproc.core.errors import DomainError, InvalidArgument
 from extproc.lifecycle.backend import Backend
+from extproc.lifecycle.caller_auth import may_see_all_tenants
 from extproc.lifecycle.sandboxes import CreateSpec, ListQuery, Metric, OnTimeout, Sandbox, State
 from extproc.lifecycle.status import to_status
 from extproc.lifecycle.templates import Template
@@ -81,12 +87,22 @@ def _unary(
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: Any) -> R:
         try:
+            if not request.tenant:
+                _require_all_tenants(context)
             return await handler(self, request, context)
         except (DomainError, Exception) as exc:
             await _abort(context, exc)
             raise  # abort raises; this line is for type checkers
 
     return wrapper
+
+
+def _require_all_tenants(context: Any) -> None:
+    if not may_see_all_tenants(context):
+        raise InvalidArgument(
+            "tenant is required: only a caller that sends x-agentcube-e2b-scope: all-tenants "
+            "may leave it empty to cover every tenant"
+        )
 
 
 def _optional(request: Any, name: str) -> int | None:
@@ -199,6 +215,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
         self, request: Any, context: Any
     ) -> AsyncIterator[pb.WatchSandboxesResponse]:
         try:
+            _require_all_tenants(context)
             async for event in self._backend.watch():
                 yield pb.WatchSandboxesResponse(
                     type=_enum(event.type),

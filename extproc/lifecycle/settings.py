@@ -49,9 +49,24 @@ class LocalSettings:
     # The code interpreter's command line before its flags, for interpreter templates
     # (default: this Python, -m extproc.cli interpreter).
     interpreter_command: tuple[str, ...] = field(default_factory=default_interpreter_command)
-    # Isolate sandboxes with bubblewrap when it is installed (default true). False, or bwrap
-    # missing, runs plain processes and logs a loud warning.
-    isolation: bool = True
+    # How sandboxes are isolated (default "namespaces": own network, user, mount, pid, ipc
+    # and uts namespaces, an overlay root filesystem, cgroup limits; the service refuses to
+    # start when the host cannot provide them). "none" runs plain processes of this user
+    # on loopback addresses: unsafe, for debugging only.
+    isolation: str = "namespaces"
+    # Where the base root filesystem is built and cached (default <state_dir>/rootfs).
+    rootfs_cache_dir: Path | None = None
+    # Outbound network for sandboxes created with allow_internet_access: "pasta" (user-mode
+    # networking through the host's sockets, package passt), "none", or "netns:NAME" (a veth
+    # into the named network namespace, e.g. an operator's egress namespace) (default
+    # "pasta"; "none" with a warning when pasta is not installed).
+    egress: str = "pasta"
+    # Most processes per sandbox (cgroup pids.max, else RLIMIT_NPROC per sandbox uid)
+    # (default 1024).
+    max_processes: int = 1024
+    # Size in MiB of each sandbox's writable layer, a sparse ext4 image: only what is
+    # written takes disk (default 4096).
+    layer_mb: int = 4096
     # RLIMIT_AS per sandbox process = template memory x this factor (default 4: virtual size
     # runs well above resident size for Python and threaded programs).
     address_space_factor: int = 4

@@ -1,62 +1,112 @@
-"""Starting one sandbox: a picod under bubblewrap, behind a tiny per-sandbox supervisor.
+"""Starting one sandbox: its servers in namespaces of their own, behind a tiny supervisor.
 
 Why a supervisor. The sandbox must survive a killed lifecycle process (a restart re-adopts
-it from SQLite) yet never leak. So bwrap runs with `--die-with-parent` whose parent is not
-the lifecycle process but `sh -c '... "$@" & wait'` (dash, ~1 MiB): killing that shell kills
-bwrap, whose pid-namespace init takes every process of the sandbox with it; the lifecycle
-process dying does not touch the shell. The shell leads its own process group (killpg reaches
-it and bwrap) and carries a marker as `$0` (`agentcube-sandbox:<state dir>:<id>`), so a
-restart finds supervisors it has no row for (a crash between spawn and commit) and kills them.
+it from SQLite) yet never leak. So the sandbox hangs under `sh -c '... "$@" & wait'` (dash,
+~1 MiB), not under the lifecycle process: killing that shell kills the sandbox, the
+lifecycle process dying does not. The shell leads its own process group (killpg reaches
+it) and carries a marker as `$0` (`agentcube-sandbox:<state dir>:<id>`), so a restart finds
+supervisors it has no row for (a crash between spawn and commit) and kills them.
 
-Isolation: own pid/ipc/uts namespaces, all capabilities dropped, `/` read-only, a fresh
-tmpfs over `/home`, `/run`, `/tmp` and over the state dir (other sandboxes' homes and
-the token seed), the sandbox's home bound at `/home/user`, network shared: each sandbox
-listens on its own 127.100.x.y. Limits: `ulimit -v` (RLIMIT_AS, per process) in the
-supervisor; cgroups are not used (see `limits` in the lifecycle settings docs).
+The namespace chain (isolation "namespaces"):
+
+    sh (supervisor: joins the cgroups, sets rlimits, host root)
+    └ nsenter --net=<sandbox netns> --user=<sandbox userns>   (becomes root inside)
+      └ unshare --mount --uts --ipc --pid --fork --kill-child
+        └ sh (pid 1: `init` below mounts /proc, /dev, /run and the runtime, pivots into
+          the sandbox's overlay root, then becomes the rootfs's sh, which reaps orphans)
+          └ picod (and, for interpreter templates, the interpreter)
+
+`--kill-child` gives pid 1 a parent-death signal, and the pid namespace dies with its pid
+1, so killing the supervisor's group leaves nothing. The init reaches host paths only
+through fds the supervisor opened (`/proc/self/fd/N`): as root inside it is an unprivileged
+host uid and could not walk the 0700 state directory itself. It is not bwrap because bwrap
+always sets no_new_privs, and `sudo` then refuses to run.
+
+Secrets never travel in argv: the access token and the sandbox's env vars are environment
+variables of the servers (AGENTCUBE_E2B_PICOD_*, which picod keeps out of the processes it
+starts), readable on the host only by root and the sandbox's own root uid.
 
 Interpreter templates run two servers in the one sandbox: picod (envd, 49983) and the code
-interpreter (49999, whose warm Jupyter kernel is its child). bwrap starts one command, so
-that command is a small inner shell that starts both, each as `(server; kill $$) &`: when
-either server exits the inner shell is killed, bwrap's pid-namespace init follows, and the
-supervisor exits. So the supervisor's liveness covers both servers, and Pause, Kill, metrics
-and re-adoption, which all work on the supervisor's tree, need no change.
+interpreter (49999, whose warm Jupyter kernel is its child), each as `(server; kill $$) &`
+under one shell: when either exits the shell is killed and the sandbox with it, so the
+supervisor's liveness covers both servers.
+
+Isolation "none" runs the servers as plain processes of this host user on a loopback
+address of their own: for debugging only, documented as unsafe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from extproc.core.errors import Unavailable
+from extproc.lifecycle.mounting import SandboxRoot
+from extproc.lifecycle.probing import INTERPRETER_PORT, PICOD_PORT, Probe
 from extproc.lifecycle.processes import Watched, start_ticks
 from extproc.lifecycle.settings import LocalSettings, default_interpreter_command
 
-PICOD_PORT = 49983
-INTERPRETER_PORT = 49999
 SANDBOX_HOME = "/home/user"
-JWT_KEY_INSIDE = "/run/agentcube/jwt-public.pem"
-_SUPERVISOR = 'ulimit -v {kib} 2>/dev/null; "$@" </dev/null & wait $!'
+RUNTIME = "/opt/agentcube"
+JWT_KEY_INSIDE = f"{RUNTIME}/jwt-public.pem"
+PYTHON_INSIDE = "/usr/bin/python3"
+_SUPERVISOR = (
+    '{join}ulimit -v {kib} 2>/dev/null; ulimit -u {nproc} 2>/dev/null; '
+    '"$@" </dev/null & wait $!'
+)
+_INIT = """set -e
+R={root}
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+mount -t tmpfs -o nosuid,mode=0755,size=1m dev "$R/dev"
+for d in null zero full random urandom tty; do
+  : > "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"
+done
+mkdir "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$R/dev/shm"
+ln -s pts/ptmx "$R/dev/ptmx"; ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"
+ln -s /proc/self/fd/2 "$R/dev/stderr"
+mount -t tmpfs -o nosuid,nodev,mode=0755 run "$R/run"
+mkdir -p "$R/run/lock" "$R/run/user" && chmod 1777 "$R/run/lock"
+mount --bind -o ro {package} "$R{runtime}/lib/extproc"
+mount --bind -o ro {site} "$R{runtime}/site-packages"
+hostname {hostname}
+mkdir "$R/run/.host"
+cd "$R"
+pivot_root . run/.host
+/run/.host/bin/umount -l /run/.host
+rmdir /run/.host
+cd /
+exec nsenter --user=/proc/self/fd/{userns_fd} -- /bin/sh -c {servers} sandbox-{hostname}
+"""
 
 
 @dataclass(frozen=True)
 class Launch:
     sandbox_id: str
     access_token: str
+    # The address Envoy and the probes reach the sandbox's servers at.
     host: str
-    # Host directory bound at /home/user; its parent holds picod's log.
-    home: Path
+    # The sandbox's files on the host (its log; with namespaces, its root filesystem).
+    paths: SandboxRoot
     memory_mb: int
     env: dict[str, str]
     # Also run the code interpreter on INTERPRETER_PORT (see the module docstring).
     interpreter: bool = False
+    # With namespaces: the network namespace and the user namespace fd to enter, and the
+    # cgroup.procs files to join.
+    netns: Path | None = None
+    userns_fd: int | None = None
+    cgroups: list[Path] = field(default_factory=list)
 
 
 def marker(settings: LocalSettings, sandbox_id: str) -> str:
@@ -64,39 +114,42 @@ def marker(settings: LocalSettings, sandbox_id: str) -> str:
 
 
 def _picod_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list[str]:
-    home = SANDBOX_HOME if isolated else str(launch.home)
+    home = SANDBOX_HOME if isolated else str(launch.paths.dir / "home")
     argv = [
-        *settings.picod_command,
-        "--listen", f"{launch.host}:{PICOD_PORT}",
+        *_python_command(settings.picod_command, isolated),
+        "--listen", f"{'0.0.0.0' if isolated else launch.host}:{PICOD_PORT}",
         "--sandbox-id", launch.sandbox_id,
-        "--access-token", launch.access_token,
         "--home", home,
     ]  # fmt: skip
     if settings.jwt_public_key is not None:
-        key = JWT_KEY_INSIDE if isolated else str(settings.jwt_public_key)
-        argv += ["--jwt-public-key", key]
-    for key, value in sorted(launch.env.items()):
-        argv += ["--env", f"{key}={value}"]
+        argv += ["--jwt-public-key", JWT_KEY_INSIDE if isolated else str(settings.jwt_public_key)]
     return argv
 
 
 def _interpreter_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list[str]:
+    host = "127.0.0.1" if isolated else launch.host
     argv = [
-        *settings.interpreter_command,
-        "--listen", f"{launch.host}:{INTERPRETER_PORT}",
-        "--envd-url", f"http://{launch.host}:{PICOD_PORT}",
+        *_python_command(settings.interpreter_command, isolated),
+        "--listen", f"{'0.0.0.0' if isolated else launch.host}:{INTERPRETER_PORT}",
+        "--envd-url", f"http://{host}:{PICOD_PORT}",
         "--sandbox-id", launch.sandbox_id,
-        "--access-token", launch.access_token,
-        "--cwd", SANDBOX_HOME if isolated else str(launch.home),
+        "--cwd", SANDBOX_HOME if isolated else str(launch.paths.dir / "home"),
     ]  # fmt: skip
     if settings.jwt_public_key is not None:
-        key = JWT_KEY_INSIDE if isolated else str(settings.jwt_public_key)
-        argv += ["--jwt-public-key", key]
+        argv += ["--jwt-public-key", JWT_KEY_INSIDE if isolated else str(settings.jwt_public_key)]
     return argv
 
 
-def _sandbox_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list[str]:
-    """The command run in the sandbox: picod, or the inner shell running both servers."""
+def _python_command(command: tuple[str, ...], isolated: bool) -> tuple[str, ...]:
+    """Inside a sandbox the gateway's own Python is not visible: the image's python3 runs
+    the same package (bound read-only under /opt/agentcube) instead."""
+    if isolated and command and command[0] == sys.executable:
+        return (PYTHON_INSIDE, *command[1:])
+    return command
+
+
+def _servers(settings: LocalSettings, launch: Launch, isolated: bool) -> list[str]:
+    """The command run in the sandbox: picod, or the shell running both servers."""
     picod = _picod_argv(settings, launch, isolated)
     if not launch.interpreter:
         return picod
@@ -106,6 +159,15 @@ def _sandbox_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> li
         f"({shlex.join(interpreter)} </dev/null; kill $$) & wait"
     )
     return ["/bin/sh", "-c", script, f"sandbox-{launch.sandbox_id}"]
+
+
+def secrets_env(launch: Launch) -> dict[str, str]:
+    """The servers' credentials and the sandbox's env vars, as environment variables."""
+    return {
+        "AGENTCUBE_E2B_PICOD_ACCESS_TOKEN": launch.access_token,
+        "AGENTCUBE_E2B_INTERPRETER_ACCESS_TOKEN": launch.access_token,
+        "AGENTCUBE_E2B_PICOD_ENV_JSON": json.dumps(launch.env),
+    }
 
 
 def interpreter_missing(settings: LocalSettings) -> str:
@@ -126,166 +188,96 @@ def interpreter_missing(settings: LocalSettings) -> str:
     )
 
 
-_HIDDEN_ROOTS = (Path("/home"), Path("/run"), Path("/tmp"))  # noqa: S108
+def runtime_dirs() -> tuple[Path, Path]:
+    """(the extproc package, the site-packages holding its dependencies) of this Python."""
+    package = Path(__file__).resolve().parents[1]
+    import uvicorn  # any dependency: its parent is the site-packages directory
+
+    return package, Path(uvicorn.__file__).resolve().parents[1]
 
 
-def _runtime_binds() -> list[str]:
-    """Read-only binds for the Python that runs picod, where a tmpfs above would hide it.
-
-    A checkout and its .venv may live under /tmp or /home (CI clones anywhere); the sandbox
-    needs the interpreter, the venv and, for an editable install, the package's source.
-    """
-    package_root = Path(__file__).resolve().parents[2]
-    wanted = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), package_root}
-    binds: list[str] = []
-    for path in sorted(wanted):
-        if any(path.is_relative_to(root) for root in _HIDDEN_ROOTS):
-            binds += ["--ro-bind", str(path), str(path)]
-    return binds
-
-
-def _bwrap_argv(settings: LocalSettings, launch: Launch, bwrap: str) -> list[str]:
-    argv = [
-        bwrap,
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--hostname", launch.sandbox_id,
-        "--ro-bind", "/", "/",
-        "--tmpfs", "/home", "--tmpfs", "/run", "--tmpfs", "/tmp",  # noqa: S108
-        *_runtime_binds(),
-        # After the runtime binds: a state dir inside the checkout stays hidden.
-        "--tmpfs", str(settings.state_dir.resolve()),
-        "--bind", str(launch.home), SANDBOX_HOME,
-        "--proc", "/proc", "--dev", "/dev",
-        "--setenv", "HOME", SANDBOX_HOME,
-        "--chdir", SANDBOX_HOME,
-    ]  # fmt: skip
-    if settings.jwt_public_key is not None:
-        argv += ["--ro-bind", str(settings.jwt_public_key.resolve()), JWT_KEY_INSIDE]
-    return [*argv, "--", *_sandbox_argv(settings, launch, isolated=True)]
-
-
-def find_bwrap(settings: LocalSettings) -> str | None:
-    if not settings.isolation:
-        return None
-    return shutil.which("bwrap")
-
-
-def spawn(settings: LocalSettings, launch: Launch, bwrap: str | None) -> Watched:
-    """Start the supervisor (returns at once; see `wait_ready`)."""
-    launch.home.mkdir(parents=True, exist_ok=True)
-    inner = (
-        _bwrap_argv(settings, launch, bwrap)
-        if bwrap
-        else _sandbox_argv(settings, launch, isolated=False)
+def _namespaced(settings: LocalSettings, launch: Launch) -> list[str]:
+    """argv of the supervisor's child chain (see the module docstring)."""
+    if launch.netns is None or launch.userns_fd is None:
+        raise RuntimeError("a namespaced launch needs its netns and user namespace")
+    package, site = runtime_dirs()
+    servers = shlex.join(_servers(settings, launch, isolated=True))
+    init = _INIT.format(
+        root=shlex.quote(str(launch.paths.root.resolve())),
+        package=shlex.quote(str(package)),
+        site=shlex.quote(str(site)),
+        runtime=RUNTIME,
+        hostname=launch.sandbox_id,
+        userns_fd=launch.userns_fd,
+        servers=shlex.quote(servers),
     )
-    script = _SUPERVISOR.format(kib=launch.memory_mb * settings.address_space_factor * 1024)
+    return [
+        "nsenter", f"--net={launch.netns}", "--",
+        "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
+        "--propagation", "private", "--",
+        "/bin/sh", "-c", init, f"init-{launch.sandbox_id}",
+    ]  # fmt: skip
+
+
+def spawn(settings: LocalSettings, launch: Launch, isolated: bool) -> Watched:
+    """Start the supervisor (returns at once; see `wait_ready`)."""
+    launch.paths.dir.mkdir(parents=True, exist_ok=True)
+    fds: list[int] = []
+    if isolated:
+        inner = _namespaced(settings, launch)
+        fds = [launch.userns_fd] if launch.userns_fd is not None else []
+    else:
+        (launch.paths.dir / "home").mkdir(exist_ok=True)
+        inner = _servers(settings, launch, isolated=False)
+    join = "".join(f"echo $$ > {shlex.quote(str(p))} && " for p in launch.cgroups)
+    script = _SUPERVISOR.format(
+        join=join,
+        kib=launch.memory_mb * settings.address_space_factor * 1024,
+        nproc=settings.max_processes,
+    )
     argv = ["/bin/sh", "-c", script, marker(settings, launch.sandbox_id), *inner]
-    log = launch.home.parent / "picod.log"
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.open(launch.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
+            stdout=log,
+            stderr=log,
             start_new_session=True,  # own session and process group: killpg reaches it
             close_fds=True,
-            cwd=launch.home,
-            env=_base_env(None if bwrap else launch.home),
+            pass_fds=fds,
+            cwd=launch.paths.dir,
+            env={**_base_env(launch, isolated), **secrets_env(launch)},
         )
     finally:
-        os.close(fd)
+        os.close(log)
     ticks = start_ticks(popen.pid)
     return Watched(popen.pid, ticks if ticks is not None else -1, popen)
 
 
-def _base_env(home: Path | None) -> dict[str, str]:
+def _base_env(launch: Launch, isolated: bool) -> dict[str, str]:
     # The sandbox gets a clean environment: none of the lifecycle service's own variables.
+    if isolated:
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": "/root",
+            "PYTHONPATH": f"{RUNTIME}/lib:{RUNTIME}/site-packages",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
     keep = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
     env = {k: os.environ[k] for k in keep if k in os.environ}
-    if home is not None:
-        # Unisolated, HOME would be this user's: Jupyter and IPython write their state there.
-        env["HOME"] = str(home)
+    # Unisolated, HOME would be this user's: Jupyter and IPython write their state there.
+    env["HOME"] = str(launch.paths.dir / "home")
     return env
 
 
-async def http_request(
-    host: str,
-    port: int,
-    method: str,
-    path: str,
-    headers: dict[str, str],
-    body: bytes,
-    limit_s: float,
-) -> tuple[int, bytes]:
-    """One HTTP/1.1 request with `Connection: close`: (status, raw body). Raises OSError or
-    TimeoutError. For the few small requests to a sandbox's own servers only."""
-    async with asyncio.timeout(limit_s):
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            lines.append(f"Content-Length: {len(body)}")
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-            raw = await reader.read(65536)
-            while len(raw) < 65536 and (more := await reader.read(65536)):
-                raw += more
-        finally:
-            writer.close()
-    status_line, _, rest = raw.partition(b"\r\n")
-    parts = status_line.split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise OSError(f"bad HTTP status line from the sandbox: {status_line[:80]!r}")
-    return int(parts[1]), rest.partition(b"\r\n\r\n")[2]
-
-
-async def http_status(
-    host: str, method: str, path: str, headers: dict[str, str], body: bytes, limit_s: float
-) -> int:
-    """One HTTP/1.1 request to picod; the status code. Raises OSError or TimeoutError."""
-    status, _ = await http_request(host, PICOD_PORT, method, path, headers, body, limit_s)
-    return status
-
-
-async def in_use(host: str) -> bool:
-    """True if something already listens on host:49983 (another service's sandbox, or a
-    stray): starting a picod there would fail to bind while /health answered for it."""
-    try:
-        async with asyncio.timeout(0.5):
-            _, writer = await asyncio.open_connection(host, PICOD_PORT)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
-
-
-async def is_healthy(host: str, limit_s: float = 1.0) -> bool:
-    try:
-        return await http_status(host, "GET", "/health", {}, b"", limit_s) == 204
-    except (OSError, TimeoutError):
-        return False
-
-
-async def has_kernel(host: str, access_token: str, limit_s: float = 1.0) -> bool:
-    """True once the interpreter lists a context: its warm default kernel has started and
-    answered (its /health is 200 from the moment it listens, before the kernel is up)."""
-    headers = {"X-Access-Token": access_token}
-    try:
-        status, body = await http_request(
-            host, INTERPRETER_PORT, "GET", "/contexts", headers, b"", limit_s
-        )
-    except (OSError, TimeoutError):
-        return False
-    return status == 200 and body.lstrip()[:1] == b"[" and body.strip() != b"[]"
-
-
-async def wait_ready(process: Watched, launch: Launch, deadline_s: float) -> None:
+async def wait_ready(probe: Probe, process: Watched, launch: Launch, deadline_s: float) -> None:
     """Return when picod answers GET /health 204 and, for interpreter sandboxes, the
     interpreter has its warm kernel; raise Unavailable if the sandbox dies or is late.
 
-    Polls with a short backoff (1 ms doubling to 20 ms): a refused connect costs ~50 µs on
-    loopback, and the start is dominated by Python's and the kernel's, not by this loop.
+    Polls with a short backoff (1 ms doubling to 20 ms): a refused connect costs ~50 µs,
+    and the start is dominated by Python's and the kernel's, not by this loop.
     """
     give_up = time.monotonic() + deadline_s
     delay = 0.001
@@ -293,10 +285,10 @@ async def wait_ready(process: Watched, launch: Launch, deadline_s: float) -> Non
     while True:
         if process.exited.done():
             raise Unavailable("the sandbox process exited during start; see its picod.log")
-        picod_up = picod_up or await is_healthy(launch.host, limit_s=0.5)
+        picod_up = picod_up or await probe.is_healthy(launch.host, limit_s=0.5)
         if picod_up and (
             not launch.interpreter
-            or await has_kernel(launch.host, launch.access_token, limit_s=0.5)
+            or await probe.has_kernel(launch.host, launch.access_token, limit_s=0.5)
         ):
             return
         if time.monotonic() > give_up:

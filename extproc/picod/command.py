@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import sys
@@ -66,7 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> PicodSettings:
     key_pem = sandbox_daemon_auth(
         args.jwt_public_key, os.environ.get(AGENTCUBE_KEY_ENV), args.access_token, args.no_auth
     )
-    env_vars: dict[str, str] = {}
+    env_vars = _env_json(ENV.text("ENV_JSON"))
     for item in args.env:
         name, eq, value = item.partition("=")
         if not eq or not name:
@@ -83,6 +84,22 @@ def settings_from_args(args: argparse.Namespace) -> PicodSettings:
         home=Path(args.home),
         env_vars=env_vars,
     )
+
+
+def _env_json(raw: str | None) -> dict[str, str]:
+    """The sandbox's env vars as one JSON object: how the lifecycle service passes them, so
+    that values may hold newlines and nothing of them shows in argv."""
+    if not raw:
+        return {}
+    try:
+        loaded = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"{ENV.var('ENV_JSON')}: not JSON: {e}") from e
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+    ):
+        raise ValueError(f"{ENV.var('ENV_JSON')}: expected an object of strings")
+    return loaded
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ directory, 401 bad user or signature, 404 missing, 406 unacceptable encoding, 41
 size limit, 507 disk full.
 
 Auth: the app's middleware has already checked `X-Access-Token` and records the verdict in
-`scope["state"]["picod.access_token_ok"]`; without it, a valid signed URL (see signing.py)
-is the only way in, as in envd's `validateSigning`.
+`scope["state"]["picod.access_token_ok"]`; without it, a valid signed URL is the only way
+in, as in envd's `validateSigning`. The rule and the query parser are the edge's too
+(`core/signed_urls.py`), so both read a URL the same way.
 
 Compression: a download is gzipped only when gzip is the one coding the client asks for
 (the SDK's `read(gzip=True)` sends exactly `Accept-Encoding: gzip`). HTTP lets a server pick
@@ -27,12 +28,11 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from python_multipart.multipart import parse_options_header
 
-from extproc.core import errors
-from extproc.picod import signing
+from extproc.core import errors, signed_urls
 from extproc.picod.entries import domain_error, os_errors
 from extproc.picod.environment import Environment
 from extproc.picod.multipart_upload import (
@@ -101,8 +101,7 @@ class FilesEndpoint:
         try:
             query = _query(scope)
             username = query.get("username", "")
-            operation: signing.Operation = "write" if method == "POST" else "read"
-            self._authorize(scope, query, operation, username)
+            self._authorize(scope, query, signed_urls.operation_of(method))
             try:
                 user = resolve_user(self._environment, username or None)
             except (errors.InvalidArgument, errors.PermissionDenied) as e:
@@ -120,25 +119,11 @@ class FilesEndpoint:
             await _json(send, status, {"code": status, "message": message})
 
     def _authorize(
-        self, scope: Scope, query: dict[str, str], operation: signing.Operation, username: str
+        self, scope: Scope, query: dict[str, str], operation: signed_urls.Operation
     ) -> None:
         if scope.get("state", {}).get(ACCESS_TOKEN_OK, False):
             return
-        signature = query.get("signature")
-        token = self._settings.access_token
-        if not signature or not token:
-            raise errors.Unauthenticated(
-                "unauthorized access, please provide a valid access token or a valid signature"
-            )
-        signing.verify(
-            path=query.get("path", ""),
-            operation=operation,
-            username=username,
-            token=token,
-            signature=signature,
-            expiration=query.get("signature_expiration"),
-            now=time.time(),
-        )
+        signed_urls.verify(query, operation, self._settings.access_token, time.time())
 
     async def _download(self, scope: Scope, send: Send, user: User, raw: str | None) -> None:
         if not raw:
@@ -258,11 +243,7 @@ def _open_for_read(path: Path) -> tuple[int, int]:
 
 def _query(scope: Scope) -> dict[str, str]:
     raw: bytes = scope.get("query_string", b"")
-    try:
-        pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError as e:
-        raise errors.InvalidArgument("query parameters must be valid UTF-8") from e
-    return dict(pairs)
+    return signed_urls.parse_query(raw.decode("latin-1"))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

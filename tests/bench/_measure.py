@@ -15,7 +15,14 @@ if _TESTS not in sys.path:
     sys.path.insert(1, _TESTS)
 
 from extproc.lifecycle.processes import tree  # noqa: E402
-from support.gateway import envoy_argv, exported, start_up  # noqa: E402
+from support.gateway import (  # noqa: E402
+    envoy_argv,
+    exported,
+    lifecycle_metadata,
+    lifecycle_target,
+    run_dir,
+    start_up,
+)
 from support.processes import NotHealthy, environ_without, free_port, wait_healthy  # noqa: E402
 
 __all__ = [
@@ -24,8 +31,11 @@ __all__ = [
     "envoy_argv",
     "exported",
     "free_port",
+    "lifecycle_metadata",
+    "lifecycle_target",
     "memory_kib",
     "pct",
+    "run_dir",
     "start_up",
     "status_mib",
     "wait_healthy",

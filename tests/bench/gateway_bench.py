@@ -1,6 +1,6 @@
 """Gateway benchmarks; print numbers, assert nothing: .venv/bin/python tests/bench/gateway_bench.py
 
-Starts `agentcube-e2b up` on free ports with a temporary state directory (`--edge-processes`
+Starts `agentcube-e2b up` on a free port with a temporary state directory (`--edge-processes`
 and `--envoy-concurrency` are passed through; `up`'s defaults otherwise), then measures:
 1. small sandbox requests (picod GET /health) through the full gateway vs the same Envoy config
    with ext_authz disabled on a route to the same picod (h2load; target ratio >= 0.5);
@@ -27,12 +27,21 @@ from pathlib import Path
 
 import grpc
 import httpx
-from _measure import envoy_argv, exported, free_port, start_up
+from _measure import (
+    envoy_argv,
+    exported,
+    free_port,
+    lifecycle_metadata,
+    lifecycle_target,
+    run_dir,
+    start_up,
+)
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from extproc.envoy_config.bootstrap import bootstrap
 from extproc.envoy_config.clusters import socket_address
-from extproc.envoy_config.settings import EnvoySettings, HostPort
+from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket
+from extproc.up import admin_client
 
 
 def baseline_config(settings: EnvoySettings, picod: HostPort, domain: str) -> str:
@@ -156,11 +165,26 @@ def picod_jwt(private_pem: Path, sandbox_id: str) -> str:
     return "Bearer " + jwt.encode(claims, private_pem.read_bytes(), algorithm="RS256")
 
 
-async def picod_address(lifecycle: str, sandbox_id: str) -> HostPort:
-    async with grpc.aio.insecure_channel(lifecycle) as channel:
+async def picod_address(state: Path, sandbox_id: str) -> HostPort:
+    """Asked of `up`'s lifecycle service with its caller token, across tenants."""
+    async with grpc.aio.insecure_channel(lifecycle_target(state)) as channel:
         stub = lifecycle_pb2_grpc.SandboxServiceStub(channel)
-        reply = await stub.GetSandbox(lifecycle_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+        reply = await stub.GetSandbox(
+            lifecycle_pb2.GetSandboxRequest(sandbox_id=sandbox_id),
+            metadata=lifecycle_metadata(state, all_tenants=True),
+        )
     return HostPort(reply.sandbox.endpoint_host, 49983)
+
+
+async def wait_admin_ready(settings: EnvoySettings) -> None:
+    async with admin_client(settings.admin) as client:
+        for _ in range(200):
+            try:
+                if (await client.get("/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
 
 
 def main() -> None:
@@ -179,11 +203,8 @@ def main() -> None:
     if args.envoy_concurrency is not None:
         up_env["AGENTCUBE_E2B_UP_ENVOY_CONCURRENCY"] = str(args.envoy_concurrency)
     with tempfile.TemporaryDirectory() as tmp:
-        ports = {
-            name: free_port()
-            for name in ("listen", "admin", "edge_listen", "metrics_listen", "lifecycle_listen")
-        }
-        process, printed = start_up(Path(tmp) / "state", Path(tmp) / "up.log", env=up_env, **ports)
+        state = Path(tmp) / "state"
+        process, printed = start_up(state, Path(tmp) / "up.log", env=up_env, listen=free_port())
         env = exported(printed)
         os.environ.update(env)
         from e2b import Sandbox
@@ -193,28 +214,20 @@ def main() -> None:
             sbx = Sandbox.create(timeout=600)
             token = sbx._envd_access_token or ""
             domain = env["E2B_DOMAIN"]
-            picod = asyncio.run(
-                picod_address(f"127.0.0.1:{ports['lifecycle_listen']}", sbx.sandbox_id)
-            )
+            picod = asyncio.run(picod_address(state, sbx.sandbox_id))
+            edges = sorted(run_dir(state).glob("edge*.sock"))
             settings = EnvoySettings(
                 listen=HostPort("127.0.0.1", free_port()),
-                admin=HostPort("127.0.0.1", free_port()),
+                admin=UnixSocket(Path(tmp) / "baseline-admin.sock"),
                 domain=domain,
-                edges=(HostPort("127.0.0.1", ports["edge_listen"]),),
+                edges=tuple(UnixSocket(path) for path in edges),
             )
             config = Path(tmp) / "baseline.yaml"
             config.write_text(baseline_config(settings, picod, domain))
             baseline_envoy = subprocess.Popen(
                 envoy_argv(config, concurrency=2, log_level="error"), stdout=subprocess.DEVNULL
             )
-            with httpx.Client() as client:
-                for _ in range(200):
-                    try:
-                        if client.get(f"http://{settings.admin}/ready").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.05)
+            asyncio.run(wait_admin_ready(settings))
 
             host = f"49983-{sbx.sandbox_id}.{domain}"
             gateway_url = f"{env['E2B_API_URL']}/health"

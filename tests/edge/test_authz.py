@@ -16,8 +16,8 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
+from extproc.core.signed_urls import Operation, sign
 from extproc.edge.server import Edge
-from extproc.edge.signing import expected_signature
 
 from .conftest import DOMAIN, KEY_A, KEY_B, KEY_EXPIRED, KEY_REVOKED, check_request
 from .fake_lifecycle import FakeLifecycle, make_sandbox
@@ -265,13 +265,12 @@ async def test_health_is_open_but_only_for_get(edge: Edge) -> None:
     assert status == 401
 
 
-def _signed(path: str, operation: str, expiration: int | None, user: str = "") -> str:
-    expires = None if expiration is None else str(expiration)
-    params = {"path": path, "signature": expected_signature(path, operation, user, TOKEN, expires)}
+def _signed(path: str, operation: Operation, expiration: int | None, user: str = "") -> str:
+    params = {"path": path, "signature": sign(path, operation, user, TOKEN, expiration)}
     if user:
         params["username"] = user
-    if expires is not None:
-        params["signature_expiration"] = expires
+    if expiration is not None:
+        params["signature_expiration"] = str(expiration)
     return "/files?" + urlencode(params)
 
 

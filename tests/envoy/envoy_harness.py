@@ -1,39 +1,47 @@
-"""Run the real Envoy binary on a generated bootstrap, on free loopback ports."""
+"""Run the real Envoy binary on a generated bootstrap: admin on a unix socket, as `up` does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
 
 from extproc.envoy_config.bootstrap import render_yaml
-from extproc.envoy_config.settings import EnvoySettings, HostPort
+from extproc.envoy_config.settings import Endpoint, EnvoySettings, HostPort, UnixSocket
+from extproc.up import admin_client
 from support.gateway import ENVOY as ENVOY  # test_bootstrap runs it directly
 from support.gateway import envoy_argv
 from support.processes import free_port
 
 
-async def wait_ready(admin: HostPort, process: asyncio.subprocess.Process) -> None:
-    async with httpx.AsyncClient() as client:
+async def wait_ready(admin: Endpoint, process: asyncio.subprocess.Process) -> None:
+    async with admin_client(admin) as client:
         for _ in range(500):
             if process.returncode is not None:
                 raise RuntimeError(f"envoy exited with {process.returncode}")
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get(f"http://{admin}/ready")).status_code == 200:
+                if (await client.get("/ready")).status_code == 200:
                     return
             await asyncio.sleep(0.02)  # polling an external process; no event to await
     raise TimeoutError("envoy did not become ready")
 
 
+def tcp_edges(ports: Sequence[int]) -> tuple[Endpoint, ...]:
+    return tuple(HostPort("127.0.0.1", port) for port in ports)
+
+
 @contextlib.asynccontextmanager
-async def running_envoy(edge_ports: list[int], directory: Path) -> AsyncIterator[EnvoySettings]:
+async def running_envoy(
+    edges: Sequence[Endpoint], directory: Path, sandbox_netns: Path | None = None
+) -> AsyncIterator[EnvoySettings]:
     settings = EnvoySettings(
         listen=HostPort("127.0.0.1", free_port()),
-        admin=HostPort("127.0.0.1", free_port()),
-        edges=tuple(HostPort("127.0.0.1", port) for port in edge_ports),
+        admin=UnixSocket(directory / "envoy-admin.sock"),
+        edges=tuple(edges),
+        sandbox_netns=sandbox_netns,
     )
     config = directory / "envoy.yaml"
     config.write_text(render_yaml(settings))

@@ -138,20 +138,22 @@ class Edge(authz_grpc.AuthorizationServicer, extproc_grpc.ExternalProcessorServi
             return
 
 
-async def start_edge(edge: Edge) -> tuple[grpc.aio.Server, int]:
+async def start_edge(edge: Edge, address: str = "127.0.0.1:0") -> tuple[grpc.aio.Server, int]:
+    """Serve `edge` on `address` (HOST:PORT, or unix:/PATH as `up` does); returns the port."""
     server = grpc.aio.server()
     authz_grpc.add_AuthorizationServicer_to_server(edge, server)
     extproc_grpc.add_ExternalProcessorServicer_to_server(edge, server)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(address)
     await server.start()
     return server, port
 
 
 async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """GET /echo: the request headers as JSON; GET /stream: 4 chunks 0.3 s apart; WS /ws: echo."""
+    """GET /stream: 4 chunks 0.3 s apart; WS /ws: echo; any other path: the request headers
+    as JSON, with the path as it arrived under `:path`."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -184,5 +186,6 @@ async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await asyncio.sleep(0.3)  # the point: chunks spaced in time
         await send({"type": "http.response.body", "body": b""})
         return
+    headers[":path"] = scope["raw_path"].decode()
     await send({**start, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": json.dumps(headers).encode()})

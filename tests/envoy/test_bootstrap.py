@@ -12,7 +12,7 @@ from envoy_harness import ENVOY
 
 from extproc.cli import main
 from extproc.envoy_config.bootstrap import render_yaml
-from extproc.envoy_config.settings import EnvoySettings, HostPort
+from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket, parse_endpoint
 
 COMMITTED = Path(__file__).parents[2] / "envoy" / "envoy.yaml"
 
@@ -137,3 +137,77 @@ def test_every_sandbox_route_streams_and_skips_ext_proc() -> None:
         assert per_filter["envoy.filters.http.ext_authz"]["check_settings"] == {
             "context_extensions": {"surface": "platform"}
         }
+
+
+def test_connection_manager_normalises_paths() -> None:
+    hcm = _hcm(yaml.safe_load(COMMITTED.read_text()))
+    assert hcm["normalize_path"] is True
+    assert hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] == "UNESCAPE_AND_FORWARD"
+
+
+def _up_like(tmp_path: Path, netns: Path | None) -> EnvoySettings:
+    return EnvoySettings(
+        admin=UnixSocket(tmp_path / "run" / "envoy-admin.sock"),
+        edges=(UnixSocket(tmp_path / "run" / "edge-1.sock"), HostPort("127.0.0.1", 9003)),
+        sandbox_netns=netns,
+    )
+
+
+def test_admin_and_edges_may_be_pipes_and_the_sandbox_cluster_a_netns(tmp_path: Path) -> None:
+    netns = Path("/run/netns/e2b0123abcd-hub")
+    document = yaml.safe_load(render_yaml(_up_like(tmp_path, netns)))
+    admin = document["admin"]["address"]
+    assert admin == {"pipe": {"path": str(tmp_path / "run" / "envoy-admin.sock"), "mode": 0o600}}
+    edge, sandbox = document["static_resources"]["clusters"]
+    endpoints = edge["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"] for e in endpoints] == [
+        {"pipe": {"path": str(tmp_path / "run" / "edge-1.sock")}},
+        {"socket_address": {"address": "127.0.0.1", "port_value": 9003}},
+    ]
+    assert "upstream_bind_config" not in edge
+    assert sandbox["upstream_bind_config"] == {
+        "source_address": {
+            "address": "0.0.0.0",
+            "port_value": 0,
+            "network_namespace_filepath": str(netns),
+        }
+    }
+    no_netns = yaml.safe_load(render_yaml(_up_like(tmp_path, None)))
+    assert "upstream_bind_config" not in no_netns["static_resources"]["clusters"][1]
+
+
+def test_envoy_validates_an_up_like_bootstrap(tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(render_yaml(_up_like(tmp_path, Path("/run/netns/e2b0123abcd-hub"))))
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"admin": HostPort("0.0.0.0", 9901)}, "admin must listen on a loopback IP"),
+        ({"sandbox_netns": Path("netns/hub")}, "sandbox_netns must be an absolute path"),
+    ],
+)
+def test_settings_refuse(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EnvoySettings(**changes)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("unix:relative.sock", "expected unix:/ABSOLUTE/PATH"), ("unix:/" + "a" * 120, "bytes")],
+)
+def test_unix_socket_addresses_are_absolute_and_short_enough(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_endpoint(text)
+    assert parse_endpoint("unix:/run/x.sock") == UnixSocket(Path("/run/x.sock"))
+    assert parse_endpoint("127.0.0.1:1") == HostPort("127.0.0.1", 1)

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
 import websockets
-from envoy_harness import free_port, running_envoy
+from envoy_harness import free_port, running_envoy, tcp_edges
 from envoy_standins import DOMAIN, GOOD_KEY, SANDBOX_ID, TENANT, Edge, start_edge, upstream_app
 
-from extproc.envoy_config.settings import EnvoySettings
+from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket
+from extproc.up import admin_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,9 +48,10 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     )
     serving = asyncio.create_task(server.serve(), name="standin-upstream")
     edge = Edge(envd_port=upstream_port)
-    grpc_server, edge_port = await start_edge(edge)
+    edge_socket = UnixSocket(directory / "edge.sock")  # as `up` runs it
+    grpc_server, _ = await start_edge(edge, str(edge_socket))
     try:
-        async with running_envoy([edge_port], directory) as settings:
+        async with running_envoy([edge_socket], directory) as settings:
             yield Gateway(settings, edge, directory / "access.log")
     finally:
         await grpc_server.stop(None)
@@ -191,8 +198,8 @@ async def test_access_log_is_json_with_authz_fields_and_no_secrets(gateway: Gate
                 "authorization": "Bearer secret-token",
             },
         )
-    async with httpx.AsyncClient() as admin:  # stdout access logs are flushed on a timer
-        await admin.post(f"http://{gateway.settings.admin}/reopen_logs")
+    async with admin_client(gateway.settings.admin) as admin:  # logs are flushed on a timer
+        await admin.post("/reopen_logs")
     text = ""
     for _ in range(100):
         text = gateway.log.read_text()
@@ -208,8 +215,108 @@ async def test_access_log_is_json_with_authz_fields_and_no_secrets(gateway: Gate
 
 
 async def test_edge_down_fails_closed_with_json_503(tmp_path: Path) -> None:
-    async with running_envoy([free_port()], tmp_path) as settings, httpx.AsyncClient() as client:
+    async with (
+        running_envoy(tcp_edges([free_port()]), tmp_path) as settings,
+        httpx.AsyncClient() as client,
+    ):
         for host in (sandbox_host(), f"api.{DOMAIN}"):
             response = await client.get(f"http://{settings.listen}/health", headers={"host": host})
             assert response.status_code == 503
             assert response.json()["code"] == 503
+
+
+async def _raw_get(listen: HostPort, target: str, host: str) -> tuple[int, bytes]:
+    """GET `target` spelt exactly so on the wire (HTTP clients normalise `/./`)."""
+    connection = h11.Connection(h11.CLIENT)
+    reader, writer = await asyncio.open_connection(listen.host, listen.port)
+    request = h11.Request(method="GET", target=target, headers=[("host", host)])
+    writer.write(connection.send(request) + connection.send(h11.EndOfMessage()))
+    status, body = 0, b""
+    try:
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, body
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("spelling", ["/%69nit", "//init", "/./init", "/%2Finit", "/x/../init"])
+async def test_every_spelling_of_a_path_reaches_edge_and_sandbox_as_one(
+    gateway: Gateway, spelling: str
+) -> None:
+    status, body = await _raw_get(gateway.settings.listen, spelling, sandbox_host())
+    assert status == 200, body
+    assert json.loads(body)[":path"] == "/init"
+    assert gateway.edge.checks[-1].attributes.request.http.path == "/init"
+
+
+async def _http_answering(body: bytes, port: int) -> asyncio.Server:
+    """A TCP server on 127.0.0.1:`port` of this network namespace answering `body`."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", port)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="creating a network namespace needs root and iproute2",
+)
+async def test_sandbox_connections_are_opened_inside_sandbox_netns(tmp_path: Path) -> None:
+    """The same 127.0.0.1:PORT answers differently on the host and in a namespace; with
+    `sandbox_netns` Envoy reaches the namespace's, and the edge's pipe is still the host's."""
+    name = f"agentcube-e2b-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    port = free_port()
+    host_server = await _http_answering(b"host", port)
+    inside: asyncio.subprocess.Process | None = None
+    edge_server = None
+    try:
+        subprocess.run(
+            ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True, timeout=10
+        )
+        (tmp_path / "www").mkdir()
+        (tmp_path / "www" / "where").write_text("namespace")
+        inside = await asyncio.create_subprocess_exec(
+            *("ip", "netns", "exec", name, sys.executable, "-m", "http.server"),
+            *("--bind", "127.0.0.1", "--directory", str(tmp_path / "www"), str(port)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        edge_socket = UnixSocket(tmp_path / "edge.sock")
+        edge_server, _ = await start_edge(Edge(envd_port=port), str(edge_socket))
+        async with (
+            running_envoy([edge_socket], tmp_path, Path("/run/netns") / name) as settings,
+            httpx.AsyncClient(base_url=f"http://{settings.listen}") as client,
+        ):
+            body = ""
+            for _ in range(200):  # until http.server inside the namespace listens
+                response = await client.get("/where", headers={"host": sandbox_host()})
+                body = response.text
+                if response.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert body == "namespace"
+    finally:
+        if edge_server is not None:
+            await edge_server.stop(None)
+        if inside is not None:
+            inside.terminate()
+            await inside.wait()
+        host_server.close()
+        await host_server.wait_closed()
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)

@@ -5,7 +5,8 @@ free port instead of localhost:49999, which other test runs on this machine may 
 fixture checks that the process answering is its own: it has not exited, and a random
 marker put in its environment comes back out of its kernel.
 `interpreter` (no auth, sandbox env vars from a real picod's /envs) is shared by the
-session; `secured` adds auth, a 1 s execution timeout and 0.3 s keepalives.
+session; `secured` adds auth (access token and JWT), a 1 s execution timeout and 0.3 s
+keepalives; `token_only` has the access token and no JWT key.
 """
 
 from __future__ import annotations
@@ -157,6 +158,28 @@ def secured(
         "1",
         "--keepalive-interval",
         "0.3",
+        ready_status=200,
+    )
+    try:
+        yield server
+        assert server.alive(), server.output()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A secure sandbox's interpreter reached directly: the access token, no JWT key."""
+    tmp = tmp_path_factory.mktemp("token-only")
+    server = launch(
+        tmp,
+        "interpreter",
+        "--access-token",
+        ACCESS_TOKEN,
+        "--cwd",
+        str(tmp),
+        "--envd-url",
+        "",
         ready_status=200,
     )
     try:

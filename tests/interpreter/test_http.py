@@ -110,18 +110,29 @@ def test_auth(secured: Server, gateway_key: tuple[rsa.RSAPrivateKey, Path]) -> N
     assert httpx.get(url, headers=good_jwt).status_code == 200
 
 
-def test_keepalive_lines_on_silence(secured: Server) -> None:
-    response = execute(secured.url, {"code": "import time; time.sleep(0.8); 'woke'"}, TOKEN)
+def both(gateway_key: tuple[rsa.RSAPrivateKey, Path]) -> dict[str, str]:
+    """What a secure sandbox's /execute needs: the access token and the gateway's JWT."""
+    return {**TOKEN, "Authorization": "Bearer " + sign(gateway_key[0], session_id=SANDBOX_ID)}
+
+
+def test_keepalive_lines_on_silence(
+    secured: Server, gateway_key: tuple[rsa.RSAPrivateKey, Path]
+) -> None:
+    code = {"code": "import time; time.sleep(0.8); 'woke'"}
+    response = execute(secured.url, code, both(gateway_key))
     types = [line["type"] for line in lines_of(response)]
     assert types.count("keepalive") >= 1
     assert types[-2:] == ["result", "end_of_execution"]
 
 
-def test_server_execution_timeout_interrupts(secured: Server) -> None:
-    execute(secured.url, {"code": "survivor = 'alive'"}, TOKEN)
-    lines = lines_of(execute(secured.url, {"code": "while True: pass"}, TOKEN))
+def test_server_execution_timeout_interrupts(
+    secured: Server, gateway_key: tuple[rsa.RSAPrivateKey, Path]
+) -> None:
+    headers = both(gateway_key)
+    execute(secured.url, {"code": "survivor = 'alive'"}, headers)
+    lines = lines_of(execute(secured.url, {"code": "while True: pass"}, headers))
     errors = [line for line in lines if line["type"] == "error"]
     assert len(errors) == 1 and errors[0]["name"] == "TimeoutError"
     assert lines[-1] == {"type": "end_of_execution"}
-    after = lines_of(execute(secured.url, {"code": "survivor"}, TOKEN))
+    after = lines_of(execute(secured.url, {"code": "survivor"}, headers))
     assert {"type": "result", "is_main_result": True, "text": "'alive'"} in after

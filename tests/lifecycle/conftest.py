@@ -15,7 +15,12 @@ from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerS
 
 
 def make_settings(state_dir: Path, **local: object) -> LifecycleSettings:
-    options: dict[str, object] = {"pool_size": 0, "interpreter_pool_size": 0, "kill_on_exit": True}
+    options: dict[str, object] = {
+        "pool_size": 0,
+        "interpreter_pool_size": 0,
+        "kill_on_exit": True,
+        "rootfs_cache_dir": Path(os.environ["AGENTCUBE_E2B_ROOTFS_CACHE_DIR"]),
+    }
     options.update(local)
     return LifecycleSettings(
         server=ServerSettings(listen="127.0.0.1:0", grace_s=1.0),

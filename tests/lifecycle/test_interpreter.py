@@ -19,7 +19,7 @@ from extproc.lifecycle.server import serving
 from extproc.lifecycle.templates import Catalog
 
 from .conftest import Client, _assert_no_leak, make_settings
-from .helpers import health, run_command, running
+from .helpers import health, in_hub, run_command, running
 
 TENANT = "team-a"
 INTERPRETER_PORT = 49999
@@ -28,8 +28,12 @@ INTERPRETER_PORT = 49999
 async def _execute(sandbox: pb.Sandbox, code: str) -> list[dict[str, object]]:
     url = f"http://{sandbox.endpoint_host}:{INTERPRETER_PORT}/execute"
     headers = {"X-Access-Token": sandbox.envd_access_token}
-    async with httpx.AsyncClient(timeout=15.0) as client:
-        response = await client.post(url, json={"code": code}, headers=headers)
+
+    def post() -> httpx.Response:
+        with httpx.Client(timeout=15.0) as client:
+            return client.post(url, json={"code": code}, headers=headers)
+
+    response = await in_hub(sandbox.sandbox_id, post)
     assert response.status_code == 200, response.text
     return [json.loads(line) for line in response.text.splitlines() if line]
 
@@ -73,12 +77,12 @@ async def test_code_interpreter_executes_and_kill_leaves_nothing(tmp_path: Path)
         await client.sandboxes.PauseSandbox(pb.PauseSandboxRequest(**ref))
         await client.sandboxes.ConnectSandbox(pb.ConnectSandboxRequest(**ref))
         assert [x["text"] for x in await _execute(sandbox, "2*3") if x["type"] == "result"] == ["6"]
-        assert await health(sandbox.endpoint_host) == 204
+        assert await health(sandbox) == 204
         assert (await run_command(sandbox, "echo $HOME"))[1] == "/home/user\n"
 
         entry = client.running.backend.live[sandbox.sandbox_id]
         pids = tree(entry.process.pid)
-        assert len(pids) >= 6  # sh, bwrap x2 (or not), inner sh, picod, interpreter, kernel
+        assert len(pids) >= 6  # sh, unshare, init sh, picod, interpreter, kernel
         await client.sandboxes.KillSandbox(
             pb.KillSandboxRequest(sandbox_id=sandbox.sandbox_id, tenant=TENANT)
         )
@@ -100,7 +104,7 @@ async def test_a_server_dying_ends_the_sandbox(lifecycle: Client) -> None:
     async with asyncio.timeout(10):
         while sandbox.sandbox_id in lifecycle.running.backend.live or any(map(running, pids)):
             await asyncio.sleep(0.02)
-    assert await health(sandbox.endpoint_host) == 0
+    assert await health(sandbox) == 0
 
 
 def _argv(pid: int) -> list[str]:
@@ -130,9 +134,9 @@ async def test_pool_sandbox_that_dies_is_freed_at_once(tmp_path: Path) -> None:
 
 
 def _used_hosts(backend: object) -> set[str]:
-    from extproc.lifecycle.addresses import address
+    from extproc.lifecycle.networking import addresses_of
 
-    return {address(i) for i in backend.addresses._used}  # type: ignore[attr-defined]
+    return {addresses_of(i)[1] for i in backend.isolation.networks._used}  # type: ignore[attr-defined]
 
 
 async def test_unavailable_interpreter_is_refused(lifecycle: Client) -> None:

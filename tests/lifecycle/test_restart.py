@@ -66,7 +66,7 @@ async def test_sigkill_restart_readopts_every_live_sandbox(tmp_path: Path) -> No
         first.send_signal(signal.SIGKILL)
         first.wait()
     for sandbox in created[:2]:
-        assert await health(sandbox.endpoint_host) == 204, "sandboxes outlive the service"
+        assert await health(sandbox) == 204, "sandboxes outlive the service"
 
     second = _start(state, port, "--kill-on-exit", "on", "--pool-size", "0")
     try:
@@ -87,7 +87,7 @@ async def test_sigkill_restart_readopts_every_live_sandbox(tmp_path: Path) -> No
                 pb.ConnectSandboxRequest(sandbox_id=created[2].sandbox_id, tenant="t")
             )
             assert connected.resumed
-            assert await health(created[2].endpoint_host) == 204
+            assert await health(created[2]) == 204
             await stub.KillSandbox(
                 pb.KillSandboxRequest(sandbox_id=created[0].sandbox_id, tenant="t")
             )

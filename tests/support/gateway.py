@@ -1,4 +1,8 @@
-"""Start the whole gateway (`agentcube-e2b up`) and Envoy binaries the way the tests do."""
+"""Start the whole gateway (`agentcube-e2b up`) and Envoy binaries the way the tests do.
+
+`up` keeps its control plane on unix sockets in `<state>/run/`; the helpers below reach them
+the way an operator on the same account would.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,46 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import httpx
+
 CLI = [sys.executable, "-m", "extproc.cli"]
 ENVOY = Path(sys.executable).parent / "envoy"
+
+
+def run_dir(state_dir: Path) -> Path:
+    return state_dir / "run"
+
+
+def lifecycle_target(state_dir: Path) -> str:
+    """`up`'s lifecycle gRPC, as a grpc target."""
+    return f"unix:{run_dir(state_dir) / 'lifecycle.sock'}"
+
+
+def lifecycle_token_file(state_dir: Path) -> Path:
+    return run_dir(state_dir) / "lifecycle-token"
+
+
+def lifecycle_metadata(
+    state_dir: Path, *, all_tenants: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata with `up`'s caller token (and, if asked, the every-tenant scope)."""
+    token = lifecycle_token_file(state_dir).read_text().strip()
+    pairs = (("authorization", f"Bearer {token}"),)
+    return (*pairs, ("x-agentcube-e2b-scope", "all-tenants")) if all_tenants else pairs
+
+
+def envoy_admin(state_dir: Path, timeout_s: float = 5.0) -> httpx.Client:
+    """A client of `up`'s Envoy admin interface, a unix socket."""
+    transport = httpx.HTTPTransport(uds=str(run_dir(state_dir) / "envoy-admin.sock"))
+    return httpx.Client(transport=transport, base_url="http://envoy", timeout=timeout_s)
 
 
 def start_up(
     state_dir: Path, log: Path, *, env: dict[str, str] | None = None, **ports: int
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`up` with each of `ports` (flag name with `_` for `-`) on 127.0.0.1; waits for `ready`
-    and returns the process and the lines it printed before (the `export ...` line first)."""
+    """`up` with each of `ports` (flag name with `_` for `-`) on 127.0.0.1 (the control plane
+    stays on its unix sockets unless a port is given for it); waits for `ready` and returns
+    the process and the lines it printed before (the `export ...` line first)."""
     argv = [*CLI, "up", "--state-dir", str(state_dir), "--ready-timeout", "60"]
     for flag, port in ports.items():
         argv += [f"--{flag.replace('_', '-')}", f"127.0.0.1:{port}"]
