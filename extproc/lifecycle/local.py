@@ -112,6 +112,9 @@ class LocalBackend:
     async def start(self) -> list[asyncio.Task[None]]:
         """Open state, re-adopt survivors; return the long-running tasks to supervise."""
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        # The database holds the sandboxes' env vars, the seed mints every access token:
+        # readable by the gateway's user only.
+        self.dir.chmod(0o700)
         self.seed = load_or_create_seed(self.dir / "token-seed")
         self.catalog = Catalog.load(self.dir / "templates.json")
         if self.isolation is not None:
@@ -125,6 +128,8 @@ class LocalBackend:
         if self.catalog.interpreter_missing:
             log.warning("%s", self.catalog.interpreter_missing)
         await self.store.open(prune_before=self.clock() - 86400)
+        for database in self.dir.glob("lifecycle.sqlite3*"):
+            database.chmod(0o600)
         await adopting.recover(self)
         tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper")]
         sizes = {"base": self.settings.pool_size,

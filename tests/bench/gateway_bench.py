@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from extproc.envoy_config.bootstrap import bootstrap
 from extproc.envoy_config.clusters import socket_address
 from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket
+from extproc.lifecycle.networking import enter_netns, hub_netns_path
 from extproc.up import admin_client
 
 
@@ -86,6 +88,8 @@ def baseline_config(settings: EnvoySettings, picod: HostPort, domain: str) -> st
         ),
         typed_extension_protocol_options=sandbox.typed_extension_protocol_options,
         circuit_breakers=sandbox.circuit_breakers,
+        # Sandboxes are reachable from the lifecycle service's hub namespace only.
+        upstream_bind_config=sandbox.upstream_bind_config,
     )
     document.static_resources.clusters.append(direct)
     listener = document.static_resources.listeners[0]
@@ -221,6 +225,7 @@ def main() -> None:
                 admin=UnixSocket(Path(tmp) / "baseline-admin.sock"),
                 domain=domain,
                 edges=tuple(UnixSocket(path) for path in edges),
+                sandbox_netns=hub_netns_path(state / "lifecycle"),
             )
             config = Path(tmp) / "baseline.yaml"
             config.write_text(baseline_config(settings, picod, domain))
@@ -228,6 +233,8 @@ def main() -> None:
                 envoy_argv(config, concurrency=2, log_level="error"), stdout=subprocess.DEVNULL
             )
             asyncio.run(wait_admin_ready(settings))
+            hub = hub_netns_path(state / "lifecycle")
+            in_hub = ThreadPoolExecutor(1, initializer=enter_netns, initargs=(hub,))
 
             host = f"49983-{sbx.sandbox_id}.{domain}"
             gateway_url = f"{env['E2B_API_URL']}/health"
@@ -252,9 +259,11 @@ def main() -> None:
                 via = download_mib_s(
                     f"{env['E2B_API_URL']}{path}", {"host": host, "x-access-token": token}
                 )
-                straight = download_mib_s(
-                    f"http://{picod}{path}", {"x-access-token": token, "authorization": jwt}
-                )
+                straight = in_hub.submit(
+                    download_mib_s,
+                    f"http://{picod}{path}",
+                    {"x-access-token": token, "authorization": jwt},
+                ).result()
                 print(
                     f"256 MiB download: gateway {via:,.0f} MiB/s, straight to picod "
                     f"{straight:,.0f} MiB/s, ratio {via / straight:.2f} (target >= 0.8)",

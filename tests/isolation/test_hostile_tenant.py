@@ -253,6 +253,13 @@ def test_no_token_or_env_secret_in_any_argv(gateway: Gateway) -> None:
         assert gateway.api_key not in args
 
 
+def test_env_vars_at_rest_are_the_gateways_alone(gateway: Gateway) -> None:
+    state = gateway.state_dir / "lifecycle"
+    assert state.stat().st_mode & 0o777 == 0o700
+    for private in (state / "lifecycle.sqlite3", state / "token-seed"):
+        assert private.stat().st_mode & 0o077 == 0, private
+
+
 def test_internet_access_follows_the_flag(gateway: Gateway) -> None:
     url = f"http://{INTERNET_ADDRESS}:{INTERNET_PORT}/"
     fetch = f"curl -s -m 3 {url} || echo unreachable"
