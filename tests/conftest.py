@@ -15,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
+import support.rootfs  # noqa: F401 (one base rootfs cache for every test and its processes)
+
 # How long a child may take to exit after the test's own teardown asked it to.
 _EXIT_GRACE_SECONDS = 3.0
-
-# One base rootfs cache for every test (and the processes they start), which `make test`
-# fills before pytest runs; see extproc/lifecycle/rootfs.py.
-os.environ.setdefault(
-    "AGENTCUBE_E2B_ROOTFS_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "rootfs")
-)
 
 
 def _live_children(pid: int) -> set[int]:

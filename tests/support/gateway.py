@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+import support.rootfs  # noqa: F401 (the shared base rootfs for every `up` started here)
+
 CLI = [sys.executable, "-m", "extproc.cli"]
 ENVOY = Path(sys.executable).parent / "envoy"
 
