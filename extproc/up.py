@@ -31,8 +31,12 @@ Only sha256 hashes of API keys are stored, so a key can be printed only when it 
 the first `up` on an empty state directory creates one and prints it; later runs print how to
 create another (`agentcube-e2b keys create`).
 
-Ctrl-C or SIGTERM stops every child (SIGTERM to each group, a bounded grace, then SIGKILL); a
-child that exits on its own stops the rest and `up` exits non-zero, naming it.
+Ctrl-C or SIGTERM stops every child (SIGTERM to each group, a bounded grace, then SIGKILL).
+A child that exits before `ready` is a broken setup: it stops the rest and `up` exits
+non-zero, naming it. After `ready`, a child that exits is restarted alone with backoff while
+the others keep serving (extproc/supervising.py, docs/reliability.md); one that keeps
+crashing stops everything, and `up` exits non-zero naming it. The caller token is written
+once per run, so a restarted lifecycle service reads the one the edges already send.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ import signal
 import socket
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -63,6 +68,7 @@ from extproc.envoy_config.settings import (
     UnixSocket,
     parse_endpoint,
 )
+from extproc.supervising import Child, RestartPolicy, Supervisor, exit_text
 
 ENV = EnvDefaults("AGENTCUBE_E2B_UP_")
 ISOLATIONS = ("namespaces", "none")
@@ -105,6 +111,8 @@ class UpSettings:
     # sandbox isolation: "namespaces" (own network namespace each, behind the lifecycle
     # service's hub) or "none" (unsafe: shares the host's). Default namespaces.
     isolation: str = "namespaces"
+    # when and how often a child that exits after `ready` is restarted
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     @property
     def run_dir(self) -> Path:
@@ -424,15 +432,25 @@ async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: Env
     config.write_text(render_yaml(envoy))
     if settings.isolation == "none":
         _say("--isolation none: sandboxes share this host's network and files (unsafe)")
-    children: dict[str, Child] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    supervisor = Supervisor(
+        _commands(settings, edges, config),
+        settings.restart,
+        _say,
+        # a fresh Envoy (hot restart is off) cannot bind the socket the dead one left
+        before_restart={"envoy": lambda: _remove_admin_socket(settings)},
+        serving={
+            "lifecycle": lambda: wait_grpc_serving(str(settings.lifecycle)),
+            **{edge.name: _serving(str(edge.listen)) for edge in edges},
+            "envoy": lambda: wait_envoy_ready(settings.admin, len(edges)),
+        },
+    )
     code = 0
     try:
-        for name, argv in _commands(settings, edges, config).items():
-            children[name] = await start_child(name, argv)
+        await supervisor.start_all()
         listed = ", ".join(
             f"{edge.name} on {edge.listen} (metrics {edge.metrics})" for edge in edges
         )
@@ -442,21 +460,30 @@ async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: Env
             *(wait_grpc_serving(str(edge.listen)) for edge in edges),
             wait_envoy_ready(settings.admin, len(edges)),
         )
-        code = await _until_ready(readiness, children, stop, settings.ready_timeout_s)
+        # before the first `ready` a child that exits is a broken setup: no restarts
+        code = await _until_ready(readiness, supervisor.children, stop, settings.ready_timeout_s)
         if code == 0 and not stop.is_set():
             _print_exports(settings, first_key)
-            code = await _until_stopped(children, stop)
+            code = await supervisor.supervise(stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         _say("stopping")
-        await stop_children(list(children.values()), settings.grace_s)
+        await supervisor.stop(settings.grace_s)
         # the token is worthless now; Envoy leaves its admin socket behind
         (settings.run_dir / TOKEN_FILE).unlink(missing_ok=True)
-        if isinstance(settings.admin, UnixSocket):
-            settings.admin.path.unlink(missing_ok=True)
+        _remove_admin_socket(settings)
         _say("stopped")
     return code
+
+
+def _serving(target: str) -> Callable[[], Awaitable[None]]:
+    return lambda: wait_grpc_serving(target)
+
+
+def _remove_admin_socket(settings: UpSettings) -> None:
+    if isinstance(settings.admin, UnixSocket):
+        settings.admin.path.unlink(missing_ok=True)
 
 
 async def _until_ready(
@@ -482,26 +509,9 @@ async def _until_ready(
         return 0
     for child in children.values():
         if child.exited.done():
-            _say(_exit_text(child))
+            _say(exit_text(child))
             return 1
     _say(f"not ready after {timeout_s:g} s; see the output above")
-    return 1
-
-
-async def _until_stopped(children: dict[str, Child], stop: asyncio.Event) -> int:
-    stopping = asyncio.create_task(stop.wait(), name="up-stop-signal")
-    try:
-        await asyncio.wait(
-            [stopping, *(child.exited for child in children.values())],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    finally:
-        stopping.cancel()
-    if stop.is_set():
-        return 0
-    for child in children.values():
-        if child.exited.done():
-            _say(f"{_exit_text(child)}; stopping the others")
     return 1
 
 
@@ -567,76 +577,6 @@ def prepare_state(state_dir: Path) -> str | None:
         KeyIndex(MappingProxyType({**index.entries, key_hash: entry}), index.default_namespace),
     )
     return key
-
-
-# --- children ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Child:
-    name: str
-    process: asyncio.subprocess.Process
-    # resolves to the exit status (negative: killed by that signal)
-    exited: asyncio.Task[int]
-    # copies the child's output to stderr; may outlive it while a grandchild holds the pipe
-    pump: asyncio.Task[None]
-
-
-async def _pump(name: str, stream: asyncio.StreamReader) -> None:
-    prefix = f"[{name}] ".encode()
-    out = sys.stderr.buffer
-    while line := await stream.readline():
-        out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
-        out.flush()
-
-
-async def start_child(name: str, argv: list[str]) -> Child:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        # its own session and process group: one signal reaches everything it started
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    return Child(
-        name=name,
-        process=process,
-        exited=asyncio.create_task(process.wait(), name=f"up-wait-{name}"),
-        pump=asyncio.create_task(_pump(name, process.stdout), name=f"up-output-{name}"),
-    )
-
-
-def _signal_group(child: Child, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.process.pid, signum)
-
-
-async def stop_children(children: list[Child], grace_s: float) -> None:
-    """SIGTERM every group, wait `grace_s`, SIGKILL what is left of any group."""
-    for child in children:
-        if not child.exited.done():
-            _signal_group(child, signal.SIGTERM)
-    pending = [child.exited for child in children if not child.exited.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=grace_s)
-    for child in children:
-        if not child.exited.done():
-            _say(f"{child.name} did not stop within {grace_s:g} s; killing it")
-        # also reaps anything the child left behind in its group
-        _signal_group(child, signal.SIGKILL)
-    await asyncio.gather(*(child.exited for child in children))
-    for child in children:
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(child.pump, timeout=1.0)
-        child.pump.cancel()
-
-
-def _exit_text(child: Child) -> str:
-    status = child.exited.result()
-    how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
-    return f"{child.name} {how}"
 
 
 # --- readiness -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from extproc.core.errors import InvalidArgument
+from extproc.core.quotas import DEFAULT_TABLE, QUOTAS_KEY, QuotaTable, parse_quotas
 
 KEY_PREFIX = "e2b_"
 # 40 hex characters after the prefix: 160 random bits, the length E2B's tests use.
@@ -67,6 +68,12 @@ class KeyIndex:
 
     entries: Mapping[str, KeyEntry]
     default_namespace: str
+    # Per-namespace quotas from the ConfigMap's `quotas` key (core/quotas.py). The raw text is
+    # kept so a writer puts it back verbatim; a text that does not parse leaves the defaults
+    # in `quotas` and says why in `quotas_error` (the keys themselves still load).
+    quotas: QuotaTable = DEFAULT_TABLE
+    quotas_source: str = ""
+    quotas_error: str = ""
 
     def lookup(self, key_hash: str) -> KeyEntry | None:
         return self.entries.get(key_hash)
@@ -87,6 +94,13 @@ def _string_map(document: Mapping[str, Any], field: str, where: str) -> dict[str
     ):
         raise InvalidArgument(f"{where}: {field!r} must be an object of strings")
     return dict(value)
+
+
+def _quotas(text: str) -> tuple[QuotaTable, str]:
+    try:
+        return parse_quotas(text), ""
+    except InvalidArgument as error:
+        return DEFAULT_TABLE, f"{CONFIG_NAME}: {error.message}; using the default quotas"
 
 
 def _secret_statuses(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -130,7 +144,11 @@ def parse_key_documents(
             namespace=config_data.get(key_hash) or default_namespace,
             name=config_data.get(NAME_PREFIX + key_hash, ""),
         )
-    return KeyIndex(MappingProxyType(entries), default_namespace)
+    quotas_source = config_data.get(QUOTAS_KEY, "")
+    quotas, quotas_error = _quotas(quotas_source)
+    return KeyIndex(
+        MappingProxyType(entries), default_namespace, quotas, quotas_source, quotas_error
+    )
 
 
 def render_key_documents(
@@ -138,8 +156,10 @@ def render_key_documents(
     namespaces: Mapping[str, str],
     names: Mapping[str, str],
     default_namespace: str,
+    quotas: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (Secret, ConfigMap) documents for a set of keys, ready to serialise as JSON."""
+    """The (Secret, ConfigMap) documents for a set of keys (and the `quotas` JSON text, if
+    any), ready to serialise as JSON."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -149,6 +169,8 @@ def render_key_documents(
     data: dict[str, str] = {DEFAULT_NAMESPACE_KEY: default_namespace}
     data.update(sorted(namespaces.items()))
     data.update({NAME_PREFIX + h: n for h, n in sorted(names.items()) if n})
+    if quotas:
+        data[QUOTAS_KEY] = quotas
     config = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

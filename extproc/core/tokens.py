@@ -2,6 +2,13 @@
 
 Stateless to check: whoever holds the seed (the lifecycle service and the edge) can verify a
 token without a lookup. The seed lives in one file, created 0600 and never logged.
+
+Traffic access tokens (E2B's `network.allowPublicTraffic: false`) are keyed with the envd
+token instead of the seed: hex HMAC-SHA256(envd token, "sandbox-traffic-" + id). Still a
+secret only the seed's holder can mint, never stored, and a pure function of what every
+sandbox record already carries, so a re-adopted or informer-built sandbox has it without
+another lookup. It is one-way: the token reaches the sandbox's own servers, and knowing it
+gives nothing towards the envd token; the envd token's holder (the same client) can derive it.
 """
 
 from __future__ import annotations
@@ -44,3 +51,11 @@ def access_token(seed: bytes, sandbox_id: str) -> str:
 
 def check_access_token(seed: bytes, sandbox_id: str, token: str) -> bool:
     return hmac.compare_digest(access_token(seed, sandbox_id), token)
+
+
+def traffic_access_token(envd_access_token: str, sandbox_id: str) -> str:
+    """E2B-Traffic-Access-Token of a sandbox whose public traffic is off; "" without a key."""
+    if not envd_access_token:
+        return ""
+    message = ("sandbox-traffic-" + sandbox_id).encode("ascii")
+    return hmac.new(envd_access_token.encode("ascii"), message, hashlib.sha256).hexdigest()

@@ -178,6 +178,8 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         if surface == "platform":
             metadata["key_hash"].string_value = allow.key_hash
             return response
+        # The traffic token is the gateway's to check, not the sandbox's servers' to see.
+        ok.headers_to_remove.append("e2b-traffic-access-token")
         header = ok.headers.add()
         header.header.key = "authorization"
         header.header.value = "Bearer " + token

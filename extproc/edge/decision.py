@@ -4,7 +4,8 @@ Every input comes from precomputed state (the key index, the routing directory);
 here awaits. A directory miss is returned as `Miss` so the adapter can do its one fallback
 read and decide again with the route it got. Denial bodies follow E2B: platform errors are
 `{"code","message"}`, a dead sandbox is the client-proxy's 502 "was not found" (the SDK keys
-on that phrase), a bad envd token is envd's own 401.
+on that phrase), a bad envd token is envd's own 401, and a missing or wrong
+E2B-Traffic-Access-Token on a sandbox without public traffic is the client-proxy's 403.
 
 Internal envd routes are refused by the path a server could come to route, not by its
 spelling: picod's server (uvicorn) percent-decodes the whole path before routing, and an
@@ -89,6 +90,19 @@ _KEY_DENIALS = {KeyStatus.REVOKED: REVOKED_KEY, KeyStatus.EXPIRED: EXPIRED_KEY}
 def not_found(sandbox_id: str) -> Deny:
     body = {"sandboxId": sandbox_id, "message": "The sandbox was not found", "code": 502}
     return Deny(502, json.dumps(body), "not_found")
+
+
+_TRAFFIC_MESSAGE = (
+    "Sandbox is secured with traffic access token. Token header 'e2b-traffic-access-token' is {}"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def traffic_denied(sandbox_id: str, missing: bool) -> Deny:
+    """E2B client-proxy's answer when `network.allowPublicTraffic` is off (403, JSON)."""
+    message = _TRAFFIC_MESSAGE.format("missing" if missing else "invalid")
+    body = {"sandboxId": sandbox_id, "message": message, "code": 403}
+    return Deny(403, json.dumps(body), "missing_traffic_token" if missing else "bad_traffic_token")
 
 
 def unavailable(message: str) -> Deny:
@@ -190,6 +204,15 @@ class SandboxDecider:
             denial = self._check_envd_token(route, headers, method, path_only, query)
             if denial is not None:
                 return denial
+        elif not envd and not route.public_traffic:
+            token = headers.get("e2b-traffic-access-token")
+            if not token:
+                return traffic_denied(route.sandbox_id, missing=True)
+            # An empty expected token (never minted) matches nothing: fail closed.
+            expected = route.traffic_access_token.encode()
+            given = token.encode("utf-8", "surrogatepass")
+            if not expected or not hmac.compare_digest(given, expected):
+                return traffic_denied(route.sandbox_id, missing=False)
         user = _basic_user(headers.get("authorization"))
         if isinstance(user, Deny):
             return user

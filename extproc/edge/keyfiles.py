@@ -75,6 +75,8 @@ def write_key_index(directory: Path, index: KeyIndex) -> None:
         if entry.namespace != index.default_namespace:
             namespaces[key_hash] = entry.namespace
         names[key_hash] = entry.name
-    secret, config = render_key_documents(statuses, namespaces, names, index.default_namespace)
+    secret, config = render_key_documents(
+        statuses, namespaces, names, index.default_namespace, index.quotas_source
+    )
     write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     write_atomically(directory / SECRET_FILE, json.dumps(secret, indent=2) + "\n")

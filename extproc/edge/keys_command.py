@@ -1,5 +1,7 @@
-"""`agentcube-e2b keys create|list|revoke`: manage API keys in `<state-dir>/keys/`, or with
-`--kubernetes` in Secret `e2b-api-keys` and ConfigMap `e2b-api-key-config` through the API.
+"""`agentcube-e2b keys create|list|revoke|quota`: manage API keys in `<state-dir>/keys/`, or
+with `--kubernetes` in Secret `e2b-api-keys` and ConfigMap `e2b-api-key-config` through the
+API. `quota` edits the `quotas` JSON of the local key config (core/quotas.py); on Kubernetes,
+edit the ConfigMap's `quotas` key (`kubectl edit configmap e2b-api-key-config`).
 
 A key is shown once, at creation; only its sha256 is stored. The edge picks up every change
 within its poll interval, because writes replace whole files by rename; in Kubernetes mode
@@ -10,6 +12,8 @@ are shaped so concurrent writers do not clobber each other).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +29,7 @@ from extproc.core.api_keys import (
 )
 from extproc.core.errors import DomainError, InvalidArgument, NotFound
 from extproc.core.flags import EnvDefaults
+from extproc.core.quotas import DEFAULT_ENTRY, parse_quotas
 from extproc.edge.keyfiles import read_key_index, write_key_index
 
 TYPE_CHECKING = False
@@ -82,6 +87,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     revoke = with_kubernetes(sub.add_parser("revoke", help="revoke a key by key or hash prefix"))
     revoke.add_argument("key", metavar="KEY_OR_HASH_PREFIX")
     revoke.set_defaults(action=_revoke, run=run_action)
+    quota = with_state_dir(
+        sub.add_parser("quota", help="show or set a namespace's quotas (local key files)")
+    )
+    quota.add_argument(
+        "--namespace", required=True, help=f"the namespace, or {DEFAULT_ENTRY!r} for the rest"
+    )
+    for flag, text in (
+        ("--max-sandboxes", "running + paused sandboxes at once (0: the gateway's max)"),
+        ("--creates-per-minute", "sandbox creates per minute"),
+        ("--requests-per-second", "platform API requests per second per key"),
+    ):
+        quota.add_argument(flag, type=int, default=None, metavar="N", help=text)
+    quota.set_defaults(action=_quota, run=run_action)
 
 
 def _keys_dir(args: argparse.Namespace) -> Path:
@@ -91,7 +109,7 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 def _with(index: KeyIndex, entry: KeyEntry) -> KeyIndex:
     entries = dict(index.entries)
     entries[entry.key_hash] = entry
-    return KeyIndex(MappingProxyType(entries), index.default_namespace)
+    return dataclasses.replace(index, entries=MappingProxyType(entries))  # keeps the quotas
 
 
 def find_hash(index: KeyIndex, key_or_prefix: str) -> str:
@@ -178,6 +196,41 @@ def _revoke(args: argparse.Namespace) -> int:
     revoked = KeyEntry(key_hash, KeyStatus.REVOKED, entry.namespace, entry.name)
     write_key_index(directory, _with(index, revoked))
     print(f"revoked {key_hash[:HASH_PREFIX_SHOWN]}", file=sys.stderr)
+    return 0
+
+
+_QUOTA_FLAGS = {
+    "max_sandboxes": "maxSandboxes",
+    "creates_per_minute": "createsPerMinute",
+    "requests_per_second": "requestsPerSecond",
+}
+
+
+def _quota(args: argparse.Namespace) -> int:
+    directory = _keys_dir(args)
+    index = read_key_index(directory)
+    if index.quotas_error:
+        raise InvalidArgument(f"{index.quotas_error}; fix the file by hand first")
+    namespace = args.namespace
+    if namespace != DEFAULT_ENTRY:
+        validate_namespace(namespace)
+    changes = {
+        field: getattr(args, name) for name, field in _QUOTA_FLAGS.items()
+        if getattr(args, name) is not None
+    }  # fmt: skip
+    if changes:
+        document = json.loads(index.quotas_source) if index.quotas_source.strip() else {}
+        document.setdefault(namespace, {}).update(changes)
+        source = json.dumps(document, sort_keys=True)
+        table = parse_quotas(source)  # validates before anything is written
+        write_key_index(
+            directory, dataclasses.replace(index, quotas=table, quotas_source=source)
+        )
+    else:
+        table = index.quotas
+    effective = table.default if namespace == DEFAULT_ENTRY else table.for_namespace(namespace)
+    shown = {field: getattr(effective, name) for name, field in _QUOTA_FLAGS.items()}
+    print(f"{namespace}: {json.dumps(shown)}")
     return 0
 
 

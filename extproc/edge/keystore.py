@@ -5,7 +5,8 @@ mounts swap a symlinked directory; a 250 ms poll of (inode, size, mtime) catches
 watch descriptors to re-arm, costs two stat calls per period, and keeps the reload well under
 the 1 s promise. Check reads `index` (one attribute load); the watcher swaps in a new
 immutable KeyIndex, so a reader never sees a half-built map. An invalid file keeps the last
-good index and is logged once per distinct problem.
+good index and is logged once per distinct problem; an invalid `quotas` entry only loses the
+quotas (the defaults apply, logged the same way), never the keys.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class KeyStore:
         self.loaded = asyncio.Event()
         self._stamp: _Stamp | None = None
         self._last_error: str | None = None
+        self._last_quota_error = ""
 
     def reload_if_changed(self) -> bool:
         """Reload when a file changed since the last look; True if a new index was swapped in."""
@@ -61,6 +63,9 @@ class KeyStore:
             return False
         self._last_error = None
         self.index = index
+        if index.quotas_error and index.quotas_error != self._last_quota_error:
+            log.warning("%s", index.quotas_error)
+        self._last_quota_error = index.quotas_error
         if not self.loaded.is_set():
             log.info("loaded %d API keys from %s", len(index), self._settings.directory)
         else:

@@ -5,11 +5,20 @@ lifecycle, which hides other tenants' sandboxes as NOT_FOUND. Success statuses a
 exactly (201 create/resume, 204 kill/timeout/refresh/pause, 200 or 201 connect) because the
 SDK accepts nothing else. Failures go through rest_wire's one table; operations that are not
 safe to repeat say `Should-Retry: false`, since the SDK otherwise retries 5xx/429 POSTs.
+
+Rate limit: every platform request first takes a token from its API key's bucket
+(`requestsPerSecond` of the key's namespace, core/quotas.py), here rather than in Envoy's
+local rate limit because the per-namespace numbers live in the key index the edge already
+holds and reloads; it costs about a microsecond of CPU (tests/bench/quota_bench.py). Over the
+limit is E2B's 429 with `Retry-After: 1`, which the SDK's retry policy honours. The
+namespace's `maxSandboxes` and `createsPerMinute` travel on CreateSandbox: the lifecycle
+service enforces those, where the count of sandboxes is exact.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +27,10 @@ import grpc
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.core.api_keys import hash_api_key
 from extproc.core.errors import Conflict, DomainError, InvalidArgument, NotFound
 from extproc.core.hosts import is_sandbox_id
+from extproc.core.quotas import DEFAULT_TABLE, QuotaTable, RateLimiter
 from extproc.edge import rest_json, rest_requests
 from extproc.edge.rest_routes import NoRoute, Operation, resolve
 from extproc.edge.rest_wire import Answer, error_answer, from_grpc, json_answer, no_content
@@ -52,7 +63,14 @@ class PlatformApi:
         channel: grpc.aio.Channel,
         domain: str,
         forget: Callable[[str], None] = lambda sandbox_id: None,
+        quotas: Callable[[], QuotaTable] = lambda: DEFAULT_TABLE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # The live quota table (the key index's, swapped on every reload) and a monotonic
+        # clock in seconds for the per-key request buckets.
+        self._quotas = quotas
+        self._clock = clock
+        self._rates = RateLimiter()
         self._sandboxes = pb_grpc.SandboxServiceStub(channel)
         # Drops a killed sandbox from this edge's routing directory at once: the watch event
         # follows within milliseconds, but the SDK's very next request must already see
@@ -80,6 +98,9 @@ class PlatformApi:
 
     async def handle(self, request: PlatformRequest) -> tuple[str, Answer]:
         """(operation name for metrics, answer). Never raises for a request's fault."""
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return "rate_limited", limited
         route = resolve(request.method, request.path)
         if isinstance(route, NoRoute):
             body = {"code": route.status, "message": route.message}
@@ -95,6 +116,19 @@ class PlatformApi:
         except Exception as error:  # the answer must still be E2B JSON; keep the traceback
             log.exception("platform operation %s failed", route.name)
             return route.name, error_answer(error, retryable)
+
+    def _rate_limited(self, request: PlatformRequest) -> Answer | None:
+        """E2B's 429 when the request's API key is over its namespace's requests per second."""
+        rate = self._quotas().for_namespace(request.tenant).requests_per_second
+        key = request.headers.get("x-api-key")
+        bucket = hash_api_key(key) if key else "tenant:" + request.tenant
+        if self._rates.allow(bucket, rate, rate, self._clock()):
+            return None
+        message = (
+            f"rate limit exceeded: at most {rate} platform API requests per second per API key "
+            f"in namespace {request.tenant!r} (requestsPerSecond); retry later"
+        )
+        return json_answer(429, {"code": 429, "message": message}, (("retry-after", "1"),))
 
     def _resource(self, route: Operation) -> str:
         if route.name.endswith("template") or not route.resource_id:
@@ -117,6 +151,9 @@ class PlatformApi:
             v2=v2,
             idempotency_key=request.headers.get("idempotency-key"),
         )
+        quota = self._quotas().for_namespace(request.tenant)
+        create.quota.max_sandboxes = quota.max_sandboxes
+        create.quota.creates_per_minute = quota.creates_per_minute
         reply = await self._sandboxes.CreateSandbox(create, timeout=self._timeout("create_v2"))
         return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
 

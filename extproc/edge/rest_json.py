@@ -34,13 +34,18 @@ def sandbox_json(sandbox: pb.Sandbox, domain: str) -> dict[str, Any]:
         "clientID": CLIENT_ID,
         "envdVersion": sandbox.envd_version or DEFAULT_ENVD_VERSION,
         "domain": domain,
-        "trafficAccessToken": None,
+        # Set only when network.allowPublicTraffic is false, null otherwise (as E2B).
+        "trafficAccessToken": sandbox.traffic_access_token or None,
     }
     if sandbox.envd_access_token:
         body["envdAccessToken"] = sandbox.envd_access_token
     if sandbox.alias:
         body["alias"] = sandbox.alias
     return body
+
+
+def _public_traffic(sandbox: pb.Sandbox) -> bool:
+    return sandbox.allow_public_traffic if sandbox.HasField("allow_public_traffic") else True
 
 
 def _listed(sandbox: pb.Sandbox) -> dict[str, Any]:
@@ -77,6 +82,7 @@ def sandbox_detail_json(sandbox: pb.Sandbox, domain: str) -> dict[str, Any]:
         "autoResume": sandbox.auto_resume,
         "onTimeout": _ON_TIMEOUT.get(sandbox.on_timeout, "kill"),
     }
+    body["network"] = {"allowPublicTraffic": _public_traffic(sandbox)}
     if sandbox.envd_access_token:
         body["envdAccessToken"] = sandbox.envd_access_token
     return body

@@ -24,7 +24,6 @@ _STATES = {"running": pb.SANDBOX_STATE_RUNNING, "paused": pb.SANDBOX_STATE_PAUSE
 _ORDERS = {"asc": pb.LIST_ORDER_ASC, "desc": pb.LIST_ORDER_DESC}
 # Create fields that need machinery this gateway does not have; sent non-empty -> 501.
 _UNSUPPORTED_CREATE = {
-    "network": "network configuration",
     "mcp": "the MCP gateway",
     "volumeMounts": "volume mounts",
     "iam": "IAM tokens",
@@ -71,6 +70,24 @@ def _string_map(body: dict[str, Any], key: str) -> dict[str, str]:
     return value
 
 
+def _allow_public_traffic(body: dict[str, Any]) -> bool | None:
+    """`network.allowPublicTraffic`; every other `network` option this gateway cannot
+    enforce (egress lists, DNS, proxies, host masks, rules) is a 501 naming it when sent."""
+    network = body.get("network")
+    if network is None:
+        return None
+    if not isinstance(network, dict):
+        raise InvalidArgument("network must be an object")
+    for key, value in network.items():
+        # An explicit dnsServers list, even empty, asks for something ("no DNS server").
+        if key != "allowPublicTraffic" and (value or (key == "dnsServers" and value is not None)):
+            raise Unimplemented(f"network.{key} is not supported by this gateway")
+    value = network.get("allowPublicTraffic")
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgument("network.allowPublicTraffic must be a boolean")
+    return value
+
+
 def create_request(
     body: dict[str, Any], tenant: str, v2: bool, idempotency_key: str | None
 ) -> pb.CreateSandboxRequest:
@@ -93,7 +110,8 @@ def create_request(
     if idempotency_key is not None and not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
         raise InvalidArgument("Idempotency-Key must be 1-255 characters of [A-Za-z0-9_-]")
     secure = _bool(body, "secure")
-    return pb.CreateSandboxRequest(
+    public_traffic = _allow_public_traffic(body)
+    request = pb.CreateSandboxRequest(
         tenant=tenant,
         template_id=template,
         timeout_seconds=timeout,
@@ -106,6 +124,9 @@ def create_request(
         allow_internet_access=_bool(body, "allow_internet_access") is not False,
         idempotency_key=idempotency_key or "",
     )
+    if public_traffic is not None:
+        request.allow_public_traffic = public_traffic
+    return request
 
 
 def timeout_seconds(

@@ -29,6 +29,10 @@ class Route:
     # Kubernetes mode: sha256 digest of the envd token (the API stores no token). When set, it
     # is what X-Access-Token is checked against, and `envd_access_token` is "".
     access_token_sha256: bytes = b""
+    # E2B's network.allowPublicTraffic. When False, every port but envd's needs
+    # E2B-Traffic-Access-Token equal to `traffic_access_token` (an empty one matches nothing).
+    public_traffic: bool = True
+    traffic_access_token: str = ""
 
     @property
     def running(self) -> bool:
@@ -47,6 +51,11 @@ def route_from_proto(sandbox: pb.Sandbox) -> Route:
         envd_access_token=sandbox.envd_access_token,
         secure=sandbox.secure and bool(sandbox.envd_access_token),
         end_at=end_at,
+        # Absent (a lifecycle from before the field) means public, as E2B's default.
+        public_traffic=sandbox.allow_public_traffic
+        if sandbox.HasField("allow_public_traffic")
+        else True,
+        traffic_access_token=sandbox.traffic_access_token,
     )
 
 

@@ -97,7 +97,12 @@ class Edge:
             self.metrics,
         )
         self.processor = ExternalProcessorServicer(
-            PlatformApi(self._channel, settings.domain, forget=self.directory.remove),
+            PlatformApi(
+                self._channel,
+                settings.domain,
+                forget=self.directory.remove,
+                quotas=lambda: self.keys.index.quotas,
+            ),
             self.metrics,
             settings.max_body_bytes,
         )

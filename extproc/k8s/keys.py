@@ -9,6 +9,8 @@ revoked in the Secret is refused from the next Check after the event arrives.
 Nothing is published until both documents are synced: with only the Secret, every key would
 resolve to the default namespace, i.e. the wrong tenant. A document that does not parse keeps
 the last good index (logged once per distinct problem); a deleted Secret empties the index.
+The ConfigMap's `quotas` key (core/quotas.py) rides along: if it does not parse, the keys
+still load and the default quotas apply (logged once per distinct problem).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class KeyInformers:
         self.index: KeyIndex = EMPTY_INDEX
         self.loaded = asyncio.Event()
         self._last_error: str | None = None
+        self._last_quota_error = ""
         self.secret = Informer(
             WatchTarget(
                 name=f"secret/{keys.secret_name}",
@@ -122,6 +125,9 @@ class KeyInformers:
             return
         self._last_error = None
         self.index = index
+        if index.quotas_error and index.quotas_error != self._last_quota_error:
+            log.warning("%s", index.quotas_error)
+        self._last_quota_error = index.quotas_error
         if not self.loaded.is_set():
             log.info("loaded %d API keys from the cluster", len(index))
             self.loaded.set()

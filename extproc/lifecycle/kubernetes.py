@@ -67,6 +67,9 @@ from extproc.lifecycle.watching import Hub
 
 log = logging.getLogger(__name__)
 POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"  # agent-sandbox, on warm-pool Sandboxes
+_NO_PRIVATE_TRAFFIC = (
+    "network.allowPublicTraffic: false is not supported by the kubernetes backend yet"
+)
 _NO_PAUSE = ("pausing is not available with the kubernetes backend (agent-sandbox pods "
              "cannot be frozen and resumed); use on_timeout=kill")  # fmt: skip
 _NO_TEMPLATE_WRITES = ("templates are CodeInterpreter resources in Kubernetes mode; create, "
@@ -239,6 +242,10 @@ class KubernetesBackend:
         self._require_tenant(spec.tenant)
         if spec.on_timeout is OnTimeout.PAUSE or spec.auto_resume:
             raise Unimplemented(_NO_PAUSE)
+        if not spec.allow_public_traffic:
+            # The edge's cluster directory routes from Sandbox/Pod informers and does not read
+            # a traffic-token annotation yet; accepting the flag would leave the ports open.
+            raise Unimplemented(_NO_PRIVATE_TRAFFIC)
         metadata = check_metadata(spec.metadata)
         env = check_env_vars(spec.env_vars)
         m.picod_env_lines(env)  # refuses what picod could not receive

@@ -32,6 +32,7 @@ from extproc.core.ids import check_sandbox_id, new_sandbox_id
 from extproc.core.tokens import access_token, load_or_create_seed
 from extproc.lifecycle import adopting, listing, mounting, spawning
 from extproc.lifecycle.addresses import Addresses
+from extproc.lifecycle.admission import IDEMPOTENCY_WINDOW_S, Admission, Idempotency
 from extproc.lifecycle.isolation import Isolation
 from extproc.lifecycle.measuring import Meter
 from extproc.lifecycle.pooling import Pool
@@ -56,7 +57,8 @@ from extproc.lifecycle.validation import check_env_vars, check_metadata
 from extproc.lifecycle.watching import Hub
 
 log = logging.getLogger(__name__)
-IDEMPOTENCY_WINDOW_S = 600.0
+# E2B keeps an Idempotency-Key for 24 h; so do we, in SQLite with the sandbox's row.
+_PRUNE_EVERY_S = 3600.0
 _KILL_WAIT_S = 5.0
 
 
@@ -66,7 +68,7 @@ def _tail(path: Path, size: int = 2048) -> str:
             f.seek(max(0, f.seek(0, 2) - size))
             return f.read().decode(errors="replace")
     except OSError:
-        return "(no log)"
+        return ""
 
 
 @dataclass
@@ -101,8 +103,9 @@ class LocalBackend:
         # With isolation a sandbox's servers are reachable from the hub namespace only.
         connect = self.isolation.hub_sockets.open_connection if self.isolation else None
         self.probe = Probe(connect or asyncio.open_connection)
-        self._idempotent: dict[tuple[str, str], tuple[float, Sandbox]] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[Sandbox]] = {}
+        self.idempotency = Idempotency()
+        self._pruned_at = 0.0
+        self.admission = Admission(settings.max_sandboxes, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0
         self._start_slots = asyncio.Semaphore(settings.max_concurrent_starts)
@@ -131,6 +134,9 @@ class LocalBackend:
         for database in self.dir.glob("lifecycle.sqlite3*"):
             database.chmod(0o600)
         await adopting.recover(self)
+        now = self.clock()
+        self._pruned_at = now
+        self.idempotency.load(await self.store.load_idempotency_keys(now - IDEMPOTENCY_WINDOW_S))
         tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper")]
         sizes = {"base": self.settings.pool_size,
                  INTERPRETER_TEMPLATE: self.settings.interpreter_pool_size}  # fmt: skip
@@ -332,8 +338,9 @@ class LocalBackend:
             await wait_gone(process.kill(), _KILL_WAIT_S)
             await asyncio.wait([process.exited], timeout=_KILL_WAIT_S)
             process.close()
-            log.warning("sandbox %s failed to start; its log ends with:\n%s",
-                        launch.sandbox_id, _tail(launch.paths.log))  # fmt: skip
+            inside = launch.paths.root / spawning.SERVER_LOG_INSIDE.lstrip("/")
+            log.warning("sandbox %s failed to start; its logs end with:\n%s%s",
+                        launch.sandbox_id, _tail(launch.paths.log), _tail(inside))  # fmt: skip
             raise
         return process
 
@@ -364,29 +371,33 @@ class LocalBackend:
     async def create(self, spec: CreateSpec) -> Sandbox:
         if not spec.tenant:
             raise InvalidArgument("tenant is required")
+        if not spec.idempotency_key:
+            return await self._create(spec)
         key = (spec.tenant, spec.idempotency_key)
-        if spec.idempotency_key:
-            known = self._idempotent.get(key)
-            if known and known[0] > self.clock() - IDEMPOTENCY_WINDOW_S:
-                current = self.live.get(known[1].sandbox_id)
-                return current.sandbox if current else known[1]
-            if key in self._inflight:
-                return await asyncio.shield(self._inflight[key])
-            future: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
-            self._inflight[key] = future
-            try:
-                sandbox = await self._create(spec)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # retrieved: waiters, if any, re-raise it
-                raise
-            else:
-                future.set_result(sandbox)
-                self._idempotent[key] = (self.clock(), sandbox)
-                return sandbox
-            finally:
-                del self._inflight[key]
-        return await self._create(spec)
+        known = await self._idempotent_sandbox(key)
+        if known is not None:
+            return known
+        return await self.idempotency.once(key, lambda: self._create(spec))
+
+    async def _idempotent_sandbox(self, key: tuple[str, str]) -> Sandbox | None:
+        """The sandbox a key made within the window: live, or as it ended (E2B answers a
+        retry with the same sandbox even once it is gone)."""
+        now = self.clock()
+        cutoff = now - IDEMPOTENCY_WINDOW_S
+        self.idempotency.prune(cutoff)
+        if now - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = now
+            await self.store.prune(cutoff)
+        sandbox_id = self.idempotency.sandbox_id(key, cutoff)
+        if sandbox_id is None:
+            return None
+        current = self.live.get(sandbox_id)
+        if current is not None:
+            return current.sandbox
+        row = await self.store.get(sandbox_id)
+        if row is None:
+            return None
+        return replace(row.sandbox, envd_access_token=access_token(self.seed, sandbox_id))
 
     async def _create(self, spec: CreateSpec) -> Sandbox:
         metadata = check_metadata(spec.metadata)
@@ -394,22 +405,28 @@ class LocalBackend:
         template, alias = self._catalog().resolve(spec.template, spec.tenant)
         if not template.available:
             raise Conflict(template.unavailable_reason or f"template {spec.template} unavailable")
-        entry = await self._from_pool(template, env) or await self._launch(template, env)
-        now = self.clock()
-        sandbox = replace(
-            entry.sandbox, tenant=spec.tenant, alias=alias, metadata=metadata, env_vars=env,
-            started_at=now, end_at=now + spec.timeout_s, on_timeout=spec.on_timeout,
-            auto_resume=spec.auto_resume, secure=spec.secure,
-            allow_internet_access=spec.allow_internet_access,
-            idempotency_key=spec.idempotency_key,
+        held = sum(
+            1 for e in self.live.values()
+            if e.sandbox.tenant == spec.tenant and e.sandbox.state in (State.RUNNING, State.PAUSED)
         )  # fmt: skip
-        entry.row = replace(entry.row, pooled=False)
-        if self.isolation is not None:
-            await asyncio.to_thread(
-                self.isolation.allow_internet, sandbox.sandbox_id, sandbox.endpoint_host,
-                spec.allow_internet_access,
+        with self.admission.admit(spec, held):
+            entry = await self._from_pool(template, env) or await self._launch(template, env)
+            now = self.clock()
+            sandbox = replace(
+                entry.sandbox, tenant=spec.tenant, alias=alias, metadata=metadata, env_vars=env,
+                started_at=now, end_at=now + spec.timeout_s, on_timeout=spec.on_timeout,
+                auto_resume=spec.auto_resume, secure=spec.secure,
+                allow_internet_access=spec.allow_internet_access,
+                idempotency_key=spec.idempotency_key,
+                allow_public_traffic=spec.allow_public_traffic,
             )  # fmt: skip
-        self.live[sandbox.sandbox_id] = entry
+            entry.row = replace(entry.row, pooled=False)
+            if self.isolation is not None:
+                await asyncio.to_thread(
+                    self.isolation.allow_internet, sandbox.sandbox_id, sandbox.endpoint_host,
+                    spec.allow_internet_access,
+                )  # fmt: skip
+            self.live[sandbox.sandbox_id] = entry
         self.watch_exit(entry)
         try:
             return await self._commit(entry, sandbox, EventType.CREATED)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from extproc.core.tokens import traffic_access_token
+
 
 class State(enum.IntEnum):
     # Values equal the proto's SandboxState numbers, so conversion is a cast.
@@ -58,6 +60,15 @@ class Sandbox:
     allow_internet_access: bool = True
     end_reason: str = ""
     idempotency_key: str = ""
+    # E2B's network.allowPublicTraffic: when False, every port but envd's needs the token.
+    allow_public_traffic: bool = True
+
+    @property
+    def traffic_access_token(self) -> str:
+        """The E2B-Traffic-Access-Token; "" while public traffic is allowed. Never stored."""
+        if self.allow_public_traffic:
+            return ""
+        return traffic_access_token(self.envd_access_token, self.sandbox_id)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,10 @@ class CreateSpec:
     secure: bool = True
     allow_internet_access: bool = True
     idempotency_key: str = ""
+    allow_public_traffic: bool = True
+    # The tenant's quota as the edge read it (core/quotas.py); 0 means the backend default.
+    max_sandboxes: int = 0  # running + paused at once; 0: only the gateway's max applies
+    creates_per_minute: int = 0  # admitted creates per minute; 0: core.quotas.BUILTIN's
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ def sandbox_pb(s: Sandbox) -> pb.Sandbox:
         envd_access_token=s.envd_access_token, endpoint_host=s.endpoint_host,
         on_timeout=_enum(s.on_timeout), auto_resume=s.auto_resume, secure=s.secure,
         allow_internet_access=s.allow_internet_access, end_reason=s.end_reason,
+        allow_public_traffic=s.allow_public_traffic,
+        traffic_access_token=s.traffic_access_token,
     )  # fmt: skip
 
 
@@ -117,6 +119,15 @@ def _on_timeout(value: int) -> OnTimeout:
     raise InvalidArgument(f"unknown on_timeout value {value}")
 
 
+def _public_traffic(request: Any) -> bool:
+    if not request.HasField("allow_public_traffic") or request.allow_public_traffic:
+        return True
+    # As E2B's API: the traffic token is only handed out with a secured sandbox.
+    if not request.secure:
+        raise InvalidArgument("allowPublicTraffic: false requires a secure sandbox")
+    return False
+
+
 def _states(values: Any) -> frozenset[State]:
     if not values:
         return frozenset({State.RUNNING, State.PAUSED})
@@ -142,6 +153,9 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
             on_timeout=_on_timeout(request.on_timeout), auto_resume=request.auto_resume,
             secure=request.secure, allow_internet_access=request.allow_internet_access,
             idempotency_key=request.idempotency_key,
+            allow_public_traffic=_public_traffic(request),
+            max_sandboxes=request.quota.max_sandboxes,
+            creates_per_minute=request.quota.creates_per_minute,
         )  # fmt: skip
         return pb.CreateSandboxResponse(sandbox=sandbox_pb(await self._backend.create(spec)))
 

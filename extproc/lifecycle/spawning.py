@@ -55,6 +55,8 @@ from extproc.lifecycle.processes import Watched, start_ticks
 from extproc.lifecycle.settings import LocalSettings, default_interpreter_command
 
 SANDBOX_HOME = "/home/user"
+# The servers' log inside the sandbox (the host-side log holds only the init's own errors).
+SERVER_LOG_INSIDE = "/var/log/agentcube-e2b.log"
 RUNTIME = "/opt/agentcube"
 JWT_KEY_INSIDE = f"{RUNTIME}/jwt-public.pem"
 PYTHON_INSIDE = "/usr/bin/python3"
@@ -80,6 +82,9 @@ mkdir -p "$R/run/lock" "$R/run/user" && chmod 1777 "$R/run/lock"
 mount --bind -o ro {package} "$R{runtime}/lib/extproc"
 mount --bind -o ro {site} "$R{runtime}/site-packages"
 hostname {hostname}
+# From here on the servers log inside the sandbox, into its own size-bounded layer: a log
+# file on the host, writable through /proc/1/fd/1 by root inside, could fill the host's disk.
+mkdir -p "$R/var/log" && exec >>"$R{server_log}" 2>&1
 mkdir "$R/run/.host"
 cd "$R"
 pivot_root . run/.host
@@ -209,6 +214,7 @@ def _namespaced(settings: LocalSettings, launch: Launch) -> list[str]:
         runtime=RUNTIME,
         hostname=launch.sandbox_id,
         userns_fd=launch.userns_fd,
+        server_log=SERVER_LOG_INSIDE,
         servers=shlex.quote(servers),
     )
     return [

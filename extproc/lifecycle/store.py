@@ -43,23 +43,32 @@ CREATE TABLE IF NOT EXISTS sandboxes (
   idempotency_key TEXT NOT NULL,
   pid INTEGER NOT NULL,
   pid_start INTEGER NOT NULL,
-  pooled INTEGER NOT NULL
+  pooled INTEGER NOT NULL,
+  allow_public_traffic INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS sandboxes_live ON sandboxes (state);
+-- Rebuilding the Idempotency-Key index at start reads the last day's keyed rows only.
+CREATE INDEX IF NOT EXISTS sandboxes_idempotency ON sandboxes (started_at)
+  WHERE idempotency_key != '';
 """
 _COLUMNS = (
     "sandbox_id", "tenant", "template_id", "alias", "metadata", "env_vars", "started_at",
     "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "endpoint_host",
     "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason", "idempotency_key",
-    "pid", "pid_start", "pooled",
+    "pid", "pid_start", "pooled", "allow_public_traffic",
 )
 # Column names are constants, never input: these f-strings are not injectable.
 _UPSERT = (
     f"INSERT OR REPLACE INTO sandboxes ({', '.join(_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
-# Ended rows are history; keep a day of them for debugging, then drop them.
+# Ended rows are history; keep a day of them for debugging, then drop them. They also carry
+# the Idempotency-Key of a killed sandbox: a row ends after it starts, so it outlives its key.
 _PRUNE = "DELETE FROM sandboxes WHERE state = ? AND end_at < ?"
+_IDEMPOTENCY_KEYS = (
+    "SELECT tenant, idempotency_key, sandbox_id, started_at FROM sandboxes "
+    "WHERE idempotency_key != '' AND started_at >= ? AND pooled = 0 ORDER BY started_at"
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ def _encode(row: Row) -> tuple[object, ...]:
         s.memory_mb, s.disk_size_mb, s.envd_version, s.endpoint_host, int(s.on_timeout),
         int(s.auto_resume), int(s.secure), int(s.allow_internet_access), s.end_reason,
         s.idempotency_key, row.pid, row.pid_start, int(row.pooled),
+        int(s.allow_public_traffic),
     )  # fmt: skip
 
 
@@ -98,6 +108,7 @@ def _decode(values: sqlite3.Row, token: str) -> Row:
         on_timeout=OnTimeout(v["on_timeout"]), auto_resume=bool(v["auto_resume"]),
         secure=bool(v["secure"]), allow_internet_access=bool(v["allow_internet_access"]),
         end_reason=v["end_reason"], idempotency_key=v["idempotency_key"],
+        allow_public_traffic=bool(v["allow_public_traffic"]),
     )  # fmt: skip
     return Row(sandbox, v["pid"], v["pid_start"], bool(v["pooled"]))
 
@@ -117,6 +128,12 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        # A database from before allow_public_traffic: its sandboxes were all public.
+        columns = {c[1] for c in conn.execute("PRAGMA table_info(sandboxes)")}
+        if "allow_public_traffic" not in columns:
+            conn.execute(
+                "ALTER TABLE sandboxes ADD COLUMN allow_public_traffic INTEGER NOT NULL DEFAULT 1"
+            )
         return conn
 
     async def open(self, prune_before: float) -> None:
@@ -142,6 +159,34 @@ class Store:
 
         rows = await asyncio.get_running_loop().run_in_executor(self._executor, read)
         return [_decode(r, "") for r in rows]
+
+    async def _query(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("store not open")
+
+        def read() -> list[sqlite3.Row]:
+            return conn.execute(sql, params).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+
+    async def load_idempotency_keys(self, since: float) -> list[tuple[str, str, str, float]]:
+        """(tenant, key, sandbox id, started at) of keyed sandboxes started at or after
+        `since`, oldest first, ended ones included."""
+        rows = await self._query(_IDEMPOTENCY_KEYS, (since,))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def get(self, sandbox_id: str) -> Row | None:
+        """One row, ENDED or not (its token is left for the caller to fill in)."""
+        rows = await self._query(
+            f"SELECT {', '.join(_COLUMNS)} FROM sandboxes WHERE sandbox_id = ?",  # noqa: S608
+            (sandbox_id,),
+        )
+        return _decode(rows[0], "") if rows else None
+
+    async def prune(self, before: float) -> None:
+        """Drop ENDED rows that ended before `before` (also done once at `open`)."""
+        await self._query(_PRUNE, (int(State.ENDED), before))
 
     async def put(self, row: Row) -> None:
         """Insert or replace `row`; returns once it is committed."""

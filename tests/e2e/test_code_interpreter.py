@@ -15,7 +15,7 @@ import pytest
 from e2b import TimeoutException
 from e2b_code_interpreter import OutputMessage, Sandbox
 
-from e2e.conftest import Gateway
+from support.gateway import Gateway
 
 TINY_PNG = textwrap.dedent("""
     import struct, zlib

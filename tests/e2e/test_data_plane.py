@@ -10,7 +10,8 @@ import pytest
 import websockets
 from e2b import Sandbox
 
-from e2e.conftest import Gateway, free_port
+from support.gateway import Gateway
+from support.processes import free_port
 
 SERVER = Path(__file__).with_name("ws_echo_server.py")
 

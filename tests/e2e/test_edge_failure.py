@@ -15,11 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.conftest import CLI, Gateway, free_port
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket
-from support.gateway import envoy_argv
-from support.processes import wait_until
+from support.gateway import CLI, Gateway, envoy_argv
+from support.processes import free_port, wait_until
 
 
 def _start_edge(gateway: Gateway, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import Gateway
+from support.gateway import Gateway
 
 ROOT = Path(__file__).parents[2]
 NODE_MODULES = ROOT / ".venv" / "node" / "node_modules"

@@ -22,7 +22,7 @@ from e2b import (
     SandboxQuery,
 )
 
-from e2e.conftest import CLI, Gateway
+from support.gateway import CLI, Gateway
 from support.processes import wait_until
 
 

@@ -96,6 +96,10 @@ class FakeLifecycle(pb_grpc.SandboxServiceServicer, pb_grpc.TemplateServiceServi
         )
         if not request.secure:
             sandbox.envd_access_token = ""
+        if request.HasField("allow_public_traffic"):
+            sandbox.allow_public_traffic = request.allow_public_traffic
+            if not request.allow_public_traffic:
+                sandbox.traffic_access_token = "traffic-" + sandbox.sandbox_id
         sandbox.end_at.seconds = sandbox.started_at.seconds + request.timeout_seconds
         self.add(sandbox)
         return pb.CreateSandboxResponse(sandbox=sandbox)

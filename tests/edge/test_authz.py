@@ -115,7 +115,7 @@ async def test_sandbox_allowed_over_grpc_with_jwt(channel: grpc.aio.Channel, edg
     )
     response = await stub.Check(request)
     assert response.status.code == 0
-    assert list(response.ok_response.headers_to_remove) == ["x-api-key"]
+    assert list(response.ok_response.headers_to_remove) == ["x-api-key", "e2b-traffic-access-token"]
     assert metadata(response) == {
         "upstream_host": "127.0.0.7:49983",
         "sandbox_id": "sbxrunning",

@@ -156,7 +156,12 @@ async def test_create_passes_lifecycle_options(
         (b'{"templateID": "base", "autoPause": "yes"}', 400, "autoPause"),
         (b'{"templateID": "base", "autoResume": true}', 400, "autoResume"),
         (b'{"templateID": "base", "volumeMounts": [{"name": "v", "path": "/v"}]}', 501, "volume"),
-        (b'{"templateID": "base", "network": {"allowOut": ["1.1.1.1"]}}', 501, "network"),
+        (b'{"templateID": "base", "network": {"allowOut": ["1.1.1.1"]}}', 501, "network.allowOut"),
+        (b'{"templateID": "base", "network": {"denyOut": ["0.0.0.0/0"]}}', 501, "network.denyOut"),
+        (b'{"templateID": "base", "network": {"dnsServers": []}}', 501, "network.dnsServers"),
+        (b'{"templateID": "base", "network": {"maskRequestHost": "x"}}', 501, "maskRequestHost"),
+        (b'{"templateID": "base", "network": []}', 400, "network must be an object"),
+        (b'{"templateID": "base", "network": {"allowPublicTraffic": 0}}', 400, "boolean"),
         (b'{"templateID": "nope"}', 404, "template"),
     ],
 )
@@ -168,6 +173,34 @@ async def test_create_rejects_bad_input(
     body = reply.json()
     assert body["code"] == status and fragment in body["message"]
     assert reply.headers.get("should-retry") == "false"  # create is not idempotent
+
+
+async def test_create_without_public_traffic_returns_the_traffic_token(
+    channel: grpc.aio.Channel, fake: tuple[FakeLifecycle, str]
+) -> None:
+    network = {"allowPublicTraffic": False, "allowOut": [], "denyOut": None}
+    reply = await call(channel, "POST", "/v2/sandboxes", {"templateID": "base", "network": network})
+    assert reply.status == 201
+    body = reply.json()
+    assert body["trafficAccessToken"] == "traffic-" + body["sandboxID"]
+    create = [r for name, r in fake[0].calls if name == "CreateSandbox"][-1]
+    assert create.HasField("allow_public_traffic") and not create.allow_public_traffic
+    detail = (await call(channel, "GET", "/sandboxes/" + body["sandboxID"])).json()
+    assert detail["network"] == {"allowPublicTraffic": False}
+
+
+@pytest.mark.parametrize("network", [None, {}, {"allowPublicTraffic": True}])
+async def test_public_traffic_has_a_null_traffic_token(
+    channel: grpc.aio.Channel, fake: tuple[FakeLifecycle, str], network: object
+) -> None:
+    reply = await call(channel, "POST", "/v2/sandboxes", {"templateID": "base", "network": network})
+    assert reply.status == 201
+    body = reply.json()
+    assert "trafficAccessToken" in body and body["trafficAccessToken"] is None
+    create = [r for name, r in fake[0].calls if name == "CreateSandbox"][-1]
+    assert not create.HasField("allow_public_traffic") or create.allow_public_traffic
+    detail = (await call(channel, "GET", "/sandboxes/" + body["sandboxID"])).json()
+    assert detail["network"] == {"allowPublicTraffic": True}
 
 
 async def test_bad_idempotency_key(channel: grpc.aio.Channel) -> None:

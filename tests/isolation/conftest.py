@@ -11,35 +11,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from support.gateway import exported, sdk_environment, start_up, stop_up
-from support.processes import free_port
+from support.gateway import Gateway, running_gateway
 
 INTERNET_NETNS = f"e2btest-internet-{os.getpid()}"
 INTERNET_ADDRESS = "10.214.0.2"  # networking.UPLINK_PEER: the egress namespace's end
 INTERNET_PORT = 8000
-
-
-@dataclass(frozen=True)
-class Gateway:
-    url: str
-    domain: str
-    api_key: str
-    state_dir: Path
-    log: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "E2B_API_URL": self.url,
-            "E2B_SANDBOX_URL": self.url,
-            "E2B_DOMAIN": self.domain,
-            "E2B_API_KEY": self.api_key,
-        }
 
 
 @pytest.fixture(scope="package")
@@ -71,24 +50,11 @@ def internet() -> Iterator[str]:
 @pytest.fixture(scope="package")
 def gateway(tmp_path_factory: pytest.TempPathFactory, internet: str) -> Iterator[Gateway]:
     state = tmp_path_factory.mktemp("isolation")
-    log = state.parent / "isolation-gateway.log"
     env = {
         **os.environ,
         "AGENTCUBE_E2B_LIFECYCLE_EGRESS": f"netns:{internet}",
         "AGENTCUBE_E2B_LIFECYCLE_POOL_SIZE": "1",
         "AGENTCUBE_E2B_LIFECYCLE_INTERPRETER_POOL_SIZE": "0",
     }
-    process, exports = start_up(state, log, env=env, listen=free_port())
-    values = exported(exports)
-    gateway = Gateway(
-        url=values["E2B_API_URL"],
-        domain=values["E2B_DOMAIN"],
-        api_key=values["E2B_API_KEY"],
-        state_dir=state,
-        log=log,
-    )
-    try:
-        with sdk_environment(gateway.env):
-            yield gateway
-    finally:
-        assert stop_up(process) == 0
+    with running_gateway(state, state.parent / "isolation-gateway.log", env) as gateway:
+        yield gateway

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from e2b import CommandExitException, Sandbox
 
-from isolation.conftest import INTERNET_ADDRESS, INTERNET_PORT, Gateway
+from isolation.conftest import INTERNET_ADDRESS, INTERNET_PORT
+from support.gateway import Gateway
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,6 +92,16 @@ def test_no_listener_of_the_host_accepts_from_inside(gateway: Gateway) -> None:
         sbx.files.write("/tmp/connect_all.py", _CONNECT_ALL)
         out = _run(sbx, f"python3 /tmp/connect_all.py '{json.dumps(sorted(targets))}'")
     assert json.loads(out) == [], f"host listeners reachable from a sandbox: {out}"
+
+
+def test_no_other_sandbox_is_reachable_from_inside(gateway: Gateway) -> None:
+    with _sandbox() as first, _sandbox() as second:
+        address = _run(second, "ip -4 -o addr show eth0").split()[3].split("/")[0]
+        hub = _run(first, "ip route show default").split()[2]
+        targets = [[address, 49983], [address, 49999], [hub, 49983], [hub, 22], [hub, 80]]
+        first.files.write("/tmp/connect_all.py", _CONNECT_ALL)
+        out = _run(first, f"python3 /tmp/connect_all.py '{json.dumps(targets)}'")
+        assert json.loads(out) == [], f"reachable from another sandbox: {out}"
 
 
 def test_state_checkout_work_and_homes_are_invisible(gateway: Gateway) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -53,16 +52,15 @@ async def test_code_interpreter_executes_and_kill_leaves_nothing(tmp_path: Path)
     ):
         client = Client(running_, channel)
         await _wait_pool(client, "code-interpreter-v1", 1)
-        started = time.monotonic()
+        warm = {e.sandbox.sandbox_id for e in running_.backend.pools["code-interpreter-v1"]._ready}
         reply = await client.sandboxes.CreateSandbox(
             pb.CreateSandboxRequest(
                 tenant=TENANT, template_id="code-interpreter", env_vars={"GREETING": "hi"}
             )
         )
-        took = time.monotonic() - started
         sandbox = reply.sandbox
         assert sandbox.template_id == "code-interpreter-v1"
-        assert took < 2.0, f"a warm Create took {took:.2f} s"
+        assert sandbox.sandbox_id in warm, "the Create did not take the warm sandbox"
         # Reachable as soon as Create returns (the SDK does no readiness wait).
         lines = await _execute(sandbox, "1+1")
         results = [x for x in lines if x["type"] == "result"]

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 import support.rootfs  # noqa: F401 (the shared base rootfs for every `up` started here)
+from support.processes import free_port
 
 CLI = [sys.executable, "-m", "extproc.cli"]
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -119,3 +121,70 @@ def sdk_environment(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A running `up`: its public URL, the key it printed, where its state lives."""
+
+    url: str
+    domain: str
+    api_key: str
+    state_dir: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "E2B_API_URL": self.url,
+            "E2B_SANDBOX_URL": self.url,
+            "E2B_DOMAIN": self.domain,
+            "E2B_API_KEY": self.api_key,
+        }
+
+    @property
+    def lifecycle(self) -> str:
+        """The lifecycle gRPC target (unix:...)."""
+        return lifecycle_target(self.state_dir)
+
+    @property
+    def lifecycle_token_file(self) -> Path:
+        return lifecycle_token_file(self.state_dir)
+
+    @property
+    def admin(self) -> Path:
+        """Envoy's admin socket."""
+        return run_dir(self.state_dir) / "envoy-admin.sock"
+
+    def create_key(self, namespace: str | None = None) -> str:
+        argv = [*CLI, "keys", "create", "--state-dir", str(self.state_dir)]
+        if namespace is not None:
+            argv += ["--namespace", namespace]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
+        return next(word for word in out.split() if word.startswith("e2b_"))
+
+
+@contextlib.contextmanager
+def running_gateway(
+    state_dir: Path, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Gateway]:
+    """`up` on a free public port (the control plane on its unix sockets), the SDK pointed
+    at it while inside; stopped, and required to stop cleanly, after."""
+    process, printed = start_up(
+        state_dir, log, env=dict(env) if env is not None else None, listen=free_port()
+    )
+    values = exported(printed)
+    gateway = Gateway(
+        url=values["E2B_API_URL"],
+        domain=values["E2B_DOMAIN"],
+        api_key=values["E2B_API_KEY"],
+        state_dir=state_dir,
+        log=log,
+        process=process,
+    )
+    try:
+        with sdk_environment(gateway.env):
+            yield gateway
+    finally:
+        assert stop_up(process) == 0

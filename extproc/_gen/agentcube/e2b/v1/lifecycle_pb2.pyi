@@ -61,7 +61,7 @@ SANDBOX_EVENT_TYPE_EXPIRED: SandboxEventType
 SANDBOX_EVENT_TYPE_DIED: SandboxEventType
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "tenant", "metadata", "env_vars", "started_at", "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "envd_access_token", "endpoint_host", "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason")
+    __slots__ = ("sandbox_id", "template_id", "alias", "tenant", "metadata", "env_vars", "started_at", "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "envd_access_token", "endpoint_host", "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason", "allow_public_traffic", "traffic_access_token")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,8 @@ class Sandbox(_message.Message):
     SECURE_FIELD_NUMBER: _ClassVar[int]
     ALLOW_INTERNET_ACCESS_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PUBLIC_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -116,10 +118,12 @@ class Sandbox(_message.Message):
     secure: bool
     allow_internet_access: bool
     end_reason: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., tenant: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SandboxState, str]] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., envd_access_token: _Optional[str] = ..., endpoint_host: _Optional[str] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., end_reason: _Optional[str] = ...) -> None: ...
+    allow_public_traffic: bool
+    traffic_access_token: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., tenant: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SandboxState, str]] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., envd_access_token: _Optional[str] = ..., endpoint_host: _Optional[str] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., end_reason: _Optional[str] = ..., allow_public_traffic: _Optional[bool] = ..., traffic_access_token: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("tenant", "template_id", "timeout_seconds", "metadata", "env_vars", "on_timeout", "auto_resume", "secure", "allow_internet_access", "idempotency_key")
+    __slots__ = ("tenant", "template_id", "timeout_seconds", "metadata", "env_vars", "on_timeout", "auto_resume", "secure", "allow_internet_access", "idempotency_key", "allow_public_traffic", "quota")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +148,8 @@ class CreateSandboxRequest(_message.Message):
     SECURE_FIELD_NUMBER: _ClassVar[int]
     ALLOW_INTERNET_ACCESS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PUBLIC_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     template_id: str
     timeout_seconds: int
@@ -154,7 +160,17 @@ class CreateSandboxRequest(_message.Message):
     secure: bool
     allow_internet_access: bool
     idempotency_key: str
-    def __init__(self, tenant: _Optional[str] = ..., template_id: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    allow_public_traffic: bool
+    quota: TenantQuota
+    def __init__(self, tenant: _Optional[str] = ..., template_id: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., allow_public_traffic: _Optional[bool] = ..., quota: _Optional[_Union[TenantQuota, _Mapping]] = ...) -> None: ...
+
+class TenantQuota(_message.Message):
+    __slots__ = ("max_sandboxes", "creates_per_minute")
+    MAX_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    CREATES_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    max_sandboxes: int
+    creates_per_minute: int
+    def __init__(self, max_sandboxes: _Optional[int] = ..., creates_per_minute: _Optional[int] = ...) -> None: ...
 
 class CreateSandboxResponse(_message.Message):
     __slots__ = ("sandbox",)
