@@ -7,6 +7,7 @@ key becomes valid only once its namespace is already in place.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -21,7 +22,7 @@ from extproc.core.api_keys import (
     parse_key_documents,
     render_key_documents,
 )
-from extproc.core.errors import InvalidArgument
+from extproc.core.errors import InvalidArgument, ResourceExhausted
 
 SECRET_FILE = SECRET_NAME + ".json"
 CONFIG_FILE = CONFIG_NAME + ".json"
@@ -51,6 +52,19 @@ def read_key_index(directory: Path) -> KeyIndex:
 
 
 def write_atomically(path: Path, content: str, mode: int = 0o600) -> None:
+    """Replace `path` by rename. On a full disk the old file stays as it was and the error
+    is ResourceExhausted, naming the file."""
+    try:
+        _write_atomically(path, content, mode)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise ResourceExhausted(
+            f"no space left on device writing {path}; it was left unchanged: free space and retry"
+        ) from error
+
+
+def _write_atomically(path: Path, content: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -244,8 +244,9 @@ class LocalBackend:
         entry.process.exited.add_done_callback(exited)
 
     async def _commit(self, entry: Live, sandbox: Sandbox, event: EventType) -> Sandbox:
-        entry.row = replace(entry.row, sandbox=sandbox)
-        await self.store.put(entry.row)
+        row = replace(entry.row, sandbox=sandbox)
+        await self.store.put(row)  # memory follows only what was committed (a full disk)
+        entry.row = row
         self.hub.publish(event, sandbox)
         if sandbox.state is State.RUNNING:
             self.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
@@ -555,7 +556,11 @@ class LocalBackend:
         if s.state is State.PAUSED:
             raise Conflict(f"sandbox {s.sandbox_id} is already paused")
         signal_tree(entry.process.pid, signal.SIGSTOP, self._depth)
-        return await self._commit(entry, replace(s, state=State.PAUSED), EventType.UPDATED)
+        try:
+            return await self._commit(entry, replace(s, state=State.PAUSED), EventType.UPDATED)
+        except BaseException:
+            signal_tree(entry.process.pid, signal.SIGCONT, self._depth)  # not paused after all
+            raise
 
     async def pause(self, sandbox_id: str, tenant: str) -> Sandbox:
         self._require_tenant(tenant)

@@ -11,6 +11,7 @@ covers every tenant, so it always needs the scope.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyp
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core import timeouts
-from extproc.core.errors import DomainError, InvalidArgument
+from extproc.core.errors import DomainError, InvalidArgument, ResourceExhausted
 from extproc.lifecycle.backend import Backend
 from extproc.lifecycle.caller_auth import may_see_all_tenants
 from extproc.lifecycle.sandboxes import CreateSpec, ListQuery, Metric, OnTimeout, Sandbox, State
@@ -76,7 +77,19 @@ def metric_pb(m: Metric) -> pb.SandboxMetric:
     )  # fmt: skip
 
 
+def _domain(exc: BaseException) -> BaseException:
+    """A full disk anywhere below the state directory is the operator's to fix, not our bug."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return ResourceExhausted(
+            f"no space left on device ({exc.filename or 'state directory'}); free space and retry"
+        )
+    return exc
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    if (domain := _domain(exc)) is not exc:
+        log.warning("lifecycle RPC failed: %s", exc)
+        exc = domain
     code, message = to_status(exc)
     if not isinstance(exc, DomainError):
         log.exception("unexpected error in a lifecycle RPC", exc_info=exc)

@@ -6,17 +6,23 @@ queued change in one transaction (group commit: 50 concurrent Creates cost a few
 await. Reads at run time come from the backend's in-memory index; SQLite is read once, at
 start, to re-adopt. `synchronous=NORMAL` keeps commits durable across a process crash (the
 case re-adoption exists for), not across power loss.
+
+A write that fails (a full disk: SQLITE_FULL, raised as ResourceExhausted) is rolled back
+and fails its callers only; the writer goes on, and the next write after space is freed
+commits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from extproc.core.errors import ResourceExhausted
 from extproc.lifecycle.sandboxes import OnTimeout, Sandbox, State
 
 _SCHEMA = """
@@ -69,6 +75,18 @@ _IDEMPOTENCY_KEYS = (
     "SELECT tenant, idempotency_key, sandbox_id, started_at FROM sandboxes "
     "WHERE idempotency_key != '' AND started_at >= ? AND pooled = 0 ORDER BY started_at"
 )
+
+
+def _domain(error: sqlite3.Error, path: Path) -> Exception:
+    """A full disk is the operator's to fix, not our bug: say so, by name."""
+    if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+        return error
+    full = ResourceExhausted(
+        f"no space left on the device holding the sandbox database ({path.parent}); "
+        "free space there and retry"
+    )
+    full.__cause__ = error
+    return full
 
 
 @dataclass(frozen=True)
@@ -168,7 +186,10 @@ class Store:
         def read() -> list[sqlite3.Row]:
             return conn.execute(sql, params).fetchall()
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+        except sqlite3.Error as exc:
+            raise _domain(exc, self._path) from exc
 
     async def load_idempotency_keys(self, since: float) -> list[tuple[str, str, str, float]]:
         """(tenant, key, sandbox id, started at) of keyed sandboxes started at or after
@@ -203,10 +224,14 @@ class Store:
         conn.execute("BEGIN")
         try:
             conn.executemany(_UPSERT, [_encode(r) for r in rows])
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A COMMIT that fails (SQLITE_FULL: the WAL cannot grow) may leave the transaction
+            # open; every later BEGIN would then fail and wedge the writer. End it here.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,10 +242,11 @@ class Store:
             # Last write wins per sandbox inside one transaction, as it would one by one.
             try:
                 await loop.run_in_executor(self._executor, self._commit, [r for r, _ in batch])
-            except Exception as exc:  # every waiter learns the write failed
+            except Exception as exc:  # every waiter learns the write failed; the loop goes on
+                error = _domain(exc, self._path) if isinstance(exc, sqlite3.Error) else exc
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(error)
                 continue
             for _, future in batch:
                 if not future.done():

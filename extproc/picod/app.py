@@ -21,7 +21,12 @@ from extproc._gen.process.process_connect import ProcessASGIApplication
 from extproc.picod.auth import AuthMiddleware
 from extproc.picod.environment import Environment
 from extproc.picod.processes import CLIENT_WATCH, ClientWatch, ProcessService, ProcessTable
-from extproc.picod.rpc_errors import ErrorMappingInterceptor, codecs, guard_envelopes
+from extproc.picod.rpc_errors import (
+    ErrorMappingInterceptor,
+    codecs,
+    compressions,
+    guard_envelopes,
+)
 from extproc.picod.settings import PicodSettings
 from extproc.picod.sysinfo import SystemMetrics
 
@@ -97,6 +102,7 @@ class Router:
             "interceptors": [ErrorMappingInterceptor()],
             "read_max_bytes": self.settings.max_message_bytes,
             "codecs": codecs(),
+            "compressions": compressions(),
         }
 
     def filesystem_rpc(self) -> ASGIApp:
@@ -162,6 +168,7 @@ class Router:
                 watch.mark_gone()
             return message
 
+        scope["headers"] = _utf8_headers(scope["headers"])
         content_type = dict(scope["headers"]).get(b"content-type", b"")
         streaming = content_type.startswith((b"application/connect+", b"application/grpc"))
         CLIENT_WATCH.set(watch)
@@ -208,6 +215,23 @@ class Router:
         await respond(
             send, 204, headers=((b"x-envd-version", self.settings.envd_version.encode()),)
         )
+
+
+def _utf8_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Header values as UTF-8, which connectrpc decodes them as (an error would be a 500).
+
+    HTTP allows any byte above 0x7f in a value (obs-text, Latin-1 by tradition); a value
+    that is not valid UTF-8 is re-encoded from Latin-1, so its bytes still mean the same.
+    """
+    fixed = headers
+    for i, (name, value) in enumerate(headers):
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            if fixed is headers:
+                fixed = list(headers)
+            fixed[i] = (name, value.decode("latin-1").encode())
+    return fixed
 
 
 def _is_str_map(value: Any) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from extproc.core.errors import InvalidArgument, ResourceExhausted
@@ -234,7 +234,13 @@ class MultipartFiles:
         self._ended = False
         self.uploads: list[FileUpload] = []
         self._current: FileUpload | None = None
-        self._parser = MultipartParser(
+        try:
+            self._parser = self._new_parser(boundary)
+        except FormParserError as e:  # e.g. a boundary over the parser's 256 bytes
+            raise InvalidArgument(f"malformed multipart body: {e}") from e
+
+    def _new_parser(self, boundary: bytes) -> MultipartParser:
+        return MultipartParser(
             boundary,
             callbacks={
                 "on_part_begin": self._on_part_begin,

@@ -8,16 +8,25 @@ handlers, so they are fixed at their source: a codec that reports undecodable JS
 `invalid_argument` (connectrpc would say `unknown` and echo the parser's text), and a
 receive wrapper that reports a truncated envelope (connectrpc drops the partial bytes
 and then complains about "zero messages" with `unimplemented`).
+
+Found by the envd fuzz (tests/picod/test_fuzz.py), also fixed at their source: JSON nested
+~20000 deep crashed the whole process (the protobuf package's JSON parser overflows the C
+stack: a segfault, not an exception), so deep input is refused before it gets there; and a
+gzip-flagged message that is not gzip escaped connectrpc as a raw zlib/EOF error (500 or
+a dropped stream) instead of `invalid_argument`.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from connectrpc.code import Code
+from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from protobuf import Message
@@ -58,6 +67,7 @@ ERRNO_CODES: dict[int, Code] = {
     errno.ENOSPC: Code.RESOURCE_EXHAUSTED,
     errno.EDQUOT: Code.RESOURCE_EXHAUSTED,
     errno.ENAMETOOLONG: Code.INVALID_ARGUMENT,
+    errno.EINVAL: Code.INVALID_ARGUMENT,  # e.g. moving a directory into itself
     errno.ELOOP: Code.INVALID_ARGUMENT,
     errno.EROFS: Code.PERMISSION_DENIED,
 }
@@ -149,6 +159,23 @@ class ErrorMappingInterceptor:
                 await aclose()
 
 
+# Deepest JSON nesting handed to the protobuf parser; envd's messages nest 5 deep. More
+# brackets than this in a body makes the codec check the depth with the stdlib parser,
+# which raises RecursionError (about 1000 deep) where the protobuf one would crash.
+JSON_DEPTH_CHECK_ABOVE = 64
+
+
+def _refuse_deep_json(data: bytes | bytearray) -> None:
+    if data.count(b"[") + data.count(b"{") <= JSON_DEPTH_CHECK_ABOVE:
+        return
+    try:
+        json.loads(data)
+    except RecursionError as e:
+        raise ConnectError(Code.INVALID_ARGUMENT, "JSON nested too deeply") from e
+    except ValueError:
+        pass  # not JSON at all: the protobuf parser reports that as usual
+
+
 class StrictJSONCodec:
     """Proto3 JSON, reporting undecodable input as invalid_argument.
 
@@ -163,6 +190,7 @@ class StrictJSONCodec:
         return message.to_json().encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        _refuse_deep_json(data)
         try:
             return message_class.from_json(data, ignore_unknown_fields=True)
         except Exception as e:
@@ -191,6 +219,22 @@ class StrictBinaryCodec:
 
 def codecs() -> list[Any]:
     return [StrictBinaryCodec(), StrictJSONCodec()]
+
+
+class StrictGzipCompression(GzipCompression):
+    """connectrpc's gzip, reporting a body that does not inflate as invalid_argument."""
+
+    def decompress(
+        self, data: bytes | bytearray | memoryview, read_max_bytes: int | None = None
+    ) -> bytes:
+        try:
+            return super().decompress(data, read_max_bytes)
+        except (zlib.error, EOFError) as e:
+            raise ConnectError(Code.INVALID_ARGUMENT, "cannot decompress gzip message") from e
+
+
+def compressions() -> list[Any]:
+    return [StrictGzipCompression()]
 
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from e2b import TimeoutException
 from e2b_code_interpreter import OutputMessage, Sandbox
@@ -120,3 +121,22 @@ def test_timeout_raises_and_the_kernel_recovers(sbx: Sandbox) -> None:
         sbx.run_code("while True: pass", timeout=2)
     assert time.monotonic() - start < 10
     assert sbx.run_code("1+1", timeout=20).text == "2"
+
+
+def test_execute_without_the_access_token_is_refused(gateway: Gateway, sbx: Sandbox) -> None:
+    """The sandbox id is in every hostname and signed URL: knowing it must not run code."""
+    host = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49999"}
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        bare = client.post("/execute", json={"code": "print('pwned')"}, headers=host)
+        wrong = client.post(
+            "/execute", json={"code": "print('pwned')"},
+            headers={**host, "X-Access-Token": "0" * 64},
+        )  # fmt: skip
+        right = client.post(
+            "/execute", json={"code": "print('mine')"},
+            headers={**host, "X-Access-Token": sbx._envd_access_token or ""},
+        )  # fmt: skip
+    assert bare.status_code == 401, bare.text
+    assert wrong.status_code == 401, wrong.text
+    assert "pwned" not in bare.text + wrong.text
+    assert right.status_code == 200 and "mine" in right.text

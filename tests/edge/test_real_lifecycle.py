@@ -20,6 +20,7 @@ from extproc.edge.settings import DirectorySettings, EdgeSettings
 from extproc.lifecycle.processes import scan_supervisors
 from extproc.lifecycle.server import serving
 from extproc.lifecycle.settings import LifecycleSettings, LocalSettings, ServerSettings
+from support import rootfs
 
 from .conftest import DOMAIN, check_request, copy_identity, write_keys
 from .test_platform import call
@@ -40,6 +41,7 @@ def _wired(tmp_path: Path, **local: object) -> tuple[Path, LifecycleSettings, st
             pool_size=0,
             kill_on_exit=True,
             jwt_public_key=state / "identity" / "public.pem",
+            rootfs_cache_dir=rootfs.CACHE_DIR,
             **local,  # type: ignore[arg-type]
         ),
     )

@@ -21,7 +21,8 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from faults.conftest import Gateway
+from faults.conftest import child_pid
+from support.gateway import Gateway
 
 # generous: the target is 2 s; a loaded 2-core machine must never fail on this
 RECOVERY_BOUND_S = 15.0
@@ -93,14 +94,14 @@ def sandboxes(gateway: Gateway) -> Iterator[list[Sandbox]]:
 
 
 def _kill(gateway: Gateway, name: str) -> tuple[int, float]:
-    pid = gateway.child_pid(name)
+    pid = child_pid(gateway, name)
     os.kill(pid, signal.SIGKILL)
     return pid, time.monotonic()
 
 
 def _assert_restarted(gateway: Gateway, name: str, old: int) -> None:
     assert gateway.process.poll() is None, "up exited"
-    assert gateway.child_pid(name) != old
+    assert child_pid(gateway, name) != old
 
 
 def _assert_nothing_lost(sandboxes: list[Sandbox]) -> None:
