@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -193,7 +194,7 @@ class Networks:
         self.egress = egress
         self._used: set[int] = set()
         self._next = FIRST_INDEX
-        self._uplink: subprocess.Popen[bytes] | None = None
+        self._pasta_pid_file = state_dir / "pasta.pid"
 
     # -- the hub and its uplink -----------------------------------------------------------
 
@@ -211,14 +212,12 @@ class Networks:
         if self.egress == "pasta":
             # User-mode networking: no address of the host's namespace is touched. No port
             # forwarding either way (-t/-u: host to hub, -T/-U: hub to host loopback), and
-            # the gateway address is not mapped to the host (--no-map-gw).
-            self._uplink = subprocess.Popen(
-                ["pasta", "--runas", "0:0", "--netns", str(self.hub), "--config-net",
-                 "--no-map-gw", "-I", UPLINK_IF, "-t", "none", "-u", "none", "-T", "none",
-                 "-U", "none", "-f", "-q"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
+            # the gateway address is not mapped to the host (--no-map-gw). pasta daemonises
+            # once the hub is configured and outlives this process on purpose (sandboxes
+            # that survive a restart keep their uplink); its pid file is how it is stopped.
+            _run(["pasta", "--runas", "0:0", "--netns", str(self.hub), "--config-net",
+                  "--no-map-gw", "-I", UPLINK_IF, "-t", "none", "-u", "none", "-T", "none",
+                  "-U", "none", "-q", "-P", str(self._pasta_pid_file)])  # fmt: skip
             return
         peer = self.egress.removeprefix("netns:")
         _run(["ip", "-n", self.hub.name, "link", "add", UPLINK_IF, "type", "veth", "peer",
@@ -237,11 +236,17 @@ class Networks:
         remove_netns(self.hub.name)
 
     def stop(self) -> None:
-        if self._uplink is not None:
-            self._uplink.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._uplink.wait(timeout=2)
-            self._uplink = None
+        """Stop this hub's pasta, if it runs (checked by its command line: a pid file can
+        outlive its process and the pid be reused)."""
+        try:
+            pid = int(self._pasta_pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"pasta" in cmdline and str(self.hub).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        self._pasta_pid_file.unlink(missing_ok=True)
 
     # -- addresses ------------------------------------------------------------------------
 
