@@ -40,8 +40,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,14 +326,20 @@ class Networks:
         self._used.discard(link.index)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, path: Path) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns({path}): {os.strerror(err)}")
+
+
 def enter_netns(path: Path) -> None:
     """Move the calling thread (only it) into the network namespace at `path`."""
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+        _setns(fd, path)
     finally:
         os.close(fd)
 
@@ -343,45 +347,46 @@ def enter_netns(path: Path) -> None:
 class HubSockets:
     """Sockets created in the hub namespace, for the lifecycle service's own probes.
 
-    A socket belongs to the network namespace of the thread that created it, so one worker
-    thread enters the hub once and makes sockets there; the event loop uses them as any.
+    A socket belongs to the network namespace its creating thread was in when it was made,
+    so the event loop's thread steps into the hub for the one `socket()` call and straight
+    back (two setns calls; nothing else runs on the loop in between, and other threads are
+    not affected). No worker thread: a socket handed across threads would leak whenever the
+    awaiting request was cancelled in between.
     """
 
     def __init__(self, hub: Path) -> None:
         self._hub = hub
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._fds: tuple[int, int] | None = None  # (hub, this thread's own namespace)
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    1, "e2b-hub", initializer=enter_netns, initargs=(self._hub,)
-                )
-            return self._pool
+    def _socket(self) -> socket.socket:
+        if self._fds is None:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self._fds = (os.open(self._hub, os.O_RDONLY | os.O_CLOEXEC), own)
+        hub, own = self._fds
+        _setns(hub, self._hub)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        finally:
+            _setns(own, Path("/proc/thread-self/ns/net"))
+        sock.setblocking(False)
+        return sock
 
     async def open_connection(
         self, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        loop = asyncio.get_running_loop()
-        sock = await loop.run_in_executor(self._executor(), _new_socket)
+        sock = self._socket()
         try:
-            await loop.sock_connect(sock, (host, port))
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            return await asyncio.open_connection(sock=sock)
         except BaseException:
             sock.close()
             raise
-        return await asyncio.open_connection(sock=sock)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-
-
-def _new_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    return sock
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
 
 
 def egress_choice(requested: str) -> str:
