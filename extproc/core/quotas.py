@@ -14,12 +14,12 @@ caller (monotonic seconds), which keeps this module pure and its tests clock-fre
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
+from extproc.core.documents import json_object
 from extproc.core.errors import InvalidArgument
 
 QUOTAS_KEY = "quotas"
@@ -82,14 +82,7 @@ def parse_quotas(text: str | None) -> QuotaTable:
     """
     if not text or not text.strip():
         return DEFAULT_TABLE
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(
-            f"{QUOTAS_KEY}: not JSON ({error.msg} at line {error.lineno})"
-        ) from error
-    if not isinstance(document, dict):
-        raise InvalidArgument(f"{QUOTAS_KEY}: expected a JSON object of namespace -> quota")
+    document = json_object(text, QUOTAS_KEY, "a JSON object of namespace -> quota")
     default = _entry(DEFAULT_ENTRY, document.get(DEFAULT_ENTRY, {}), BUILTIN)
     namespaces = {
         name: _entry(name, value, default)

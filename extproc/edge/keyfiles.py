@@ -22,7 +22,8 @@ from extproc.core.api_keys import (
     parse_key_documents,
     render_key_documents,
 )
-from extproc.core.errors import InvalidArgument, ResourceExhausted
+from extproc.core.documents import json_object
+from extproc.core.errors import ResourceExhausted
 
 SECRET_FILE = SECRET_NAME + ".json"
 CONFIG_FILE = CONFIG_NAME + ".json"
@@ -33,15 +34,7 @@ def _read_document(path: Path) -> dict[str, Any] | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(
-            f"{path.name}: not JSON ({error.msg} at line {error.lineno})"
-        ) from error
-    if not isinstance(document, dict):
-        raise InvalidArgument(f"{path.name}: expected a JSON object")
-    return document
+    return json_object(text, path.name)
 
 
 def read_key_index(directory: Path) -> KeyIndex:

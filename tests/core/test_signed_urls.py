@@ -21,13 +21,13 @@ from e2b import ConnectionConfig, Sandbox
 from e2b.sandbox.signature import get_signature
 from packaging.version import Version
 
-from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core import signed_urls
 from extproc.core.errors import InvalidArgument, Unauthenticated
 from extproc.edge.decision import Allow, Deny, SandboxDecider
-from extproc.edge.routes import Directory, Route
+from extproc.edge.routes import Directory
 from extproc.picod.app import Picod
 from extproc.picod.settings import PicodSettings
+from support.routes import running_route
 
 TOKEN = "t0ken-for-signing-tests"
 FILE = "dir/ü file+%.txt"  # characters the query encoding must carry through
@@ -258,17 +258,7 @@ Outcome = tuple[int, str] | None
 @pytest.fixture
 def edge_check() -> Callable[[Vector], Outcome]:
     directory = Directory()
-    directory.put(
-        Route(
-            sandbox_id=SANDBOX_ID,
-            endpoint_host="127.0.0.9",
-            tenant="team",
-            state=pb.SANDBOX_STATE_RUNNING,
-            envd_access_token=TOKEN,
-            secure=True,
-            end_at=0.0,
-        )
-    )
+    directory.put(running_route(SANDBOX_ID, TOKEN, endpoint_host="127.0.0.9"))
     decider = SandboxDecider(directory, DOMAIN)
 
     def check(vector: Vector) -> Outcome:

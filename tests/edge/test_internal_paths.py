@@ -14,7 +14,6 @@ from urllib.parse import unquote
 import httptools
 import pytest
 
-from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.edge.decision import (
     INTERNAL_ENVD_PATHS,
     INTERNAL_PATH,
@@ -24,7 +23,8 @@ from extproc.edge.decision import (
     SandboxDecider,
     normalized_path,
 )
-from extproc.edge.routes import Directory, Route
+from extproc.edge.routes import Directory
+from support.routes import running_route
 
 DOMAIN = "e2b.test"
 TOKEN = "tok-internal"
@@ -75,17 +75,7 @@ ORDINARY = [
 @pytest.fixture
 def decider() -> SandboxDecider:
     directory = Directory()
-    directory.put(
-        Route(
-            sandbox_id="sbxinternal",
-            endpoint_host="127.0.0.42",
-            tenant="team",
-            state=pb.SANDBOX_STATE_RUNNING,
-            envd_access_token=TOKEN,
-            secure=True,
-            end_at=0.0,
-        )
-    )
+    directory.put(running_route("sbxinternal", TOKEN))
     return SandboxDecider(directory, DOMAIN)
 
 

@@ -14,6 +14,7 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.tokens import traffic_access_token
 from extproc.edge.decision import Allow, Deny, Miss, SandboxDecider
 from extproc.edge.routes import Directory, Route, route_from_proto
+from support.routes import running_route
 
 DOMAIN = "e2b.test"
 ENVD_TOKEN = "tok-private"
@@ -21,16 +22,8 @@ TRAFFIC = traffic_access_token(ENVD_TOKEN, "sbxprivate")
 
 
 def _route(sandbox_id: str, public: bool, traffic: str = "") -> Route:
-    return Route(
-        sandbox_id=sandbox_id,
-        endpoint_host="127.0.0.42",
-        tenant="team",
-        state=pb.SANDBOX_STATE_RUNNING,
-        envd_access_token=ENVD_TOKEN,
-        secure=True,
-        end_at=0.0,
-        public_traffic=public,
-        traffic_access_token=traffic,
+    return running_route(
+        sandbox_id, ENVD_TOKEN, public_traffic=public, traffic_access_token=traffic
     )
 
 
