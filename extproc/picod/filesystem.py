@@ -13,6 +13,7 @@ to poll. Polled watchers live until removed or until the service is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
@@ -142,7 +143,8 @@ class FilesystemService:
         path = self._user(ctx).resolve_path(request.path)
 
         def work() -> None:
-            with os_errors(path):
+            # envd removes idempotently: a path that is already gone is no error.
+            with os_errors(path), contextlib.suppress(FileNotFoundError):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:

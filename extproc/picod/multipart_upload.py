@@ -31,7 +31,6 @@ from extproc.picod.entries import (
     XATTR_PREFIX,
     make_dirs,
     os_errors,
-    read_metadata,
     upload_temp_path,
 )
 from extproc.picod.users import User
@@ -156,8 +155,8 @@ class FileUpload:
             if self._replaces:
                 old = self.target_on_disk.stat()
                 os.fchmod(self._fd, stat.S_IMODE(old.st_mode))
-                if self.metadata is None:
-                    _set_metadata(self._path, read_metadata(self.target_on_disk), strict=False)
+            # E2B's overwrite rule: the new version carries only the metadata sent with it
+            # (none sent: none kept), as the replaced file goes with its xattrs.
             if self.metadata:
                 _set_metadata(self._path, self.metadata, strict=True)
             os.close(self._fd)

@@ -114,10 +114,10 @@ def test_metadata_is_stored_and_replaced(sync_sandbox: Sandbox, workdir: str) ->
     info = sync_sandbox.files.write(path, "x", metadata={"Owner": "alice", "k": "v"})
     assert info.metadata == {"owner": "alice", "k": "v"}
     assert sync_sandbox.files.get_info(path).metadata == {"owner": "alice", "k": "v"}
-    sync_sandbox.files.write(path, "y")  # no metadata: the old one is kept
-    assert sync_sandbox.files.get_info(path).metadata == {"owner": "alice", "k": "v"}
     sync_sandbox.files.write(path, "z", metadata={"k": "w"})  # replaces all of it
     assert sync_sandbox.files.get_info(path).metadata == {"k": "w"}
+    sync_sandbox.files.write(path, "y")  # no metadata: none kept (E2B's overwrite rule)
+    assert sync_sandbox.files.get_info(path).metadata in ({}, None)
 
 
 def test_overwrite_keeps_mode(

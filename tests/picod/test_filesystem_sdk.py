@@ -112,8 +112,7 @@ def test_errors(sync_sandbox: Sandbox, workdir: str) -> None:
         sync_sandbox.files.list(f"{workdir}/missing")
     with pytest.raises(InvalidArgumentException):
         sync_sandbox.files.list(f"{workdir}/file")
-    with pytest.raises(FileNotFoundException):
-        sync_sandbox.files.remove(f"{workdir}/missing")
+    sync_sandbox.files.remove(f"{workdir}/missing")  # idempotent, as envd
     with pytest.raises(FileNotFoundException):
         sync_sandbox.files.rename(f"{workdir}/missing", f"{workdir}/else")
     with pytest.raises(InvalidArgumentException):
