@@ -394,15 +394,9 @@ async def _prepare_isolation(settings: UpSettings, hub: Path) -> str:
     from extproc.lifecycle import host_support, rootfs
     from extproc.lifecycle.networking import ensure_hub
 
-    missing = host_support.missing_for_isolation()
-    if missing:
-        install = host_support.apt_install_line(missing)
-        return (
-            "cannot isolate sandboxes on this host: " + "; ".join(missing)
-            + (f". Install with: {install}" if install else "")
-            + ". Or run with --isolation none (UNSAFE: tenants' code then runs as this user "
-            "with this machine's files and network)."
-        )  # fmt: skip
+    refused = host_support.refusal()
+    if refused:
+        return refused
     try:
         await asyncio.to_thread(rootfs.ensure_base, rootfs_cache_dir(settings), _say)
         await asyncio.to_thread(ensure_hub, hub)

@@ -60,6 +60,21 @@ def missing_for_isolation() -> list[str]:
     return missing
 
 
+def refusal() -> str:
+    """Why this host cannot isolate sandboxes and how to fix it ('' when it can): the one
+    message `up` and the lifecycle service refuse to start with."""
+    missing = missing_for_isolation()
+    if not missing:
+        return ""
+    install = apt_install_line(missing)
+    return (
+        "cannot isolate sandboxes on this host: " + "; ".join(missing)
+        + (f". Install with: {install}" if install else "")
+        + ". Or run with --isolation none (UNSAFE: tenants' code then runs as this user "
+        "with this machine's files and network)."
+    )  # fmt: skip
+
+
 def apt_install_line(missing: Iterable[str]) -> str:
     """`apt-get install -y PKG...` for the packages named in `missing` ('' if none)."""
     packages: list[str] = []

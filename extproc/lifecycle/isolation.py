@@ -47,14 +47,9 @@ class Isolation:
         self.base: Path | None = None
 
     def start(self) -> None:
-        missing = host_support.missing_for_isolation()
-        if missing:
-            raise Unavailable(
-                "cannot isolate sandboxes on this host: " + "; ".join(missing)
-                + f". Install with: {host_support.apt_install_line(missing)}"
-                + " (or run with --isolation none: unsafe, tenants' code then runs as this"
-                " user with this machine's files and network)"
-            )  # fmt: skip
+        refused = host_support.refusal()
+        if refused:
+            raise Unavailable(refused)
         cache = self.settings.rootfs_cache_dir or self.settings.state_dir / "rootfs"
         self.base = rootfs.ensure_base(cache, lambda line: log.info("rootfs: %s", line))
         wrong_python = rootfs.check_python(self.base)

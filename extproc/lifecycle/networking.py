@@ -310,14 +310,17 @@ class Networks:
              _sandbox_rules(link.address))  # fmt: skip
 
     def allow_internet(self, link: SandboxLink, allowed: bool) -> None:
+        """Add or delete the address in the hub's `internet` set. Deleting runs even when
+        nothing was added: a stale element (a crash between create and release) would
+        otherwise give the next sandbox at this address internet it did not ask for."""
         verb = "add" if allowed else "delete"
         command = f"{verb} element inet e2b_hub internet {{ {link.address} }}"
-        if not allowed:
-            command = f"{command}\n"
-            with contextlib.suppress(Unavailable):  # deleting an absent element is fine
-                _run(["nsenter", f"--net={self.hub}", "--", "nft", "-f", "-"], command)
+        nft = ["nsenter", f"--net={self.hub}", "--", "nft", "-f", "-"]
+        if allowed:
+            _run(nft, command)
             return
-        _run(["nsenter", f"--net={self.hub}", "--", "nft", "-f", "-"], command)
+        with contextlib.suppress(Unavailable):  # deleting an absent element is fine
+            _run(nft, command)
 
     def release(self, link: SandboxLink) -> None:
         """Remove the namespace (its veth pair goes with it) and free the address pair."""

@@ -58,6 +58,15 @@ class Server:
                 self.proc.wait()
 
 
+def _serving(server: Server) -> Iterator[Server]:
+    """Yield a started server; on teardown it must still be alive, and is stopped."""
+    try:
+        yield server
+        assert server.alive(), server.output()
+    finally:
+        server.stop()
+
+
 def launch(tmp: Path, command: str, *flags: str, ready_status: int) -> Server:
     port = free_port()
     log = tmp / f"{command}-{port}.log"
@@ -141,49 +150,43 @@ def secured(
     tmp_path_factory: pytest.TempPathFactory, gateway_key: tuple[rsa.RSAPrivateKey, Path]
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("secured")
-    server = launch(
-        tmp,
-        "interpreter",
-        "--access-token",
-        ACCESS_TOKEN,
-        "--jwt-public-key",
-        str(gateway_key[1]),
-        "--sandbox-id",
-        SANDBOX_ID,
-        "--cwd",
-        str(tmp),
-        "--envd-url",
-        "",
-        "--execution-timeout",
-        "1",
-        "--keepalive-interval",
-        "0.3",
-        ready_status=200,
+    yield from _serving(
+        launch(
+            tmp,
+            "interpreter",
+            "--access-token",
+            ACCESS_TOKEN,
+            "--jwt-public-key",
+            str(gateway_key[1]),
+            "--sandbox-id",
+            SANDBOX_ID,
+            "--cwd",
+            str(tmp),
+            "--envd-url",
+            "",
+            "--execution-timeout",
+            "1",
+            "--keepalive-interval",
+            "0.3",
+            ready_status=200,
+        )
     )
-    try:
-        yield server
-        assert server.alive(), server.output()
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def token_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A secure sandbox's interpreter reached directly: the access token, no JWT key."""
     tmp = tmp_path_factory.mktemp("token-only")
-    server = launch(
-        tmp,
-        "interpreter",
-        "--access-token",
-        ACCESS_TOKEN,
-        "--cwd",
-        str(tmp),
-        "--envd-url",
-        "",
-        ready_status=200,
+    yield from _serving(
+        launch(
+            tmp,
+            "interpreter",
+            "--access-token",
+            ACCESS_TOKEN,
+            "--cwd",
+            str(tmp),
+            "--envd-url",
+            "",
+            ready_status=200,
+        )
     )
-    try:
-        yield server
-        assert server.alive(), server.output()
-    finally:
-        server.stop()
