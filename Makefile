@@ -9,7 +9,7 @@ GEN := extproc/_gen
 # The base root filesystem of local sandboxes that every test shares (built once, ~40 s).
 ROOTFS_CACHE ?= $(or $(AGENTCUBE_E2B_ROOTFS_CACHE_DIR),$(CURDIR)/.cache/rootfs)
 
-.PHONY: up test venv host-packages rootfs generate check-generate lint unit bench
+.PHONY: up test venv host-packages rootfs generate check-generate lint unit bench sdk-matrix sdk-matrix-lock
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ rootfs: $(VENV)/.installed host-packages
 	  echo "not root: not building the base rootfs (sandbox isolation needs root)"; \
 	fi
 
+# The E2B SDK version matrix (tests/sdk_matrix): a venv or npm prefix per SDK release, each
+# installed from its committed lock into .cache/sdk-matrix/; unchanged locks install nothing.
+sdk-matrix: $(VENV)/.installed
+	PYTHONPATH=tests $(PY) -m sdk_matrix.installing
+
+# Rewrites the matrix's locks from tests/sdk_matrix/releases.py (pip-compile, npm): commit them.
+sdk-matrix-lock: $(VENV)/.installed
+	PYTHONPATH=tests $(PY) -m sdk_matrix.locking
+
 up: venv host-packages
 	$(VENV)/bin/agentcube-e2b up
 
@@ -65,7 +74,7 @@ lint: venv
 	$(VENV)/bin/ruff check extproc tests
 	$(VENV)/bin/mypy extproc
 
-test: venv host-packages check-generate lint rootfs
+test: venv host-packages check-generate lint rootfs sdk-matrix
 	AGENTCUBE_E2B_ROOTFS_CACHE_DIR=$(ROOTFS_CACHE) $(VENV)/bin/pytest
 
 bench: venv

@@ -36,12 +36,22 @@ def load_public_key(pem: str) -> RSAPublicKey:
 
 
 class GatewayJwtVerifier:
-    def __init__(self, public_key_pem: str, sandbox_id: str | None) -> None:
+    """Checks gateway JWTs; `sandbox_id` (None: any) is the `session_id` `verify` requires.
+
+    picod learns its sandbox id late (a warm-pool pod is bound by `/init`), so it reads the
+    claims with `claims` and compares `session_id` against its current binding itself.
+    """
+
+    def __init__(self, public_key_pem: str, sandbox_id: str | None = None) -> None:
         self._key = load_public_key(public_key_pem)
         self._sandbox_id = sandbox_id
+        # Paid now, at start-up, not by the first request: a warm pod's first request is
+        # the bind of a Create somebody waits for.
+        import jwt  # noqa: F401
 
-    def verify(self, token: str) -> bool:
-        import jwt  # loaded on first use, then cached by the import system
+    def claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of an unexpired RS256 token the gateway signed; None for any other."""
+        import jwt  # imported at construction; this is a dict lookup
 
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -54,8 +64,19 @@ class GatewayJwtVerifier:
         except jwt.InvalidTokenError as e:
             # The reason class only: never the token or the library's message.
             log.info("rejected JWT: %s", type(e).__name__)
+            return None
+        return claims
+
+    def verify(self, token: str) -> bool:
+        claims = self.claims(token)
+        if claims is None:
             return False
-        if self._sandbox_id is not None and claims.get("session_id") != self._sandbox_id:
+        if not names_sandbox(claims, self._sandbox_id):
             log.info("rejected JWT: session_id is another sandbox")
             return False
         return True
+
+
+def names_sandbox(claims: dict[str, Any], sandbox_id: str | None) -> bool:
+    """Whether verified `claims` are for `sandbox_id` (any sandbox when it is None)."""
+    return sandbox_id is None or claims.get("session_id") == sandbox_id

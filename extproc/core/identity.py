@@ -1,9 +1,17 @@
-"""The router identity: the RSA key pair the edge signs PicoD JWTs with.
+"""Who the gateway's processes are: the router identity, and the lifecycle gRPC's TLS pairs.
 
-It mirrors AgentCube's Secret `picod-router-identity` (`private.pem` PKCS#1, `public.pem`
-PKIX), so a picod built for AgentCube verifies our tokens unchanged. `up`, the edge and the
-lifecycle service may all start at once and each call this; files are published with
-`os.link` from a private temp file, so exactly one key pair wins and nobody reads half a file.
+The router identity is the RSA key pair the edge signs PicoD JWTs with. It mirrors
+AgentCube's Secret `picod-router-identity` (`private.pem` PKCS#1, `public.pem` PKIX), so a
+picod built for AgentCube verifies our tokens unchanged. Locally it is two files: `up`, the
+edge and the lifecycle service may all start at once and each call this; files are published
+with `os.link` from a private temp file, so exactly one key pair wins and nobody reads half a
+file. In Kubernetes mode it is read from that Secret (extproc.k8s.identity).
+
+`TlsIdentity` is one side of the lifecycle gRPC's mutual TLS in Kubernetes mode (the server
+or the edge as its client): the CA that vouches for the other side, and this side's own
+certificate and key (extproc.k8s.lifecycle_tls makes and reads them). Plain data here, so the
+edge and the lifecycle can carry it in their settings without importing the Kubernetes
+client.
 """
 
 from __future__ import annotations
@@ -20,12 +28,31 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 PRIVATE_FILE = "private.pem"
 PUBLIC_FILE = "public.pem"
 KEY_BITS = 2048
+# The names in the lifecycle gRPC's TLS certificates: the server's (also the lifecycle
+# Service's name, k8s/base/services.yaml) and the one client it admits, the edge's.
+LIFECYCLE_TLS_NAME = "agentcube-e2b-lifecycle"
+EDGE_TLS_NAME = "agentcube-e2b-edge"
 
 
 @dataclass(frozen=True, slots=True)
 class RouterIdentity:
     private_pem: bytes
     public_pem: bytes
+
+    def __repr__(self) -> str:  # never print a private key into a log or a traceback
+        return "RouterIdentity(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIdentity:
+    # PEM CA certificate(s) the peer's certificate must chain to.
+    ca_pem: bytes
+    # PEM certificate of this side, and its PEM private key (PKCS#8).
+    cert_pem: bytes
+    key_pem: bytes
+
+    def __repr__(self) -> str:  # never print a private key into a log or a traceback
+        return "TlsIdentity(<redacted>)"
 
 
 def _publish(directory: Path, name: str, content: bytes, mode: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from extproc.core.errors import InvalidArgument
+from extproc.core.errors import InvalidArgument, NotFound
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LENGTH = 20
@@ -32,3 +32,10 @@ def check_sandbox_id(value: str) -> str:
             f"invalid sandbox id {value[:64]!r}: expected {LENGTH} characters of [a-z0-9]"
         )
     return value
+
+
+def not_found(value: str) -> NotFound:
+    """What any id that names no live sandbox of the caller gets, malformed ones included:
+    E2B answers 404 for every unknown id (the SDK's kill then returns False)."""
+    shown = value if is_sandbox_id(value) else repr(value[:64])
+    return NotFound(f"sandbox {shown} not found")

@@ -22,6 +22,7 @@ first; the two orders differ only in the message for a URL that is both forged a
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -46,12 +47,36 @@ EXPIRED = "unauthorized access, signature is already expired"
 BAD_SIGNATURE = "unauthorized access, invalid signature"
 
 
+def signed_around_token(
+    path: str, operation: Operation, username: str, expiration: int | None
+) -> tuple[bytes, bytes]:
+    """(what precedes the token, what follows it) in the signed message: the digest of
+    `before + token + after` is the signature. Lets a caller try many tokens on one URL."""
+    after = f":{expiration}" if expiration is not None else ""
+    return f"{path}:{operation}:{username}:".encode(), after.encode()
+
+
 def sign(path: str, operation: Operation, username: str, token: str, expiration: int | None) -> str:
     """The signature the SDK computes for these values."""
-    raw = f"{path}:{operation}:{username}:{token}"
-    if expiration is not None:
-        raw += f":{expiration}"
-    digest = hashlib.sha256(raw.encode("utf-8")).digest()
+    before, after = signed_around_token(path, operation, username, expiration)
+    return sign_digest(hashlib.sha256(before + token.encode("utf-8") + after).digest())
+
+
+def signature_digest(signature: str) -> bytes | None:
+    """The SHA-256 a well-formed signature carries; None for anything else."""
+    if not signature.startswith(PREFIX) or len(signature) != len(PREFIX) + 43:
+        return None
+    try:
+        digest = base64.b64decode(signature[len(PREFIX) :] + "=", validate=True)
+    except binascii.Error:
+        return None
+    # The last character carries 2 bits of padding: a non-canonical one is refused, as
+    # `sign` could never have produced it.
+    return digest if sign_digest(digest) == signature else None
+
+
+def sign_digest(digest: bytes) -> str:
+    """The signature string of a SHA-256 digest."""
     return PREFIX + base64.b64encode(digest).rstrip(b"=").decode("ascii")
 
 

@@ -6,10 +6,23 @@ Responses are built once and reused: constant denials forever, an allowed sandbo
 (which embeds its JWT) until that JWT is due for re-signing. Serialising a prebuilt message
 is far cheaper than building one, and gRPC never mutates a response it sends. Metric label
 children are resolved once for the same reason (a `labels()` call costs a lock and a dict).
+
+Auto-resume waits inside the Check: the feed's one resume task per sandbox is awaited
+(shielded) until `resume_wait_s` after the Check began, which must stay under Envoy's
+ext_authz timeout (2 s, extproc/envoy_config/filters.py) with room for queueing; a Check that
+runs out answers 503 "being resumed" and the resume carries on for the client's retry. The
+wait is an await on a future, so other Checks are served meanwhile.
+
+A signed `/files` URL that names no sandbox (`Locate`) is looked up by its signature
+(signed_routing.py: cached, or one budgeted scan shared by concurrent requests), then decided
+for the sandbox found exactly as if it had named it. Without a router (Kubernetes mode, where
+the edge holds no tokens) it gets a 401 that says what to do instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from typing import Any, Protocol
@@ -20,11 +33,26 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 
 from extproc.core.api_keys import KeyIndex
-from extproc.core.errors import DomainError
-from extproc.edge.decision import Allow, Deny, Miss, SandboxDecider, decide_platform, not_found
+from extproc.core.errors import DomainError, ResourceExhausted
+from extproc.core.hosts import ENVD_PORT, Target
+from extproc.edge.decision import (
+    UNROUTABLE_SIGNATURE,
+    UNVERIFIED_SIGNATURE,
+    Allow,
+    Deny,
+    Locate,
+    Miss,
+    Resume,
+    SandboxDecider,
+    decide_platform,
+    lookup_busy,
+    not_found,
+    resuming,
+)
 from extproc.edge.decision import unavailable as unavailable_denial
 from extproc.edge.metrics import EdgeMetrics
 from extproc.edge.routes import Route
+from extproc.edge.signed_routing import SignatureRouter
 from extproc.edge.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -39,6 +67,9 @@ _GRPC_CODES = {401: _UNAUTHENTICATED, 404: _NOT_FOUND}
 MISCONFIGURED = Deny(
     500, '{"code":500,"message":"the gateway route has no authz surface"}', "no_surface"
 )
+# Seconds from a Check's start that it may wait for an auto-resume: Envoy's ext_authz timeout
+# is 2 s, and a Check may have queued before it started. Default 1.5.
+RESUME_WAIT_S = 1.5
 
 
 class _KeySource:
@@ -48,11 +79,22 @@ class _KeySource:
 
 
 class RouteSource(Protocol):
-    """The directory's fallback on a miss: DirectoryFeed, or ClusterDirectoryFeed."""
+    """The directory's fallback on a miss, and its resumes: DirectoryFeed or
+    ClusterDirectoryFeed."""
 
     def known_missing(self, sandbox_id: str) -> bool: ...
 
     async def fetch(self, sandbox_id: str) -> Route | None: ...
+
+    def resume(self, route: Route) -> asyncio.Task[Route | None]: ...
+
+    def resuming(self, sandbox_id: str) -> asyncio.Task[Route | None] | None: ...
+
+
+def _resume_failed(sandbox_id: str, error: DomainError) -> Deny:
+    """503: the sandbox is paused and its resume failed (the next request tries again)."""
+    message = f"sandbox {sandbox_id} is paused and could not be resumed: {error.message}"
+    return Deny(503, json.dumps({"code": 503, "message": message}), "resume_failed")
 
 
 def denied(deny: Deny) -> auth.CheckResponse:
@@ -76,8 +118,13 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         feed: RouteSource,
         signer: TokenSigner,
         metrics: EdgeMetrics,
+        resume_wait_s: float = RESUME_WAIT_S,
+        signatures: SignatureRouter | None = None,
     ) -> None:
         self._keys: _KeySource = keys
+        self._resume_wait_s = resume_wait_s
+        # Finds the sandbox of a signed URL that names none; None where tokens are not held.
+        self._signatures = signatures
         self._decider = decider
         self._feed = feed
         self._signer = signer
@@ -109,11 +156,16 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         surface = attributes.context_extensions.get("surface", "")
         http = attributes.request.http
         headers = http.headers
-        decision: Allow | Deny | Miss
+        decision: Allow | Deny | Miss | Resume | Locate
         if surface == "sandbox":
             decision = self._decider.decide(http.host, headers, http.method, http.path)
+            if isinstance(decision, Locate):
+                decision = await self._after_locate(decision, http, headers)
             if isinstance(decision, Miss):
-                decision = await self._after_miss(decision, http, headers)
+                decision = await self._after_miss(decision, http, headers, started)
+            if isinstance(decision, Resume):
+                task = self._feed.resume(decision.route)
+                decision = await self._after_resume(task, decision, http, headers, started)
         elif surface == "platform":
             decision = decide_platform(self._keys.index, headers.get("x-api-key"))
         else:
@@ -123,7 +175,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             response = self._allowed(decision, surface)
             outcome = "allow"
         else:
-            assert not isinstance(decision, Miss)  # _after_miss never returns one
+            assert not isinstance(decision, Miss | Resume | Locate)  # followed up above
             response = self._denied(decision)
             outcome = decision.reason
         counter = self._counters.get((surface, outcome))
@@ -136,8 +188,29 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             observe.observe(time.perf_counter() - started)
         return response
 
-    async def _after_miss(self, miss: Miss, http: Any, headers: Any) -> Allow | Deny:
+    async def _after_locate(
+        self, locate: Locate, http: Any, headers: Any
+    ) -> Allow | Deny | Miss | Resume:
+        """Find the sandbox a signed URL is for, then decide as if the URL had named it."""
+        if self._signatures is None:
+            return UNROUTABLE_SIGNATURE
+        try:
+            sandbox_id = await self._signatures.find(locate.params, locate.operation)
+        except ResourceExhausted as error:
+            return lookup_busy(error.message)
+        if sandbox_id is None:
+            return UNVERIFIED_SIGNATURE
+        target = Target(sandbox_id, ENVD_PORT)
+        return self._decider.decide_target(target, headers, http.method, http.path)
+
+    async def _after_miss(
+        self, miss: Miss, http: Any, headers: Any, started: float
+    ) -> Allow | Deny | Resume:
         sandbox_id = miss.target.sandbox_id
+        in_flight = self._feed.resuming(sandbox_id)
+        if in_flight is not None:
+            # Resumed a moment ago, its pod not Ready yet: wait with the resume, not the miss.
+            return await self._after_resume(in_flight, miss, http, headers, started)
         if self._feed.known_missing(sandbox_id):
             return not_found(sandbox_id)
         try:
@@ -146,8 +219,33 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             return unavailable_denial(error.message)
         if route is None:
             return not_found(sandbox_id)
-        decision = self._decider.decide(http.host, headers, http.method, http.path, route)
+        decision = self._decider.decide_target(miss.target, headers, http.method, http.path, route)
         assert not isinstance(decision, Miss)
+        return decision
+
+    async def _after_resume(
+        self,
+        task: asyncio.Task[Route | None],
+        asked: Miss | Resume,
+        http: Any,
+        headers: Any,
+        started: float,
+    ) -> Allow | Deny:
+        """Wait for the resume `task` within this Check's budget, then decide again."""
+        sandbox_id = asked.target.sandbox_id
+        remaining = self._resume_wait_s - (time.perf_counter() - started)
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                route = await asyncio.shield(task)
+        except TimeoutError:
+            return resuming(sandbox_id)
+        except DomainError as error:
+            return _resume_failed(sandbox_id, error)
+        if route is None:
+            return not_found(sandbox_id)
+        decision = self._decider.decide_target(asked.target, headers, http.method, http.path, route)
+        if isinstance(decision, Miss | Resume):
+            return resuming(sandbox_id)  # still not running: never a second resume per Check
         return decision
 
     def _allowed(self, allow: Allow, surface: str) -> auth.CheckResponse:

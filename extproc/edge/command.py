@@ -6,15 +6,22 @@ gRPC, Envoy stubs and uvloop are imported only in `run`, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
+import re
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from extproc.core.api_keys import validate_namespace
 from extproc.core.caller_token import read_token_file
-from extproc.core.errors import InvalidArgument
+from extproc.core.errors import DomainError, InvalidArgument
 from extproc.core.flags import EnvDefaults, grpc_address, number_arg
+from extproc.core.identity import TlsIdentity
 from extproc.edge.settings import (
     DirectorySettings,
     EdgeSettings,
@@ -24,6 +31,11 @@ from extproc.edge.settings import (
 )
 
 ENV = EnvDefaults("AGENTCUBE_E2B_EDGE_")
+# AgentCube's own variable for its namespace (its router reads it): the identity's default.
+AGENTCUBE_NAMESPACE_ENV = "AGENTCUBE_NAMESPACE"
+# --lifecycle-tls-dir: the keys of Secret e2b-lifecycle-tls the edge uses, as mounted files.
+CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "client.crt", "client.key"
+FILES = (CA_FILE, CERT_FILE, KEY_FILE)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +154,59 @@ def register(parser: argparse.ArgumentParser) -> None:
         f"informers (default {kube.miss_wait_s})",
     )
     add(
+        "--namespace",
+        default=ENV.text("NAMESPACE", os.environ.get("POD_NAMESPACE") or kube.namespace),
+        metavar="NAMESPACE",
+        help="Kubernetes mode: our namespace, where the lifecycle service keeps the TLS and "
+        f"proof-key Secrets (default $POD_NAMESPACE, else {kube.namespace})",
+    )
+    add(
+        "--identity-namespace",
+        default=ENV.text(
+            "IDENTITY_NAMESPACE", os.environ.get(AGENTCUBE_NAMESPACE_ENV) or kube.identity_namespace
+        ),
+        metavar="NAMESPACE",
+        help="Kubernetes mode: AgentCube's namespace, where its router keeps the identity "
+        f"Secret (default ${AGENTCUBE_NAMESPACE_ENV}, else {kube.identity_namespace})",
+    )
+    add(
+        "--identity-secret",
+        default=ENV.text("IDENTITY_SECRET", kube.identity_secret),
+        metavar="NAME",
+        help="Kubernetes mode: the Secret with the router identity the edge signs picod JWTs "
+        f"with, read through the API (default {kube.identity_secret})",
+    )
+    add(
+        "--lifecycle-tls-secret",
+        default=ENV.text("LIFECYCLE_TLS_SECRET", kube.lifecycle_tls_secret),
+        metavar="NAME",
+        help="Kubernetes mode: the Secret (in --namespace) with the edge's client certificate "
+        "for mutual TLS to the lifecycle service; '' dials it in plaintext (default "
+        f"{kube.lifecycle_tls_secret})",
+    )
+    add(
+        "--lifecycle-tls-dir",
+        default=ENV.text("LIFECYCLE_TLS_DIR", None),
+        metavar="DIR",
+        help=f"mutual TLS to the lifecycle service from files {CA_FILE}, {CERT_FILE} and "
+        f"{KEY_FILE} in DIR (a mounted Secret), in any mode; takes precedence over "
+        "--lifecycle-tls-secret (default: none)",
+    )
+    add(
+        "--proof-secret",
+        default=ENV.text("PROOF_SECRET", kube.proof_secret),
+        metavar="NAME",
+        help="Kubernetes directory: the Secret (in --namespace) with the key proving which "
+        f"Sandboxes the lifecycle service made (default {kube.proof_secret})",
+    )
+    add(
+        "--secret-wait",
+        default=ENV.text("SECRET_WAIT", kube.secret_wait_s),
+        metavar="SECONDS",
+        help="Kubernetes mode: seconds start-up waits for those Secrets to be created "
+        f"(default {kube.secret_wait_s:g})",
+    )
+    add(
         "--log-level",
         default=ENV.text("LOG_LEVEL", "INFO"),
         metavar="LEVEL",
@@ -178,6 +243,7 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         directory=DirectorySettings(
             lifecycle_target=_address(args, "lifecycle"),
             lifecycle_token_file=token_file,
+            lifecycle_tls=_tls_from_directory(args.lifecycle_tls_dir),
             lookup_timeout_s=number_arg(args, "lookup_timeout", 0.01),
             negative_ttl_s=number_arg(args, "negative_ttl", 0),
         ),
@@ -201,11 +267,7 @@ def _kubernetes_settings(args: argparse.Namespace) -> KubernetesSettings:
         if getattr(args, dest) not in allowed:  # reachable through the environment variable
             flag = "--" + dest.replace("_", "-")
             raise ValueError(f"{flag}: expected one of {', '.join(allowed)}")
-    namespace = str(args.keys_namespace)
-    try:
-        validate_namespace(namespace)
-    except InvalidArgument as error:
-        raise ValueError(f"--keys-namespace: {error.message}") from error
+    namespace = _namespace(args, "keys_namespace")
     defaults = KubernetesSettings()
     miss_wait = number_arg(args, "miss_wait", 0)
     if miss_wait >= 0.25:
@@ -216,6 +278,125 @@ def _kubernetes_settings(args: argparse.Namespace) -> KubernetesSettings:
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         keys=replace(defaults.keys, namespace=namespace),
         miss_wait_s=miss_wait,
+        namespace=_namespace(args, "namespace"),
+        identity_namespace=_namespace(args, "identity_namespace"),
+        identity_secret=_secret_name(args, "identity_secret"),
+        lifecycle_tls_secret=_secret_name(args, "lifecycle_tls_secret", optional=True),
+        proof_secret=_secret_name(args, "proof_secret"),
+        secret_wait_s=number_arg(args, "secret_wait", 0),
+    )
+
+
+def _namespace(args: argparse.Namespace, dest: str) -> str:
+    try:
+        return validate_namespace(str(getattr(args, dest)))
+    except InvalidArgument as error:
+        raise ValueError(f"--{dest.replace('_', '-')}: {error.message}") from error
+
+
+def _secret_name(args: argparse.Namespace, dest: str, *, optional: bool = False) -> str:
+    """A Secret's name (a DNS subdomain); '' only when `optional`."""
+    name = str(getattr(args, dest))
+    if optional and not name:
+        return name
+    if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
+        raise ValueError(f"--{dest.replace('_', '-')}: expected a Secret name, got {name!r}")
+    return name
+
+
+def _tls_from_directory(directory: str | None) -> TlsIdentity | None:
+    """`--lifecycle-tls-dir`: the edge's certificate, key and the lifecycle's CA, checked."""
+    if not directory:
+        return None
+    from extproc.k8s.identity import SecretUnavailable
+    from extproc.k8s.lifecycle_tls import checked
+
+    try:
+        ca, cert, key = ((Path(directory) / name).read_bytes() for name in FILES)
+    except OSError as error:
+        raise ValueError(f"--lifecycle-tls-dir: {error}") from error
+    try:
+        return checked(ca, cert, key, directory)
+    except SecretUnavailable as error:
+        raise ValueError(f"--lifecycle-tls-dir: {error}") from error
+
+
+_T = TypeVar("_T")
+_SECRET_POLL_S = 1.0
+_MADE_BY_LIFECYCLE = (
+    "the lifecycle service creates it when it starts (in its --namespace); start it first, or "
+    "point the edge at it with --namespace and --proof-secret"
+)
+
+
+async def _when_created(load: Callable[[], Awaitable[_T]], wait_s: float) -> _T:
+    """`load()`, retried while the Secret it reads does not exist yet, for up to `wait_s`:
+    the gateway's pods start together, and the lifecycle service (or AgentCube's router)
+    makes these Secrets at its own start."""
+    from extproc.k8s.identity import SecretMissing
+
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return await load()
+        except SecretMissing as missing:
+            if time.monotonic() + _SECRET_POLL_S > deadline:
+                raise
+            if not said:
+                logging.getLogger(__name__).info("waiting up to %gs: %s", wait_s, missing)
+                said = True
+        await asyncio.sleep(_SECRET_POLL_S)
+
+
+async def with_cluster_secrets(settings: EdgeSettings) -> EdgeSettings:
+    """Kubernetes mode: `settings` with what the edge reads through the API at start, the
+    router identity from AgentCube's namespace, the client certificate for the lifecycle's
+    mutual TLS (unless given as files) and, with the Kubernetes directory, the proof key.
+
+    SecretUnavailable (SecretMissing after `secret_wait_s`) with a one-line message when one
+    cannot be had; DomainError when the API cannot be asked."""
+    from extproc.k8s.client import api_client
+    from extproc.k8s.identity import SecretUnavailable, load_identity, read_secret
+    from extproc.k8s.lifecycle_tls import load_client_tls
+    from extproc.k8s.object_proof import load_proof_key
+    from extproc.k8s.resources import Resources
+
+    kube = settings.kubernetes
+    client = api_client(kube.kubeconfig)
+    close_client: Callable[[], None] = client.close  # the client's own methods are untyped
+    api = Resources(client)
+
+    async def proof_key() -> bytes:
+        # Absent is worth waiting for (SecretMissing); the loader then says what is wrong.
+        await read_secret(api, kube.namespace, kube.proof_secret, missing=_MADE_BY_LIFECYCLE)
+        try:
+            return await load_proof_key(api, kube.namespace, kube.proof_secret)
+        except ValueError as error:
+            raise SecretUnavailable(str(error)) from error
+
+    try:
+        identity = await _when_created(
+            lambda: load_identity(api, kube.identity_namespace, kube.identity_secret, create=False),
+            kube.secret_wait_s,
+        )
+        tls = settings.directory.lifecycle_tls
+        if tls is None and kube.lifecycle_tls_secret:
+            tls = await _when_created(
+                lambda: load_client_tls(api, kube.namespace, kube.lifecycle_tls_secret),
+                kube.secret_wait_s,
+            )
+        key = kube.proof_key
+        if kube.directory_source == "kubernetes":
+            key = await _when_created(proof_key, kube.secret_wait_s)
+    finally:
+        api.close()
+        close_client()
+    return replace(
+        settings,
+        tokens=replace(settings.tokens, identity=identity),
+        directory=replace(settings.directory, lifecycle_tls=tls),
+        kubernetes=replace(kube, proof_key=key),
     )
 
 
@@ -231,7 +412,20 @@ def run(args: argparse.Namespace) -> int:
     )
     import uvloop
 
+    return uvloop.run(_serve(settings))
+
+
+async def _serve(settings: EdgeSettings) -> int:
     from extproc.edge.server import run as serve
 
-    uvloop.run(serve(settings))
+    if settings.kubernetes.enabled:
+        from extproc.k8s.identity import SecretUnavailable
+
+        try:
+            settings = await with_cluster_secrets(settings)
+        except (SecretUnavailable, DomainError) as error:
+            # what a person must fix: one line that says so, not a traceback
+            print(f"agentcube-e2b edge: {error}", file=sys.stderr)
+            return 1
+    await serve(settings)
     return 0

@@ -1,4 +1,5 @@
-"""The ext_authz decision, free of gRPC: request facts in, Allow / Deny / Miss out.
+"""The ext_authz decision, free of gRPC: request facts in, Allow / Deny / Miss / Resume /
+Locate out.
 
 Every input comes from precomputed state (the key index, the routing directory); nothing
 here awaits. A directory miss is returned as `Miss` so the adapter can do its one fallback
@@ -6,6 +7,23 @@ read and decide again with the route it got. Denial bodies follow E2B: platform 
 `{"code","message"}`, a dead sandbox is the client-proxy's 502 "was not found" (the SDK keys
 on that phrase), a bad envd token is envd's own 401, and a missing or wrong
 E2B-Traffic-Access-Token on a sandbox without public traffic is the client-proxy's 403.
+
+A paused sandbox is "not found" too, as E2B answers, unless it was created with autoResume:
+then a request that passes every check the edge can make is returned as `Resume`, and the
+adapter resumes the sandbox and decides again with the running route. Checking first means
+a request that would be refused anyway never wakes a sandbox.
+
+Signed `/files` URLs are verified here when the route holds the envd token (local mode). In
+Kubernetes mode the edge holds only the token's sha256, which cannot verify a signature
+keyed with the token, so the edge checks what is public (one of each parameter, a
+well-formed signature, not expired) and lets picod, which holds the token, verify the HMAC
+(extproc/picod/files.py, the same core/signed_urls.py rule).
+
+A signed `/files` URL built with `E2B_SANDBOX_URL` names no sandbox at all: it reaches the
+shared host (an IP literal, `localhost` or `sandbox.<domain>`, as header routing) without
+routing headers. Its public checks are made here, then it is returned as `Locate`: the adapter
+finds the sandbox whose token verifies the signature (signed_routing.py) and decides again for
+that sandbox, through the same checks as a URL that named it.
 
 Internal envd routes are refused by the path a server could come to route, not by its
 spelling: picod's server (uvicorn) percent-decodes the whole path before routing, and an
@@ -23,6 +41,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import time
@@ -43,6 +62,8 @@ INTERNAL_ENVD_PATHS = frozenset(
 # The SDK never sends a user name outside this POSIX-ish shape; anything else (e.g. CR/LF)
 # must not reach an upstream header.
 _USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+# What signed_urls.sign produces: the prefix, then a SHA-256 in unpadded standard base64.
+_SIGNATURE_RE = re.compile(re.escape(signed_urls.PREFIX) + r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,23 @@ class Miss:
     target: Target
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The request may reach `route`'s sandbox, which is paused with autoResume."""
+
+    target: Target
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class Locate:
+    """A signed `/files` URL naming no sandbox, its public checks passed: find the sandbox
+    whose token verifies `params` for `operation`, then `decide_target` for it."""
+
+    params: dict[str, str]
+    operation: signed_urls.Operation
+
+
 def _error(status: int, message: str, reason: str) -> Deny:
     return Deny(status, json.dumps({"code": status, "message": message}), reason)
 
@@ -81,6 +119,17 @@ BAD_TOKEN = _error(
     401, "unauthorized access, please provide a valid access token", "bad_access_token"
 )
 BAD_USER = _error(401, "invalid user in the Authorization header", "bad_user")
+# A signed URL naming no sandbox that no sandbox's token verifies (or several do): envd's
+# answer to a wrong signature, so it tells nothing about which sandboxes exist.
+UNVERIFIED_SIGNATURE = _error(401, signed_urls.BAD_SIGNATURE, "bad_signature")
+# Kubernetes mode: the edge holds only token digests and cannot find the sandbox.
+UNROUTABLE_SIGNATURE = _error(
+    401,
+    "unauthorized access: this gateway cannot tell which sandbox a signed URL without a "
+    "sandbox id is for (in Kubernetes mode it holds no sandbox tokens). Use the sandbox's "
+    "own host, 49983-<sandboxID>.<domain>: set E2B_DOMAIN and leave E2B_SANDBOX_URL unset",
+    "signed_url_unroutable",
+)
 _KEY_DENIALS = {KeyStatus.REVOKED: REVOKED_KEY, KeyStatus.EXPIRED: EXPIRED_KEY}
 
 
@@ -109,6 +158,17 @@ def unavailable(message: str) -> Deny:
     return _error(503, message, "directory_unavailable")
 
 
+def lookup_busy(message: str) -> Deny:
+    """429: the budget for finding signed URLs' sandboxes is spent for now."""
+    return _error(429, message, "signed_lookup_busy")
+
+
+def resuming(sandbox_id: str) -> Deny:
+    """503 for a paused sandbox whose resume did not finish within the request's budget."""
+    message = f"sandbox {sandbox_id} is paused and being resumed; retry the request shortly"
+    return _error(503, message, "resuming")
+
+
 def normalized_path(path: str) -> str:
     """The path part of a request target as a server could come to route it.
 
@@ -134,6 +194,20 @@ def normalized_path(path: str) -> str:
     if segments[-1] in (".", ".."):
         kept.append("")  # "/a/." is the directory "/a/"
     return "/".join(kept) or "/"
+
+
+def check_signature_shape(params: Mapping[str, str], now: float) -> None:
+    """The checks of a signed URL that need no token: a signature of the right form is
+    present and `signature_expiration`, if any, is well-formed and not past. Raises
+    Unauthenticated with envd's messages, as `signed_urls.verify` would."""
+    signature = params.get("signature")
+    if not signature:
+        raise Unauthenticated(signed_urls.NO_CREDENTIALS)
+    expires_at = signed_urls.parse_expiration(params.get("signature_expiration"))
+    if expires_at is not None and expires_at < now:
+        raise Unauthenticated(signed_urls.EXPIRED)
+    if not _SIGNATURE_RE.fullmatch(signature):
+        raise Unauthenticated(signed_urls.BAD_SIGNATURE)
 
 
 def decide_platform(index: KeyIndex, api_key: str | None) -> Allow | Deny:
@@ -185,11 +259,61 @@ class SandboxDecider:
         method: str,
         path: str,
         route: Route | None = None,
-    ) -> Allow | Deny | Miss:
-        """`headers` are lowercase-keyed; `route` is the fallback read's answer after a Miss."""
-        target = self.target(host, headers.get("e2b-sandbox-id"), headers.get("e2b-sandbox-port"))
+    ) -> Allow | Deny | Miss | Resume | Locate:
+        """`headers` are lowercase-keyed; `route` is the fallback read's (or a resume's)
+        answer after a Miss (or a Resume)."""
+        header_id, header_port = headers.get("e2b-sandbox-id"), headers.get("e2b-sandbox-port")
+        if header_id is None and header_port is None and self.is_shared_host(host):
+            located = self._signed_without_id(method, path)
+            if located is not None:
+                return located
+        target = self.target(host, header_id, header_port)
         if isinstance(target, Deny):
             return target
+        return self.decide_target(target, headers, method, path, route)
+
+    def is_shared_host(self, host: str) -> bool:
+        """Whether `host` is one E2B header-routes on: an IP literal, localhost, or
+        `sandbox.<domain>` (any port)."""
+        host = host.lower()
+        if host.startswith("["):
+            end = host.find("]")
+            if end < 0:
+                return False
+            name = host[1:end]
+        else:
+            name = host if host.count(":") > 1 else host.partition(":")[0]
+        if name in ("localhost", self._shared_host):
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    def _signed_without_id(self, method: str, path: str) -> Locate | Deny | None:
+        """A signed `/files` URL's public checks, when the request is one; else None."""
+        path_only, _, query = path.partition("?")
+        if path_only != "/files" or method not in ("GET", "POST"):
+            return None
+        try:
+            params = signed_urls.parse_query(query)
+            check_signature_shape(params, self._clock())
+        except InvalidArgument as error:
+            return _error(400, error.message, "bad_query")
+        except Unauthenticated as error:
+            return _error(401, error.message, "bad_signature")
+        return Locate(params, signed_urls.operation_of(method))
+
+    def decide_target(
+        self,
+        target: Target,
+        headers: Mapping[str, str],
+        method: str,
+        path: str,
+        route: Route | None = None,
+    ) -> Allow | Deny | Miss | Resume:
+        """`decide` for a known target (parsed, or found from a signed URL)."""
         path_only, _, query = path.partition("?")
         envd = target.port == ENVD_PORT
         if envd and normalized_path(path_only) in INTERNAL_ENVD_PATHS:
@@ -198,7 +322,11 @@ class SandboxDecider:
             route = self._directory.get(target.sandbox_id)
             if route is None:
                 return Miss(target)
-        if not route.running or (route.end_at and route.end_at <= self._clock()):
+        if route.paused:
+            # A paused sandbox's end time may be past (it paused on timeout): not checked.
+            if not route.auto_resume:
+                return not_found(target.sandbox_id)
+        elif not route.running or (route.end_at and route.end_at <= self._clock()):
             return not_found(target.sandbox_id)
         if envd and route.secure:
             denial = self._check_envd_token(route, headers, method, path_only, query)
@@ -216,6 +344,8 @@ class SandboxDecider:
         user = _basic_user(headers.get("authorization"))
         if isinstance(user, Deny):
             return user
+        if route.paused:
+            return Resume(target, route)
         return Allow(
             tenant=route.tenant,
             sandbox_id=route.sandbox_id,
@@ -238,19 +368,18 @@ class SandboxDecider:
         if method == "GET" and path == "/health":
             return None
         if path == "/files" and method in ("GET", "POST"):
-            if not route.envd_access_token:
-                # A signature is keyed with the token itself, which a digest cannot verify.
-                return _error(
-                    401, "unauthorized access, signed URLs are not supported here", "bad_signature"
-                )
             try:
                 params = signed_urls.parse_query(query)
-                signed_urls.verify(
-                    params,
-                    signed_urls.operation_of(method),
-                    route.envd_access_token,
-                    self._clock(),
-                )
+                if route.envd_access_token:
+                    signed_urls.verify(
+                        params,
+                        signed_urls.operation_of(method),
+                        route.envd_access_token,
+                        self._clock(),
+                    )
+                else:
+                    # Only the digest is known here: picod verifies the HMAC itself.
+                    check_signature_shape(params, self._clock())
             except InvalidArgument as error:
                 return _error(400, error.message, "bad_query")
             except Unauthenticated as error:

@@ -13,6 +13,16 @@ holds and reloads; it costs about a microsecond of CPU (tests/bench/quota_bench.
 limit is E2B's 429 with `Retry-After: 1`, which the SDK's retry policy honours. The
 namespace's `maxSandboxes` and `createsPerMinute` travel on CreateSandbox: the lifecycle
 service enforces those, where the count of sandboxes is exact.
+
+State changes are visible at once: a kill, pause, resume, connect, timeout or refresh that
+succeeds is applied to this edge's routing directory from lifecycle's reply before the
+answer goes out (`learn`, `forget`), so the SDK's very next request sees it, e.g. "not found"
+for a sandbox just paused rather than a request hanging on its stopped daemon. The watch
+event that follows carries the same state and changes nothing. A change is answered once this
+edge's own watch stream has shown it too (`settling`, watching.py), so that the sibling edge
+processes, fed by the same fan-out, know it as well when the next request reaches one of them.
+A create is learnt the same way, so a request for the new sandbox (a signed URL, which names
+no sandbox, included) finds it without a fallback read.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +39,14 @@ import grpc
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.api_keys import hash_api_key
-from extproc.core.errors import Conflict, DomainError, InvalidArgument, NotFound
+from extproc.core.errors import Conflict, DomainError, NotFound
 from extproc.core.hosts import is_sandbox_id
 from extproc.core.quotas import DEFAULT_TABLE, QuotaTable, RateLimiter
 from extproc.edge import rest_json, rest_requests
 from extproc.edge.rest_routes import NoRoute, Operation, resolve
 from extproc.edge.rest_wire import Answer, error_answer, from_grpc, json_answer, no_content
+from extproc.edge.routes import route_from_proto
+from extproc.edge.watching import Settling, unsettled
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +77,9 @@ class PlatformApi:
         domain: str,
         forget: Callable[[str], None] = lambda sandbox_id: None,
         quotas: Callable[[], QuotaTable] = lambda: DEFAULT_TABLE,
+        learn: Callable[[pb.Sandbox], None] = lambda sandbox: None,
         clock: Callable[[], float] = time.monotonic,
+        settling: Callable[[str], AbstractContextManager[Settling]] = unsettled,
     ) -> None:
         # The live quota table (the key index's, swapped on every reload) and a monotonic
         # clock in seconds for the per-key request buckets.
@@ -76,6 +91,11 @@ class PlatformApi:
         # follows within milliseconds, but the SDK's very next request must already see
         # "not found" rather than a refused connection ("port is not open").
         self._forget = forget
+        # Applies a reply's sandbox (paused, resumed, new end time) to the directory the same
+        # way, for the same reason.
+        self._learn = learn
+        # Records what this edge's watch stream shows of a sandbox during a call (watching.py).
+        self._settling = settling
         self._templates = pb_grpc.TemplateServiceStub(channel)
         self._domain = domain
         self._handlers: dict[str, Callable[[PlatformRequest, str], Awaitable[Answer]]] = {
@@ -92,6 +112,7 @@ class PlatformApi:
             "pause": self._pause,
             "resume": self._resume,
             "metrics": self._metrics,
+            "health": self._health,
             "list_templates": self._list_templates,
             "get_template": self._get_template,
         }
@@ -104,7 +125,8 @@ class PlatformApi:
         route = resolve(request.method, request.path)
         if isinstance(route, NoRoute):
             body = {"code": route.status, "message": route.message}
-            return "none", json_answer(route.status, body)
+            allow = (("allow", ", ".join(route.allowed)),) if route.allowed else ()
+            return "none", json_answer(route.status, body, allow)
         handler = self._handlers[route.name]
         retryable = route.name not in _NOT_RETRYABLE or bool(request.headers.get("idempotency-key"))
         try:
@@ -141,6 +163,15 @@ class PlatformApi:
     def _timeout(self, operation: str) -> float:
         return _CALL_TIMEOUT_S.get(operation, _DEFAULT_CALL_TIMEOUT_S)
 
+    async def _changing(self, sandbox_id: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`'s reply, once its sandbox is applied here and shown by the watch stream."""
+        with self._settling(sandbox_id) as settling:
+            reply = await call()
+            if reply.HasField("sandbox"):  # an old lifecycle may send none
+                self._learn(reply.sandbox)
+                await settling.until_shows(route_from_proto(reply.sandbox))
+            return reply
+
     # --- sandboxes ----------------------------------------------------------------------
 
     async def _create(self, request: PlatformRequest, _: str) -> Answer:
@@ -155,6 +186,7 @@ class PlatformApi:
         create.quota.max_sandboxes = quota.max_sandboxes
         create.quota.creates_per_minute = quota.creates_per_minute
         reply = await self._sandboxes.CreateSandbox(create, timeout=self._timeout("create_v2"))
+        self._learn(reply.sandbox)
         return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
 
     async def _list_v1(self, request: PlatformRequest, _: str) -> Answer:
@@ -185,52 +217,62 @@ class PlatformApi:
         return json_answer(200, rest_json.sandbox_detail_json(reply.sandbox, self._domain))
 
     async def _kill(self, request: PlatformRequest, sandbox_id: str) -> Answer:
-        await self._sandboxes.KillSandbox(
-            pb.KillSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
-            timeout=self._timeout(""),
-        )
-        self._forget(sandbox_id)
+        with self._settling(sandbox_id) as settling:
+            await self._sandboxes.KillSandbox(
+                pb.KillSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
+                timeout=self._timeout(""),
+            )
+            self._forget(sandbox_id)
+            await settling.until_shows(None)
         return no_content()
 
     async def _set_timeout(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         body = rest_requests.json_object(request.body)
-        timeout = rest_requests.integer_field(body, "timeout")
-        if timeout is None:
-            raise InvalidArgument("timeout is required")
-        await self._sandboxes.SetSandboxTimeout(
-            pb.SetSandboxTimeoutRequest(
-                sandbox_id=sandbox_id, tenant=request.tenant, timeout_seconds=max(0, timeout)
-            ),
-            timeout=self._timeout(""),
+        timeout = rest_requests.timeout_seconds(body, required=True)
+        call = self._sandboxes.SetSandboxTimeout
+        set_timeout = pb.SetSandboxTimeoutRequest(
+            sandbox_id=sandbox_id, tenant=request.tenant, timeout_seconds=timeout
         )
+        await self._changing(sandbox_id, lambda: call(set_timeout, timeout=self._timeout("")))
         return no_content()
 
     async def _refresh(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         body = rest_requests.json_object(request.body)
+        duration = rest_requests.timeout_seconds(
+            body, "duration", maximum=rest_requests.MAX_REFRESH_S
+        )
         refresh = pb.RefreshSandboxRequest(
             sandbox_id=sandbox_id,
             tenant=request.tenant,
-            duration_seconds=rest_requests.timeout_seconds(body, "duration"),  # None: unset
+            duration_seconds=duration,  # None: unset
         )
-        await self._sandboxes.RefreshSandbox(refresh, timeout=self._timeout(""))
+        call = self._sandboxes.RefreshSandbox
+        await self._changing(sandbox_id, lambda: call(refresh, timeout=self._timeout("")))
         return no_content()
 
     async def _connect(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         body = rest_requests.json_object(request.body)
+        # v1's ConnectSandbox requires a timeout (every SDK sends one); v2's may leave it out.
+        v1 = not request.path.startswith("/v2/")
         connect = pb.ConnectSandboxRequest(
             sandbox_id=sandbox_id,
             tenant=request.tenant,
-            timeout_seconds=rest_requests.timeout_seconds(body),  # None: unset
+            timeout_seconds=rest_requests.timeout_seconds(body, required=v1),  # None: unset
         )
-        reply = await self._sandboxes.ConnectSandbox(connect, timeout=self._timeout("resume"))
+        call = self._sandboxes.ConnectSandbox
+        reply = await self._changing(
+            sandbox_id, lambda: call(connect, timeout=self._timeout("resume"))
+        )
         status = 201 if reply.resumed else 200
         return json_answer(status, rest_json.sandbox_json(reply.sandbox, self._domain))
 
     async def _pause(self, request: PlatformRequest, sandbox_id: str) -> Answer:
+        body = rest_requests.json_object(request.body)
+        pause = rest_requests.pause_request(body, sandbox_id, request.tenant)
         try:
-            await self._sandboxes.PauseSandbox(
-                pb.PauseSandboxRequest(sandbox_id=sandbox_id, tenant=request.tenant),
-                timeout=self._timeout("resume"),
+            await self._changing(
+                sandbox_id,
+                lambda: self._sandboxes.PauseSandbox(pause, timeout=self._timeout("resume")),
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -246,13 +288,20 @@ class PlatformApi:
             tenant=request.tenant,
             timeout_seconds=rest_requests.timeout_seconds(body),  # None: unset
         )
-        reply = await self._sandboxes.ResumeSandbox(resume, timeout=self._timeout("resume"))
+        call = self._sandboxes.ResumeSandbox
+        reply = await self._changing(
+            sandbox_id, lambda: call(resume, timeout=self._timeout("resume"))
+        )
         return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
 
     async def _metrics(self, request: PlatformRequest, sandbox_id: str) -> Answer:
         metrics = rest_requests.metrics_request(request.query, sandbox_id, request.tenant)
         reply = await self._sandboxes.GetSandboxMetrics(metrics, timeout=self._timeout(""))
         return json_answer(200, [rest_json.metric_json(m) for m in reply.metrics])
+
+    async def _health(self, request: PlatformRequest, _: str) -> Answer:
+        """E2B's `GET /health`: the API answers (lifecycle is not asked)."""
+        return no_content()
 
     # --- templates ----------------------------------------------------------------------
 
@@ -263,6 +312,7 @@ class PlatformApi:
         return json_answer(200, [rest_json.template_json(t) for t in reply.templates])
 
     async def _get_template(self, request: PlatformRequest, template_id: str) -> Answer:
+        rest_requests.check_template_query(request.query)
         reply = await self._templates.GetTemplate(
             pb.GetTemplateRequest(template_id=template_id, tenant=request.tenant),
             timeout=self._timeout(""),

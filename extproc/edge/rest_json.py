@@ -17,6 +17,7 @@ CLIENT_ID = "6532622b"
 DEFAULT_ENVD_VERSION = "0.6.13"
 _STATES = {pb.SANDBOX_STATE_PAUSED: "paused"}
 _ON_TIMEOUT = {pb.TIMEOUT_ACTION_PAUSE: "pause"}
+_PAUSE_MODES = {pb.PAUSE_MODE_FULL: "full", pb.PAUSE_MODE_FILESYSTEM: "filesystem"}
 _BUILD_NAMESPACE = uuid.UUID("7d4b9a4e-5f0c-4c55-8a53-9d1f4bd0b2a1")
 
 
@@ -65,6 +66,10 @@ def _listed(sandbox: pb.Sandbox) -> dict[str, Any]:
     }
     if sandbox.alias:
         body["alias"] = sandbox.alias
+    # What the pause kept, for a paused sandbox only (as E2B). A lifecycle from before the
+    # field sends none: its pauses were all full ones.
+    if sandbox.state == pb.SANDBOX_STATE_PAUSED:
+        body["pauseMode"] = _PAUSE_MODES.get(sandbox.pause_mode, "full")
     return body
 
 

@@ -1,15 +1,19 @@
 """E2B request bodies and query strings -> lifecycle requests, validated.
 
 Every problem is an InvalidArgument whose message names the field, so the client gets a 400
-JSON it can act on. Types are checked strictly (`true` is not a timeout, `"5"` is not a
-number), as the E2B API's OpenAPI validation does.
+JSON it can act on. Types and ranges are checked strictly, as the E2B API's OpenAPI request
+validation does (`true` is not a timeout, `"5"` is not a number, every integer is an int32
+and a timeout is not negative): tests/platform_spec runs E2B's published spec against this.
+Where E2B's Go server is lenient, so is this: a JSON `null` body reads as `{}`, and a lone
+UTF-16 surrogate in a JSON string becomes U+FFFD, as Go's decoder does (Python would keep it
+and fail later, when it is encoded).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
@@ -17,27 +21,61 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.errors import InvalidArgument, Unimplemented
 
 V1_DEFAULT_TIMEOUT_S = 15  # NewSandbox.timeout default in E2B's v1 spec
-V2_DEFAULT_TIMEOUT_S = 300  # what the SDK means by leaving `timeout` out
 MAX_LIST_LIMIT = 100
+MAX_REFRESH_S = 3600  # SandboxRefreshRequest.duration maximum in E2B's spec
+INT32_MAX = 2**31 - 1  # the spec's integers are `format: int32` unless it says int64
+INT64_MAX = 2**63 - 1
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _IDEMPOTENCY_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _STATES = {"running": pb.SANDBOX_STATE_RUNNING, "paused": pb.SANDBOX_STATE_PAUSED}
 _ORDERS = {"asc": pb.LIST_ORDER_ASC, "desc": pb.LIST_ORDER_DESC}
-# Create fields that need machinery this gateway does not have; sent non-empty -> 501.
-_UNSUPPORTED_CREATE = {
-    "mcp": "the MCP gateway",
-    "volumeMounts": "volume mounts",
-    "iam": "IAM tokens",
+# Create fields that need machinery this gateway does not have: (the JSON type the spec
+# gives them, that of an array's items, what they ask for). Well-formed and non-empty, each
+# is a 501 naming it; malformed, a 400. What lies deeper is never read, so never checked.
+_UNSUPPORTED_CREATE: dict[str, tuple[type, type | None, str]] = {
+    "mcp": (dict, None, "the MCP gateway"),
+    "volumeMounts": (list, dict, "volume mounts"),
+    "iam": (dict, None, "IAM tokens"),
 }
+# network's options other than allowPublicTraffic, typed the same way: all refused (501).
+_NETWORK_OPTIONS: dict[str, tuple[type, type | None]] = {
+    "allowOut": (list, str),
+    "denyOut": (list, str),
+    "dnsServers": (list, str),
+    "egressProxy": (dict, None),
+    "maskRequestHost": (str, None),
+    "rules": (dict, None),
+}
+_JSON_TYPES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+_JSON_ITEMS: dict[type, str] = {dict: "objects", str: "strings"}
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is `{}` (pause, connect may send none)."""
+    """The body as a JSON object; an empty body or `null` is `{}` (pause, connect may send
+    none)."""
     if not body.strip():
         return {}
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        if _LONE_SURROGATE_ESCAPE.search(body):
+            value = _without_lone_surrogates(value)
+    # ValueError: not JSON, not UTF-8, or an integer past Python's 4300-digit limit;
+    # RecursionError: nested deeper than the parser goes.
+    except (ValueError, RecursionError) as error:
         raise InvalidArgument(f"request body is not valid JSON: {error}") from error
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise InvalidArgument("request body must be a JSON object")
     return value
@@ -49,6 +87,8 @@ def integer_field(body: dict[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{key} must be an integer")
+    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+        raise InvalidArgument(f"{key} must be a 32-bit integer")
     return value
 
 
@@ -70,6 +110,29 @@ def _string_map(body: dict[str, Any], key: str) -> dict[str, str]:
     return value
 
 
+def _typed(value: Any, kind: type, items: type | None, name: str) -> None:
+    """`value` (not None) is of JSON type `kind`, and its items of `items` when given."""
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"{name} must be {_JSON_TYPES[kind]}")
+    if isinstance(value, list) and items and not all(isinstance(item, items) for item in value):
+        raise InvalidArgument(f"{name} must be an array of {_JSON_ITEMS[items]}")
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """501 for a well-formed create field whose feature this gateway lacks; 400 if malformed."""
+    for key, (kind, items, what) in _UNSUPPORTED_CREATE.items():
+        value = body.get(key)
+        if value is not None:
+            _typed(value, kind, items, key)
+        if key == "iam" and value:
+            # Workload identity is on only with a non-empty tokens map (E2B's words).
+            value = value.get("tokens")
+            if value is not None:
+                _typed(value, dict, None, "iam.tokens")
+        if value:
+            raise Unimplemented(f"{what} is not supported by this gateway")
+
+
 def _allow_public_traffic(body: dict[str, Any]) -> bool | None:
     """`network.allowPublicTraffic`; every other `network` option this gateway cannot
     enforce (egress lists, DNS, proxies, host masks, rules) is a 501 naming it when sent."""
@@ -78,6 +141,9 @@ def _allow_public_traffic(body: dict[str, Any]) -> bool | None:
         return None
     if not isinstance(network, dict):
         raise InvalidArgument("network must be an object")
+    for key, value in network.items():
+        if key in _NETWORK_OPTIONS and value is not None:
+            _typed(value, *_NETWORK_OPTIONS[key], f"network.{key}")
     for key, value in network.items():
         # An explicit dnsServers list, even empty, asks for something ("no DNS server").
         if key != "allowPublicTraffic" and (value or (key == "dnsServers" and value is not None)):
@@ -92,29 +158,35 @@ def create_request(
     body: dict[str, Any], tenant: str, v2: bool, idempotency_key: str | None
 ) -> pb.CreateSandboxRequest:
     template = body.get("templateID")
-    if not isinstance(template, str) or not template:
+    if not isinstance(template, str):
         raise InvalidArgument("templateID is required and must be a string")
-    for key, what in _UNSUPPORTED_CREATE.items():
-        if body.get(key):
-            raise Unimplemented(f"{what} is not supported by this gateway")
+    if not template:
+        raise InvalidArgument("templateID must not be empty")
+    _refuse_unsupported(body)
     timeout = integer_field(body, "timeout")
-    if timeout is None:
-        timeout = V2_DEFAULT_TIMEOUT_S if v2 else V1_DEFAULT_TIMEOUT_S
-    if timeout <= 0:
+    if timeout is None and not v2:
+        timeout = V1_DEFAULT_TIMEOUT_S
+    # v2 without a timeout stays unset: the lifecycle applies the template's default
+    # (a CodeInterpreter's sessionTimeout in Kubernetes mode, else 300 s, the SDK's meaning).
+    if timeout is not None and timeout <= 0:
         raise InvalidArgument("Timeout must be greater than 0")
     auto_resume = body.get("autoResume")
     if auto_resume is not None and not (
-        isinstance(auto_resume, dict) and isinstance(auto_resume.get("enabled", False), bool)
+        isinstance(auto_resume, dict) and isinstance(auto_resume.get("enabled"), bool)
     ):
         raise InvalidArgument('autoResume must be {"enabled": <boolean>}')
     if idempotency_key is not None and not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
         raise InvalidArgument("Idempotency-Key must be 1-255 characters of [A-Za-z0-9_-]")
     secure = _bool(body, "secure")
     public_traffic = _allow_public_traffic(body)
+    # false: a pause on timeout keeps only the filesystem, which autoResume cannot wake.
+    auto_pause_memory = _bool(body, "autoPauseMemory")
+    if auto_pause_memory is False and auto_resume and auto_resume.get("enabled"):
+        raise InvalidArgument("autoResume cannot be combined with autoPauseMemory: false")
     request = pb.CreateSandboxRequest(
         tenant=tenant,
         template_id=template,
-        timeout_seconds=timeout,
+        timeout_seconds=timeout,  # None leaves the optional field unset
         metadata=_string_map(body, "metadata"),
         env_vars=_string_map(body, "envVars"),
         on_timeout=pb.TIMEOUT_ACTION_PAUSE if _bool(body, "autoPause") else pb.TIMEOUT_ACTION_KILL,
@@ -123,20 +195,33 @@ def create_request(
         secure=True if v2 else bool(secure),
         allow_internet_access=_bool(body, "allow_internet_access") is not False,
         idempotency_key=idempotency_key or "",
+        auto_pause_memory=auto_pause_memory,  # None leaves the optional field unset
     )
     if public_traffic is not None:
         request.allow_public_traffic = public_traffic
     return request
 
 
+def pause_request(body: dict[str, Any], sandbox_id: str, tenant: str) -> pb.PauseSandboxRequest:
+    """E2B's SandboxPauseRequest: `memory` false keeps only the filesystem. The SDK's
+    `requireHealthyGuest` asks to refuse a pause while envd does not answer; a pause here
+    never needs envd's help, so it is accepted and changes nothing."""
+    _bool(body, "requireHealthyGuest")  # type-checked like every other field
+    return pb.PauseSandboxRequest(
+        sandbox_id=sandbox_id, tenant=tenant, memory=_bool(body, "memory")
+    )
+
+
 def timeout_seconds(
-    body: dict[str, Any], key: str = "timeout", required: bool = False
+    body: dict[str, Any], key: str = "timeout", *, required: bool = False, maximum: int = INT32_MAX
 ) -> int | None:
+    """A number of seconds from 0 to `maximum` (the spec's minimum 0: E2B's validator
+    refuses a negative timeout before its handler could clamp it)."""
     value = integer_field(body, key)
     if value is None and required:
         raise InvalidArgument(f"{key} is required")
-    if value is not None and value < 0:
-        raise InvalidArgument(f"{key} must not be negative")
+    if value is not None and not 0 <= value <= maximum:
+        raise InvalidArgument(f"{key} must be from 0 to {maximum}")
     return value
 
 
@@ -164,14 +249,28 @@ def _one(params: dict[str, list[str]], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def _started_after(text: str) -> datetime:
+# RFC 3339 `date-time`, the spec's format: a date, a time, an offset (no bare dates).
+_DATE_TIME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _moment(key: str, text: str) -> datetime:
+    if not _DATE_TIME_RE.fullmatch(text):
+        raise InvalidArgument(f"{key} must be an RFC 3339 timestamp")
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as error:
-        raise InvalidArgument("startedAfter must be an RFC 3339 timestamp") from error
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
+        return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError as error:  # a month 13, an hour 24
+        raise InvalidArgument(f"{key} must be an RFC 3339 timestamp") from error
+
+
+def _page_limit(params: dict[str, list[str]]) -> int | None:
+    limit = _one(params, "limit")
+    if limit is None:
+        return None
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIST_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return int(limit)
 
 
 def list_request(query: str, tenant: str, v2: bool) -> pb.ListSandboxesRequest:
@@ -185,7 +284,8 @@ def list_request(query: str, tenant: str, v2: bool) -> pb.ListSandboxesRequest:
         request.states.append(pb.SANDBOX_STATE_RUNNING)
         return request
     for value in params.get("state", []):
-        for name in value.split(","):
+        # `state=` is the empty list (form style, explode false): no filter, as in E2B.
+        for name in filter(None, value.split(",")):
             if name not in _STATES:
                 raise InvalidArgument(f"state must be running or paused, not {name!r}")
             request.states.append(_STATES[name])
@@ -194,17 +294,26 @@ def list_request(query: str, tenant: str, v2: bool) -> pb.ListSandboxesRequest:
         if order not in _ORDERS:
             raise InvalidArgument("order must be asc or desc")
         request.order = _ORDERS[order]
-    started_after = _one(params, "startedAfter")
-    if started_after:
-        request.started_after.FromDatetime(_started_after(started_after))
+    for key, field in (("startedAfter", request.started_after),
+                       ("startedBefore", request.started_before)):  # fmt: skip
+        text = _one(params, key)
+        if text is not None:  # present and empty is not a timestamp either
+            field.FromDatetime(_moment(key, text))
     request.template_id = _one(params, "template") or ""
-    limit = _one(params, "limit")
+    limit = _page_limit(params)
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST_LIMIT:
-            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-        request.page_size = int(limit)
+        request.page_size = limit
     request.page_token = _one(params, "nextToken") or ""
     return request
+
+
+def check_template_query(query: str) -> None:
+    """GET /templates/{id}'s paging of builds: `limit` is validated like a list's; with one
+    build per template there is never a next page, so `nextToken` selects nothing."""
+    _page_limit(_query(query))
+
+
+_LAST_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def metrics_request(query: str, sandbox_id: str, tenant: str) -> pb.GetSandboxMetricsRequest:
@@ -214,7 +323,9 @@ def metrics_request(query: str, sandbox_id: str, tenant: str) -> pb.GetSandboxMe
         value = _one(params, key)
         if value is None:
             continue
-        if not value.isdigit():
-            raise InvalidArgument(f"{key} must be unix seconds")
-        field.seconds = int(value)
+        # The spec's int64 from 0; ASCII digits only (str.isdigit also takes "²"). A moment past
+        # protobuf's Timestamp range (year 9999) is the end of that range: no sample is later.
+        if not (value.isascii() and value.isdigit()) or int(value) > INT64_MAX:
+            raise InvalidArgument(f"{key} must be unix seconds from 0 to {INT64_MAX}")
+        field.seconds = min(int(value), _LAST_TIMESTAMP_S)
     return request

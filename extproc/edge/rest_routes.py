@@ -2,9 +2,9 @@
 
 One ordered table: the first pattern whose segments match decides, so literal paths that
 collide with `{id}` (`/sandboxes/metrics`) come first. A matching pattern without the method
-is 405; a path of a feature this gateway does not have is 501 naming the feature; anything
-else is 404. Segments are percent-decoded after splitting, so an encoded `/` in a template
-name stays inside its segment.
+is 405, with the `Allow` header RFC 9110 asks for; a path of a feature this gateway does not
+have is 501 naming the feature; anything else is 404. Segments are percent-decoded after
+splitting, so an encoded `/` in a template name stays inside its segment.
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ class Operation:
 class NoRoute:
     status: int  # 404, 405 or 501
     message: str
+    # 405 only: the methods the path has, for the `Allow` header.
+    allowed: tuple[str, ...] = ()
 
 
-# (pattern, {method: operation}); "*" is one segment, "**" the rest (at least one segment).
+# (pattern, {method: operation}); "{id}" is one non-empty segment.
 _ID = "{id}"
 ROUTES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("/health", {"GET": "health"}),
     ("/sandboxes", {"POST": "create_v1", "GET": "list_v1"}),
     ("/v2/sandboxes", {"POST": "create_v2", "GET": "list_v2"}),
     ("/sandboxes/metrics", {"GET": "unsupported:batch sandbox metrics"}),
@@ -78,10 +81,25 @@ UNSUPPORTED_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 _COMPILED = tuple((tuple(pattern.split("/")[1:]), methods) for pattern, methods in ROUTES)
+# What a segment after /templates/ names when it is not (part of) a template's name.
+_TEMPLATE_ENDPOINTS = frozenset({"aliases", "tags", "default"})
+_TEMPLATE_PARTS = frozenset({"builds", "files", "tags"})
 
 
 def unsupported(what: str) -> NoRoute:
     return NoRoute(501, f"{what} is not supported by this gateway")
+
+
+def _template_name(method: str, segments: list[str]) -> str | None:
+    """The name a GET of /templates/{name} asks for when it spans segments. Envoy unescapes a
+    client's `%2F` (and reads `\\` as `/`) before the edge sees the path, so the SDK's
+    `/templates/team%2Fname` arrives as `/templates/team/name`."""
+    if method != "GET" or len(segments) < 3 or segments[0] != "templates":
+        return None
+    name = segments[1:]
+    if name[0] in _TEMPLATE_ENDPOINTS or _TEMPLATE_PARTS & set(name) or not all(name):
+        return None
+    return "/".join(name)
 
 
 def resolve(method: str, path: str) -> Operation | NoRoute:
@@ -101,11 +119,16 @@ def resolve(method: str, path: str) -> Operation | NoRoute:
         else:
             name = methods.get(method)
             if name is None:
-                allowed = ", ".join(sorted(methods))
-                return NoRoute(405, f"method {method} is not allowed here (allowed: {allowed})")
+                allowed = tuple(sorted(methods))
+                listed = ", ".join(allowed)
+                message = f"method {method} is not allowed here (allowed: {listed})"
+                return NoRoute(405, message, allowed)
             if name.startswith("unsupported:"):
                 return unsupported(name.removeprefix("unsupported:"))
             return Operation(name, resource_id)
+    template = _template_name(method, segments)
+    if template is not None:
+        return Operation("get_template", template)
     for prefix, what in UNSUPPORTED_PREFIXES:
         if raw_path == prefix or raw_path.startswith(prefix.rstrip("/") + "/"):
             return unsupported(what)

@@ -1,7 +1,10 @@
 """The routing directory: sandbox id -> where its ports listen and who may reach it.
 
 Pure data, fed by the lifecycle watcher (watching.py) or, in Kubernetes mode, by the
-cluster informers (cluster_watching.py), and read by the Check decision. The
+cluster informers (cluster_watching.py), corrected at once by the platform API's own replies
+(a pause, a kill, a new timeout: platform.py), and read by the Check decision. Paused
+sandboxes stay in the map, so a request to one is answered as paused (or resumes it), never
+routed to a stopped daemon. The
 map is mutated in place: all readers and the one writer run on the same event loop, and
 Check never awaits between reading a route and using it, so no reader sees a half-applied
 event, and copying a 10k-entry map per event would cost far more than it protects.
@@ -33,10 +36,16 @@ class Route:
     # E2B-Traffic-Access-Token equal to `traffic_access_token` (an empty one matches nothing).
     public_traffic: bool = True
     traffic_access_token: str = ""
+    # E2B's autoResume: a request that may reach the sandbox resumes it while it is paused.
+    auto_resume: bool = False
 
     @property
     def running(self) -> bool:
         return self.state == pb.SANDBOX_STATE_RUNNING and bool(self.endpoint_host)
+
+    @property
+    def paused(self) -> bool:
+        return self.state == pb.SANDBOX_STATE_PAUSED
 
 
 def route_from_proto(sandbox: pb.Sandbox) -> Route:
@@ -56,6 +65,7 @@ def route_from_proto(sandbox: pb.Sandbox) -> Route:
         if sandbox.HasField("allow_public_traffic")
         else True,
         traffic_access_token=sandbox.traffic_access_token,
+        auto_resume=sandbox.auto_resume,
     )
 
 
@@ -74,6 +84,10 @@ class Directory:
 
     def remove(self, sandbox_id: str) -> None:
         self._routes.pop(sandbox_id, None)
+
+    def routes(self) -> list[Route]:
+        """Every route, as a list the directory's later changes leave alone."""
+        return list(self._routes.values())
 
     def replace_all(self, routes: dict[str, Route]) -> None:
         self._routes = routes

@@ -7,6 +7,10 @@ process: start, wait for SIGTERM/SIGINT, stop with a bounded grace.
 
 Kubernetes mode (`--keys-source kubernetes` and/or `--directory-source kubernetes`) swaps the
 key store and/or the directory feed for informers (extproc.k8s); the Check is the same code.
+The cluster directory counts only Sandboxes proven to be the lifecycle's (k8s/object_proof.py),
+so it needs the proof key: the command reads it into the settings (waiting for the lifecycle
+service to create it); an Edge built without it reads it in `start()` and refuses to start
+when it is absent, since a directory without the key could route nothing.
 Once synced, health stays SERVING while the API server is unreachable: fail static. The
 caches hold the last known keys and routes, and taking every edge replica out of Envoy's and
 kubelet's rotation because the control plane blinked would turn an API-server outage into a
@@ -43,12 +47,15 @@ from extproc.edge.metrics import EdgeMetrics, start_metrics_server
 from extproc.edge.platform import PlatformApi
 from extproc.edge.routes import Directory
 from extproc.edge.settings import EdgeSettings
+from extproc.edge.signed_routing import SignatureRouter
 from extproc.edge.tokens import TokenSigner
-from extproc.edge.watching import DirectoryFeed
+from extproc.edge.watching import DirectoryFeed, unsettled
 
 # The Kubernetes client takes about half a second to import: only Kubernetes mode pays it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
     from extproc.k8s.informing import Informer
     from extproc.k8s.keys import KeyInformers
 
@@ -70,20 +77,25 @@ class Edge:
         self.directory = Directory()
         self.signer = TokenSigner(settings.tokens)
         self._channel = lifecycle_channel(
-            settings.directory.lifecycle_target, settings.directory.lifecycle_token_file
+            settings.directory.lifecycle_target,
+            settings.directory.lifecycle_token_file,
+            settings.directory.lifecycle_tls,
         )
         self.informers: list[Informer] = []
+        self._kube_client: ApiClient | None = None
         self._close_kube_client: Callable[[], None] = lambda: None
         self.keys: KeyStore | KeyInformers = KeyStore(settings.keys)
         self.feed: DirectoryFeed | ClusterDirectoryFeed
+        lifecycle = pb_grpc.SandboxServiceStub(self._channel)
         if settings.kubernetes.directory_source == "kubernetes":
             self.feed = ClusterDirectoryFeed(
-                self.directory, settings.directory, settings.kubernetes.miss_wait_s
+                self.directory,
+                settings.directory,
+                settings.kubernetes.miss_wait_s,
+                lifecycle=lifecycle,
             )
         else:
-            self.feed = DirectoryFeed(
-                pb_grpc.SandboxServiceStub(self._channel), self.directory, settings.directory
-            )
+            self.feed = DirectoryFeed(lifecycle, self.directory, settings.directory)
         if settings.kubernetes.enabled:
             self._use_kubernetes()
         self.feed.on_gone = self.signer.forget
@@ -95,13 +107,22 @@ class Edge:
             self.feed,
             self.signer,
             self.metrics,
+            # Signed URLs that name no sandbox are found by the token that verifies them:
+            # only the local feed's routes hold tokens (Kubernetes routes hold digests).
+            signatures=SignatureRouter(self.directory)
+            if isinstance(self.feed, DirectoryFeed)
+            else None,
         )
         self.processor = ExternalProcessorServicer(
             PlatformApi(
                 self._channel,
                 settings.domain,
-                forget=self.directory.remove,
+                forget=self.feed.forget,
                 quotas=lambda: self.keys.index.quotas,
+                learn=self.feed.learn,
+                # Informers are one per edge too, but a paused or killed pod refuses
+                # connections (502) rather than hanging: only the local feed needs to wait.
+                settling=self.feed.settling if isinstance(self.feed, DirectoryFeed) else unsettled,
             ),
             self.metrics,
             settings.max_body_bytes,
@@ -112,7 +133,7 @@ class Edge:
         self.metrics.watch_sizes(
             lambda: len(self.directory), lambda: len(self.keys.index), lambda: len(self.signer)
         )
-        if self.informers:
+        if settings.kubernetes.enabled:
             self.metrics.watch_informers(
                 lambda: {informer.target.name: informer.status for informer in self.informers}
             )
@@ -125,21 +146,45 @@ class Edge:
     def _use_kubernetes(self) -> None:
         """Swap in the informer-backed key index and/or directory feed."""
         from extproc.k8s.client import api_client
-        from extproc.k8s.directory import SandboxInformers
         from extproc.k8s.keys import KeyInformers
 
         kube = self.settings.kubernetes
         client = api_client(kube.kubeconfig)
+        self._kube_client = client
         self._close_kube_client = client.close
         if kube.keys_source == "kubernetes":
             self.keys = KeyInformers(client, kube.keys, kube.informer)
             self.informers += [self.keys.secret, self.keys.config]
-        if isinstance(self.feed, ClusterDirectoryFeed):
-            sandboxes = SandboxInformers(client, kube.informer, self.feed)
-            self.feed.attach(sandboxes)
-            self.informers += sandboxes.informers
+        if isinstance(self.feed, ClusterDirectoryFeed) and kube.proof_key:
+            self._attach_sandbox_informers(kube.proof_key)
+
+    def _attach_sandbox_informers(self, proof_key: bytes) -> None:
+        from extproc.k8s.directory import SandboxInformers
+
+        assert isinstance(self.feed, ClusterDirectoryFeed) and self._kube_client is not None
+        kube = self.settings.kubernetes
+        sandboxes = SandboxInformers(self._kube_client, kube.informer, self.feed, proof_key)
+        self.feed.attach(sandboxes)
+        self.informers += sandboxes.informers
+
+    async def _load_proof_key(self) -> None:
+        """Kubernetes directory without `kubernetes.proof_key` in the settings (the command
+        reads it; an embedding caller may not have): read it, then attach the informers."""
+        from extproc.k8s.object_proof import load_proof_key
+        from extproc.k8s.resources import Resources
+
+        assert self._kube_client is not None
+        kube = self.settings.kubernetes
+        api = Resources(self._kube_client, workers=1)
+        try:
+            key = await load_proof_key(api, kube.namespace, kube.proof_secret)
+        finally:
+            api.close()
+        self._attach_sandbox_informers(key)
 
     async def start(self) -> None:
+        if isinstance(self.feed, ClusterDirectoryFeed) and self.feed.informers is None:
+            await self._load_proof_key()
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
@@ -227,6 +272,7 @@ class Edge:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.feed.resumes.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from extproc.core.identity import RouterIdentity, TlsIdentity
 from extproc.k8s.settings import InformerSettings, KeySourceSettings
 
 KeysSource = Literal["files", "kubernetes"]
@@ -30,8 +31,12 @@ class DirectorySettings:
     # Lifecycle gRPC address, unix:/PATH or HOST:PORT. Default 127.0.0.1:9002.
     lifecycle_target: str = "127.0.0.1:9002"
     # 0600 file with the lifecycle service's caller token, sent as `authorization: Bearer`
-    # on every lifecycle call. Default None: no token (Kubernetes mode, NetworkPolicy).
+    # on every lifecycle call. Default None: no token (Kubernetes mode uses mutual TLS).
     lifecycle_token_file: Path | None = None
+    # The edge's client certificate, its key and the CA of the lifecycle's server
+    # certificate, for mutual TLS to the lifecycle (Kubernetes mode: read from Secret
+    # e2b-lifecycle-tls, or from --lifecycle-tls-dir). Default None: plaintext.
+    lifecycle_tls: TlsIdentity | None = field(default=None, repr=False)
     # Seconds a GetSandbox fallback read may take before the request gets 503. Default 1.0.
     lookup_timeout_s: float = 1.0
     # Seconds an id that lifecycle said does not exist stays cached as missing. Default 2.0.
@@ -61,6 +66,27 @@ class KubernetesSettings:
     # them before answering "not found"; it covers the watch lag right after a create and
     # must stay under Envoy's ext_authz timeout (250 ms). Default 0.2.
     miss_wait_s: float = 0.2
+    # Our namespace, where the lifecycle service keeps the TLS and proof-key Secrets.
+    # Default agentcube-system (the command defaults it from $POD_NAMESPACE when set).
+    namespace: str = "agentcube-system"
+    # AgentCube's namespace and the Secret there with the router identity the edge signs
+    # picod JWTs with. Defaults agentcube (the command: $AGENTCUBE_NAMESPACE when set) and
+    # picod-router-identity.
+    identity_namespace: str = "agentcube"
+    identity_secret: str = "picod-router-identity"  # noqa: S105 (a Secret name)
+    # Secret in `namespace` with the edge's client certificate for the lifecycle's mutual
+    # TLS; "" dials the lifecycle in plaintext. Default e2b-lifecycle-tls.
+    lifecycle_tls_secret: str = "e2b-lifecycle-tls"  # noqa: S105 (a Secret name)
+    # Secret in `namespace` with the key proving which Sandboxes the lifecycle wrote
+    # (extproc.k8s.object_proof). Default e2b-object-proof-key.
+    proof_secret: str = "e2b-object-proof-key"  # noqa: S105 (a Secret name)
+    # That key, read at start by the command (b"" until then, and without a Kubernetes
+    # directory).
+    proof_key: bytes = field(default=b"", repr=False)
+    # Seconds start-up waits for a Secret above that does not exist yet (the lifecycle
+    # service, or AgentCube's router, creates it when it starts) before giving up.
+    # Default 60.0.
+    secret_wait_s: float = 60.0
 
     @property
     def enabled(self) -> bool:
@@ -70,7 +96,11 @@ class KubernetesSettings:
 @dataclass(frozen=True, slots=True)
 class TokenSettings:
     # PEM files of the router identity; created if absent. Default <state-dir>/identity.
+    # Used when `identity` is None (local mode).
     identity_directory: Path
+    # The router identity read from AgentCube's Secret (Kubernetes mode; the command reads
+    # it). Default None: the files in `identity_directory`.
+    identity: RouterIdentity | None = field(default=None, repr=False)
     # Seconds a picod JWT is valid (exp - iat). Default 300, as AgentCube's router.
     lifetime_s: int = 300
     # Re-sign a cached token when fewer than this many seconds remain. Default 60.

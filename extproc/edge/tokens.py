@@ -23,7 +23,11 @@ ISSUER = "agentcube-router"
 
 class TokenSigner:
     def __init__(self, settings: TokenSettings, clock: Callable[[], float] = time.time) -> None:
-        identity = load_or_create_router_identity(settings.identity_directory)
+        # Kubernetes mode: AgentCube's identity, read from its Secret at start-up; local
+        # mode: the files in the state directory.
+        identity = settings.identity or load_or_create_router_identity(
+            settings.identity_directory
+        )
         self._key = serialization.load_pem_private_key(identity.private_pem, password=None)
         self.public_pem = identity.public_pem
         self._lifetime = settings.lifetime_s

@@ -7,7 +7,10 @@ plain text, so each one the SDK can meet is rewritten here:
 - the edge unreachable or failing (fail closed): 503 `{"code":503,"message":...}`;
 - a sandbox port that refuses the connection: 502 in the shape of E2B's client-proxy, with the
   sandbox id from the authz verdict, so the SDK raises its "port is not open" error;
-- the platform filter (ext_proc) failing or timing out: 500/504 as JSON.
+- the platform filter (ext_proc) failing or timing out: 500/504 as JSON;
+- a path Envoy refuses to normalise (`%00`, an escaped NUL, for one): 400 as JSON, or, under
+  `/sandboxes/` and `/v2/sandboxes/`, E2B's 404 for a sandbox id that names no sandbox (so the
+  SDK's `Sandbox.kill("sbx%00")` returns False like any unknown id).
 
 Matching is on `response.code_details`, which names the filter that produced the reply, so the
 edge's own denials (which already carry E2B JSON) are never rewritten.
@@ -102,7 +105,24 @@ def local_reply_config() -> LocalReplyConfig:
             }
         ),
     )
-    return LocalReplyConfig(mappers=[authz_unavailable, port_not_open, platform_failed])
+    unnormalisable = "response.code_details == 'path_normalization_failed'"
+    under_sandboxes = (
+        "(request.path.startsWith('/sandboxes/') || request.path.startsWith('/v2/sandboxes/'))"
+    )
+    unknown_sandbox = ResponseMapper(
+        filter=_when(f"{unnormalisable} && {under_sandboxes}"),
+        status_code=404,
+        body_format_override=_json({"code": 404, "message": "sandbox not found"}),
+    )
+    bad_path = ResponseMapper(
+        filter=_when(unnormalisable),
+        body_format_override=_json(
+            {"code": 400, "message": "malformed request path: it cannot be normalised"}
+        ),
+    )
+    return LocalReplyConfig(
+        mappers=[authz_unavailable, port_not_open, platform_failed, unknown_sandbox, bad_path]
+    )
 
 
 def access_log() -> AccessLog:

@@ -6,6 +6,9 @@
 - anything else (localhost, an IP literal, `sandbox.<domain>`): sandbox traffic when the client
   sent `E2b-Sandbox-Id` or `E2b-Sandbox-Port` (the SDK with `E2B_SANDBOX_URL`), else the
   platform API. This mirrors E2B's client-proxy, which header-routes only on such hosts.
+  One exception: `/files` with a `signature` query parameter and neither header is a signed
+  URL the SDK built from `E2B_SANDBOX_URL`, which names no sandbox; it is sandbox traffic too,
+  and the edge finds its sandbox by the token that verifies the signature.
 
 One authz policy covers every sandbox route (only `surface` differs between the two kinds of
 route), so no route-cache clearing can widen what a request may do.
@@ -25,6 +28,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
+    QueryParameterMatcher,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -76,10 +80,10 @@ def platform_route() -> Route:
     )
 
 
-def sandbox_route(name: str, *, header: str | None = None) -> Route:
-    match = RouteMatch(prefix="/")
-    if header is not None:
-        match = RouteMatch(prefix="/", headers=[HeaderMatcher(name=header, present_match=True)])
+def sandbox_route(name: str, match: RouteMatch | None = None) -> Route:
+    """A route to a sandbox (the edge says which): every path unless `match` narrows it."""
+    if match is None:
+        match = RouteMatch(prefix="/")
     return Route(
         name=name,
         match=match,
@@ -99,8 +103,18 @@ def sandbox_route(name: str, *, header: str | None = None) -> Route:
 def route_configuration(settings: EnvoySettings) -> RouteConfiguration:
     domain = settings.domain
     shared_routes = [
-        sandbox_route(f"sandbox-by-{header}", header=header) for header in SANDBOX_ROUTING_HEADERS
+        sandbox_route(
+            f"sandbox-by-{header}",
+            RouteMatch(prefix="/", headers=[HeaderMatcher(name=header, present_match=True)]),
+        )
+        for header in SANDBOX_ROUTING_HEADERS
     ]
+    # After the header routes: only a request with neither header gets here.
+    signed_files = RouteMatch(
+        path="/files",
+        query_parameters=[QueryParameterMatcher(name="signature", present_match=True)],
+    )
+    shared_routes.append(sandbox_route("sandbox-by-signature", signed_files))
     return RouteConfiguration(
         name=ROUTE_CONFIG,
         virtual_hosts=[

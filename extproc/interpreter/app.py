@@ -98,10 +98,13 @@ class InterpreterApp:
             context = await self._contexts.default(language)
         if env_vars:
             env_code.set_for_execution(context.language, {})  # 400 now, not mid-stream
-        token = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-access-token"), None
-        )
-        request = Request(code, env_vars, token)
+        token = bearer = None
+        for name, value in scope["headers"]:
+            if name == b"x-access-token":
+                token = value.decode("latin-1")
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                bearer = value[7:].decode("latin-1")
+        request = Request(code, env_vars, token, bearer)
 
         await send({"type": "http.response.start", "status": 200, "headers": NDJSON_HEADERS})
 

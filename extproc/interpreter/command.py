@@ -49,6 +49,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--sandbox-id", default=ENV.text("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
     )
     parser.add_argument(
+        "--binding-file",
+        default=ENV.text("BINDING_FILE"),
+        metavar="FILE",
+        help="picod's binding.json (in its --state-dir): without --sandbox-id, serve the "
+        "sandbox picod's /init binds, and nothing but /health before that",
+    )
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         default=ENV.flag("NO_AUTH"),
@@ -102,6 +109,12 @@ def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
     host, port = listen_address(str(args.listen))
     key_pem = sandbox_daemon_auth(args.jwt_public_key, None, args.access_token, args.no_auth)
+    if key_pem and not args.sandbox_id and not args.binding_file:
+        # It could never be bound, so it would refuse everything: say so now.
+        raise ValueError(
+            "--jwt-public-key without --sandbox-id: pass --binding-file (picod's binding.json) "
+            "to learn the sandbox from picod's /init, or --sandbox-id"
+        )
     cwd = Path(args.cwd)
     if not cwd.is_dir():
         raise ValueError(f"--cwd: {args.cwd!r} is not an existing directory")
@@ -110,6 +123,7 @@ def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
         port=port,
         envd_url=args.envd_url or None,
         sandbox_id=args.sandbox_id or None,
+        binding_file=Path(args.binding_file) if args.binding_file else None,
         jwt_public_key=key_pem,
         access_token=args.access_token or None,
         no_auth=bool(args.no_auth) and not (key_pem or args.access_token),

@@ -3,8 +3,11 @@
 E2B's interpreter asks envd rather than reading its own environment: the env vars given at
 sandbox create arrive through envd's /init, possibly after this server (and its warm
 kernel) started. So they are fetched when a kernel first runs user code, with the caller's
-X-Access-Token forwarded (envd checks it). envd being unreachable is not fatal: code runs
-without them, and it is logged once, not on every execution.
+credentials forwarded as envd checks them: its X-Access-Token, and the gateway's JWT
+(`Authorization: Bearer`), which the edge signs for this sandbox and adds on every port it
+routes, and which picod requires when it has the gateway's key (Kubernetes mode). Neither is
+ever logged. envd being unreachable or refusing is not fatal: code runs without the env
+vars, and it is logged once, not on every execution.
 """
 
 from __future__ import annotations
@@ -24,22 +27,30 @@ class SandboxEnvs:
         self._client: httpx.AsyncClient | None = None
         self._warned = False
 
-    async def fetch(self, access_token: str | None) -> dict[str, str]:
+    async def fetch(self, access_token: str | None, bearer: str | None = None) -> dict[str, str]:
+        """The env vars; `bearer` is the gateway JWT the caller's request carried, if any."""
         if self._url is None:
             return {}
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS)
         headers = {"X-Access-Token": access_token} if access_token else {}
+        if bearer:
+            headers["Authorization"] = "Bearer " + bearer
         try:
             response = await self._client.get(self._url, headers=headers)
-            response.raise_for_status()
+            if response.is_error:
+                # The status only: the response and the request around it stay out of logs.
+                raise ValueError(f"GET /envs answered {response.status_code}")
             body = response.json()
             if not isinstance(body, dict):
                 raise ValueError("GET /envs did not answer a JSON object")
         except (httpx.HTTPError, ValueError) as e:
             if not self._warned:
                 self._warned = True
-                log.warning("running code without the sandbox env vars: envd %s: %s", self._url, e)
+                reason = e if isinstance(e, ValueError) else type(e).__name__
+                log.warning(
+                    "running code without the sandbox env vars: envd %s: %s", self._url, reason
+                )
             return {}
         return {str(k): str(v) for k, v in body.items()}
 

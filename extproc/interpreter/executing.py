@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extproc.interpreter import env_code
 from extproc.interpreter.contexts import Context
@@ -38,7 +38,10 @@ DEAD_KERNEL = "DeadKernelError"
 class Request:
     code: str
     env_vars: dict[str, str]
-    access_token: str | None
+    # The caller's credentials, forwarded to envd's GET /envs (see envs.py); kept out of
+    # repr so that they never reach a log by accident.
+    access_token: str | None = field(repr=False)
+    bearer: str | None = field(default=None, repr=False)
 
 
 class Executor:
@@ -59,7 +62,7 @@ class Executor:
                 await self._restart(kernel)
                 await emit(_dead_kernel("before this execution"))
                 return
-            await self._apply_sandbox_env(context, request.access_token)
+            await self._apply_sandbox_env(context, request)
             if request.env_vars:
                 kernel.execute(
                     env_code.set_for_execution(context.language, request.env_vars), silent=True
@@ -125,12 +128,12 @@ class Executor:
                 await emit(line)
                 last_sent = now
 
-    async def _apply_sandbox_env(self, context: Context, access_token: str | None) -> None:
+    async def _apply_sandbox_env(self, context: Context, request: Request) -> None:
         kernel = context.kernel
         if kernel.sandbox_env_applied or context.language not in env_code.SUPPORTED:
             return
         kernel.sandbox_env_applied = True
-        env = await self._envs.fetch(access_token)
+        env = await self._envs.fetch(request.access_token, request.bearer)
         if env:
             kernel.execute(env_code.set_for_kernel(context.language, env), silent=True)
 

@@ -70,6 +70,11 @@ async def run(settings: InterpreterSettings) -> None:
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
+    if settings.jwt_public_key and settings.sandbox_id is None:
+        log.info(
+            "no sandbox id: refusing every request but /health until %s binds one",
+            settings.binding_file,
+        )
 
     def on_signal() -> None:
         if server.should_exit:

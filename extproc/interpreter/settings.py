@@ -21,8 +21,14 @@ class InterpreterSettings:
     # envd (picod) in the same sandbox; its GET /envs gives the sandbox's env vars.
     # None: do not fetch them.
     envd_url: str | None = DEFAULT_ENVD_URL
-    # This sandbox's id; a gateway JWT whose session_id differs is refused. None: not checked.
+    # This sandbox's id; a gateway JWT whose session_id differs is refused. None with a JWT
+    # key: unbound, every request but /health refused until `binding_file` names the sandbox
+    # (see binding.py). None without one: not checked.
     sandbox_id: str | None = None
+    # picod's binding file (`binding.json` in its state directory), where a warm-pool pod
+    # learns its sandbox id and access token from picod's `/init`. Read only while there is
+    # a JWT key and no `sandbox_id`. None (the default): none.
+    binding_file: Path | None = None
     # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
     jwt_public_key: str | None = None
     # E2B's envd access token (X-Access-Token). Set: a secure sandbox, and /execute requires

@@ -1,31 +1,42 @@
 """Where each E2B sandbox runs, from informers on agent-sandbox Sandboxes and their Pods.
 
-The contract (docs/contracts/README.md, "Kubernetes mode"): both carry the label
-`e2b.agentcube.io/sandbox-id`; the Sandbox's namespace is the tenant, its annotations give the
-end time and the sha256 of the envd access token; the sandbox is reachable when a Pod with the
-same label *in the same namespace* is Ready and has an IP. Both informers are cluster-wide and
-select on the label's presence, which is what the edge's ClusterRole (list/watch sandboxes and
+The contract (docs/contracts/README.md, "Kubernetes mode"): a Sandbox carries the label
+`e2b.agentcube.io/sandbox-id` and the lifecycle's proof annotation (object_proof.py); its
+namespace is the tenant, its annotations give the end time, the sha256 of the envd access
+token, whether it is paused and whether traffic resumes it. Its pod is the one agent-sandbox
+names in the Sandbox's annotation `agents.x-k8s.io/pod-name` (the Sandbox's own name when
+absent: the controller names the pod after the Sandbox), in the same namespace; the sandbox
+is reachable when that pod is Ready and has an IP. Both informers are cluster-wide and select
+on the id label's presence (the lifecycle puts it on the pod template and on a claim's
+`additionalPodMetadata`), which is what the edge's ClusterRole (list/watch sandboxes and
 pods) allows.
 
 Transforms run on the informers' worker threads and keep only those facts (a few hundred bytes
-per object instead of a whole pod spec), so 10 000 sandboxes stay far under 50 MiB. The join
-runs on the loop thread in the informers' handlers and hands a `SandboxEndpoint` (or "gone")
-to a sink only when what a Check would decide changes; the sink (the edge) turns it into its
-Route, precomputing everything there so a Check only looks up.
+per object instead of a whole pod spec), verifying the proof there too, so 10 000 sandboxes
+stay far under 50 MiB and no HMAC runs on the loop. The join runs on the loop thread in the
+informers' handlers and hands a `SandboxEndpoint` (or "gone") to a sink only when what a Check
+would decide changes; the sink (the edge) turns it into its Route, precomputing everything
+there so a Check only looks up.
 
-Why a pod must share the Sandbox's namespace, and why an id claimed by two Sandboxes is
-routed nowhere: a tenant may create Pods and Sandboxes in its own namespace with any labels.
-Joining across namespaces, or picking one of two claimants, would let a tenant that learns
-another's sandbox id (it is in every hostname) receive that sandbox's traffic, access token
-included. Refusing an ambiguous id turns that into a denial of service on one id, logged.
+The threat model: a tenant may create Pods and Sandboxes in its own namespace with any labels
+and annotations, and learns other tenants' sandbox ids from hostnames. So
+- only a Sandbox whose proof verifies counts. The proof binds namespace, name and id under a
+  key tenants cannot read, so a Sandbox with a copied id label, even with a copied proof
+  annotation, in another namespace or under another name, is ignored: it neither receives the
+  victim's traffic nor makes the id ambiguous (which would deny the victim service);
+- the pod is found by namespace and name from the proven Sandbox, never by its labels, so a pod
+  that merely carries the victim's id label is ignored too;
+- should two proven Sandboxes ever claim one id (only the lifecycle can write proofs, so that
+  is our bug, not an attack), the id is routed nowhere and a warning says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -33,29 +44,47 @@ from kubernetes.client import ApiClient
 
 from extproc.k8s.informing import Informer
 from extproc.k8s.listwatch import KubeObject, WatchTarget
+from extproc.k8s.object_proof import SANDBOX_ID_LABEL as SANDBOX_ID_LABEL  # re-exported
+from extproc.k8s.object_proof import has_valid_proof
 from extproc.k8s.resources import POD, SANDBOX, cluster_list_call
 from extproc.k8s.settings import InformerSettings
 
 log = logging.getLogger(__name__)
 
-SANDBOX_ID_LABEL = "e2b.agentcube.io/sandbox-id"
 END_AT_ANNOTATION = "e2b.agentcube.io/end-at"
 ACCESS_TOKEN_ANNOTATION = "e2b.agentcube.io/access-token-sha256"  # noqa: S105 - a name
+# `paused` while the lifecycle has the Sandbox scaled down by a pause; absent means running.
+STATE_ANNOTATION = "e2b.agentcube.io/state"
+PAUSED = "paused"
+# `"true"` when a request to the paused sandbox should resume it (E2B's autoResume).
+AUTO_RESUME_ANNOTATION = "e2b.agentcube.io/auto-resume"
+# Set by agent-sandbox's controller on every Sandbox: the name of its pod.
+POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 # Never equal to a sha256 digest (32 bytes): an annotation that is present but malformed
 # makes every token wrong rather than the sandbox open.
 UNMATCHABLE_DIGEST = b"invalid"
+_SANDBOX_ANNOTATIONS = (
+    END_AT_ANNOTATION,
+    ACCESS_TOKEN_ANNOTATION,
+    STATE_ANNOTATION,
+    AUTO_RESUME_ANNOTATION,
+    POD_NAME_ANNOTATION,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class SandboxEndpoint:
     sandbox_id: str
     namespace: str
-    # IP of the Ready pod; "" while there is none.
+    # IP of the Ready pod; "" while there is none (and always "" while paused).
     pod_ip: str
     # Unix seconds of the end-at annotation; 0.0 when absent or unreadable.
     end_at: float
     # sha256 digest of the envd access token; b"" when the annotation is absent (no token).
     access_token_sha256: bytes
+    # The lifecycle paused it (scaled to zero); `auto_resume`: traffic should wake it.
+    paused: bool = False
+    auto_resume: bool = False
 
 
 class EndpointSink(Protocol):
@@ -76,13 +105,17 @@ def _metadata(obj: KubeObject, annotations: tuple[str, ...] = ()) -> dict[str, A
     return kept
 
 
-def sandbox_facts(obj: KubeObject) -> KubeObject:
-    """Transform: a Sandbox reduced to its name, id label and our two annotations."""
-    return {"metadata": _metadata(obj, (END_AT_ANNOTATION, ACCESS_TOKEN_ANNOTATION))}
+def sandbox_facts(proof_key: bytes, obj: KubeObject) -> KubeObject:
+    """Transform: a Sandbox reduced to its name, id label, the annotations the join reads and
+    whether its proof verifies (`proven`); bind the key with functools.partial."""
+    return {
+        "metadata": _metadata(obj, _SANDBOX_ANNOTATIONS),
+        "proven": has_valid_proof(proof_key, obj),
+    }
 
 
 def pod_facts(obj: KubeObject) -> KubeObject:
-    """Transform: a Pod reduced to its id label and `readyIP` (its IP when Ready, else "")."""
+    """Transform: a Pod reduced to its name and `readyIP` (its IP when Ready, else "")."""
     metadata = obj.get("metadata") or {}
     status = obj.get("status") or {}
     ready = not metadata.get("deletionTimestamp") and any(
@@ -116,53 +149,92 @@ def _sandbox_id(obj: KubeObject) -> str:
     return str(obj["metadata"]["labels"][SANDBOX_ID_LABEL])
 
 
+def _object_key(obj: KubeObject) -> tuple[str, str]:
+    metadata = obj["metadata"]
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A proven Sandbox: what it says, and (namespace, name) of the pod it names."""
+
+    facts: SandboxEndpoint
+    pod: tuple[str, str]
+
+
 class SandboxJoin:
-    """Sandboxes and pods by sandbox id; publishes changed endpoints to the sink."""
+    """Proven Sandboxes and their pods; publishes changed endpoints to the sink."""
 
     def __init__(self, sink: EndpointSink) -> None:
         self._sink = sink
-        # id -> (namespace, name) -> the Sandbox's facts
-        self._sandboxes: dict[str, dict[tuple[str, str], SandboxEndpoint]] = {}
-        # (namespace, id) -> pod name -> readyIP
-        self._pods: dict[tuple[str, str], dict[str, str]] = {}
+        # id -> (namespace, name) of each proven Sandbox claiming it -> its claim
+        self._sandboxes: dict[str, dict[tuple[str, str], _Claim]] = {}
+        # (namespace, name) of every labelled pod -> readyIP
+        self._pods: dict[tuple[str, str], str] = {}
+        # (namespace, pod name) -> the ids whose proven Sandbox names that pod
+        self._pod_owners: dict[tuple[str, str], set[str]] = {}
+        # (namespace, name) of each proven Sandbox -> the id it is counted under
+        self._claimed: dict[tuple[str, str], str] = {}
         self._published: dict[str, SandboxEndpoint] = {}
+        # (namespace, name) of unproven Sandboxes already logged, so each is logged once
+        self._ignored: set[tuple[str, str]] = set()
 
     def sandbox_changed(self, obj: KubeObject, present: bool) -> None:
+        key = _object_key(obj)
+        # Undo what this object counted for before: its id label may have changed, and a
+        # DELETED event for an object that stopped matching the selector lacks the label.
+        old_id = self._claimed.pop(key, None)
+        if old_id is not None:
+            claims = self._sandboxes[old_id]
+            self._disown(claims.pop(key).pod, old_id)
+            if not claims:
+                del self._sandboxes[old_id]
         sandbox_id = _sandbox_id(obj)
-        if not sandbox_id:
-            return
-        metadata = obj["metadata"]
-        key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
-        claims = self._sandboxes.setdefault(sandbox_id, {})
-        if present:
-            annotations = metadata["annotations"]
-            claims[key] = SandboxEndpoint(
+        proven = present and bool(sandbox_id) and bool(obj.get("proven"))
+        if proven or not present:
+            self._ignored.discard(key)
+        elif sandbox_id and key not in self._ignored:
+            self._ignored.add(key)
+            log.info(
+                "ignoring Sandbox %s/%s: it carries sandbox id %s without the gateway's proof",
+                *key,
+                sandbox_id,
+            )
+        if proven:
+            annotations = obj["metadata"]["annotations"]
+            pod = (key[0], annotations.get(POD_NAME_ANNOTATION) or key[1])
+            facts = SandboxEndpoint(
                 sandbox_id=sandbox_id,
                 namespace=key[0],
                 pod_ip="",
                 end_at=parse_end_at(annotations.get(END_AT_ANNOTATION)),
                 access_token_sha256=parse_token_digest(annotations.get(ACCESS_TOKEN_ANNOTATION)),
+                paused=annotations.get(STATE_ANNOTATION) == PAUSED,
+                auto_resume=annotations.get(AUTO_RESUME_ANNOTATION) == "true",
             )
-        else:
-            claims.pop(key, None)
-            if not claims:
-                del self._sandboxes[sandbox_id]
-        self._publish(sandbox_id)
+            self._sandboxes.setdefault(sandbox_id, {})[key] = _Claim(facts, pod)
+            self._pod_owners.setdefault(pod, set()).add(sandbox_id)
+            self._claimed[key] = sandbox_id
+        if old_id is not None and old_id != sandbox_id:
+            self._publish(old_id)
+        if sandbox_id:
+            self._publish(sandbox_id)
+
+    def _disown(self, pod: tuple[str, str], sandbox_id: str) -> None:
+        owners = self._pod_owners.get(pod)
+        if owners is not None:
+            owners.discard(sandbox_id)
+            if not owners:
+                del self._pod_owners[pod]
 
     def pod_changed(self, obj: KubeObject, present: bool) -> None:
-        sandbox_id = _sandbox_id(obj)
-        if not sandbox_id:
-            return
-        metadata = obj["metadata"]
-        key = (str(metadata.get("namespace") or ""), sandbox_id)
-        pods = self._pods.setdefault(key, {})
+        key = _object_key(obj)
         if present:
-            pods[str(metadata.get("name") or "")] = str(obj.get("readyIP") or "")
+            self._pods[key] = str(obj.get("readyIP") or "")
         else:
-            pods.pop(str(metadata.get("name") or ""), None)
-            if not pods:
-                del self._pods[key]
-        self._publish(sandbox_id)
+            self._pods.pop(key, None)
+        for sandbox_id in sorted(self._pod_owners.get(key, ())):
+            self._publish(sandbox_id)
 
     def _publish(self, sandbox_id: str) -> None:
         endpoint = self._endpoint(sandbox_id)
@@ -182,22 +254,17 @@ class SandboxJoin:
             return None
         if len(claims) > 1:
             log.warning(
-                "sandbox id %s is claimed by %d Sandboxes (%s): routing it nowhere",
+                "sandbox id %s is claimed by %d proven Sandboxes (%s): routing it nowhere",
                 sandbox_id,
                 len(claims),
                 ", ".join(sorted(f"{ns}/{name}" for ns, name in claims)),
             )
             return None
-        facts = next(iter(claims.values()))
-        pods = self._pods.get((facts.namespace, sandbox_id), {})
-        # Normally one pod; during a replacement the old one may linger: take a Ready one,
-        # the same one every time (by name).
-        ready = [ip for _, ip in sorted(pods.items()) if ip]
-        if not ready:
-            return facts
-        return SandboxEndpoint(
-            facts.sandbox_id, facts.namespace, ready[0], facts.end_at, facts.access_token_sha256
-        )
+        claim = next(iter(claims.values()))
+        if claim.facts.paused:
+            return claim.facts  # its pod may linger while scaling down: never route to it
+        ready_ip = self._pods.get(claim.pod, "")
+        return replace(claim.facts, pod_ip=ready_ip) if ready_ip else claim.facts
 
 
 class _Handler:
@@ -215,16 +282,24 @@ class _Handler:
 
 
 class SandboxInformers:
-    """The two cluster-wide informers feeding a SandboxJoin."""
+    """The two cluster-wide informers feeding a SandboxJoin.
 
-    def __init__(self, client: ApiClient, settings: InformerSettings, sink: EndpointSink) -> None:
+    `proof_key` is the key of object_proof.py (Secret `e2b-object-proof-key`): Sandboxes
+    whose proof does not verify under it are ignored.
+    """
+
+    def __init__(
+        self, client: ApiClient, settings: InformerSettings, sink: EndpointSink, proof_key: bytes
+    ) -> None:
+        if not proof_key:
+            raise ValueError("the Sandbox proof key is empty")
         self.join = SandboxJoin(sink)
         self.sandboxes = Informer(
             WatchTarget(
                 name=SANDBOX.plural,
                 list_call=cluster_list_call(client, SANDBOX),
                 label_selector=SANDBOX_ID_LABEL,
-                transform=sandbox_facts,
+                transform=functools.partial(sandbox_facts, proof_key),
             ),
             settings,
             [_Handler(self.join.sandbox_changed)],

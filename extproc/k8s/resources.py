@@ -30,6 +30,9 @@ from extproc.core.errors import AlreadyExists, NotFound, Unavailable
 from extproc.k8s.listwatch import KubeObject, ListCall, Transform, WatchTarget
 
 MERGE_PATCH = "application/merge-patch+json"
+# On every write: an unknown field fails the request (400) instead of being dropped with a
+# Warning header nobody reads, which is how a misspelt field would silently do nothing.
+STRICT = "Strict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +49,9 @@ class Kind:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
+# The v1alpha1 Sandbox, served by every agent-sandbox release (read-only users: the edge's
+# informers). Writers pick their version through discovery.py.
 SANDBOX = Kind("agents.x-k8s.io", "v1alpha1", "sandboxes", "Sandbox")
-SANDBOX_CLAIM = Kind("extensions.agents.x-k8s.io", "v1alpha1", "sandboxclaims", "SandboxClaim")
 CODE_INTERPRETER = Kind(
     "runtime.agentcube.volcano.sh", "v1alpha1", "codeinterpreters", "CodeInterpreter"
 )
@@ -72,6 +76,10 @@ class Resources:
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="k8s-api")
 
+    @property
+    def client(self) -> ApiClient:
+        return self._client
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -88,13 +96,16 @@ class Resources:
 
     async def create(self, kind: Kind, namespace: str, body: KubeObject) -> KubeObject:
         name = body.get("metadata", {}).get("name", "")
-        call = self._bind("create", kind, namespace, body=body)
+        call = self._bind("create", kind, namespace, body=body, field_validation=STRICT)
         return await self._call(call, f"create {kind.kind} {namespace}/{name}")
 
     async def patch(self, kind: Kind, namespace: str, name: str, patch: KubeObject) -> KubeObject:
         """A JSON merge patch (RFC 7386): the API server's only patch type for CRDs besides
         JSON patch; the official client would otherwise send a strategic merge patch."""
-        call = self._bind("patch", kind, namespace, name, patch, _content_type=MERGE_PATCH)
+        call = self._bind(
+            "patch", kind, namespace, name, patch, _content_type=MERGE_PATCH,
+            field_validation=STRICT,
+        )  # fmt: skip
         return await self._call(call, f"patch {kind.kind} {namespace}/{name}")
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:

@@ -3,7 +3,10 @@
 The rule that keeps both promises ("a restarted service serves every live sandbox" and
 "nothing leaks"): a sandbox is adopted only if SQLite has a live row for it, its supervisor
 pid still runs with the recorded start time, and its picod answers /health (a paused one is
-stopped and cannot answer, so for it the live process is enough). Everything else is killed:
+stopped and cannot answer, so for it the live process is enough). A sandbox paused to its
+filesystem has no process by design: it is adopted when the files it resumes on are still
+there (`relaunching.files_kept`), and nothing of it is watched until a resume starts it.
+Everything else is killed:
 rows whose processes are gone become ENDED ("died"), and any supervisor carrying this state
 dir's marker without an adopted row (warm-pool sandboxes, a crash between spawn and commit)
 is killed by process group. The mounts, network namespaces and cgroups of sandboxes not
@@ -22,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from extproc.core.tokens import access_token
-from extproc.lifecycle import spawning
+from extproc.lifecycle import relaunching, spawning
 from extproc.lifecycle.processes import (
     Watched,
     is_alive,
@@ -30,7 +33,7 @@ from extproc.lifecycle.processes import (
     scan_supervisors,
     start_ticks,
 )  # fmt: skip
-from extproc.lifecycle.sandboxes import State
+from extproc.lifecycle.sandboxes import PauseMode, State
 from extproc.lifecycle.store import Row
 
 if TYPE_CHECKING:
@@ -39,8 +42,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _paused_to_files(row: Row) -> bool:
+    return row.sandbox.state is State.PAUSED and row.sandbox.pause_mode is PauseMode.FILESYSTEM
+
+
 async def _alive(backend: LocalBackend, row: Row) -> bool:
-    if row.pooled or not is_alive(row.pid, row.pid_start):
+    if row.pooled:
+        return False
+    if _paused_to_files(row):
+        kept = relaunching.files_kept(backend, row.sandbox)
+        if not kept:
+            log.warning("sandbox %s was paused to its files, which are gone: it ends",
+                        row.sandbox.sandbox_id)  # fmt: skip
+        return kept
+    if not is_alive(row.pid, row.pid_start):
         return False
     if row.sandbox.state is not State.PAUSED:
         healthy = await backend.probe.is_healthy(row.sandbox.endpoint_host, limit_s=5.0)
@@ -61,7 +76,12 @@ async def recover(backend: LocalBackend) -> None:
         token = access_token(backend.seed, row.sandbox.sandbox_id)
         sandbox = replace(row.sandbox, envd_access_token=token)
         if alive:
-            entry = Live(replace(row, sandbox=sandbox), Watched(row.pid, row.pid_start, None))
+            if _paused_to_files(row):
+                # No process (a crash mid-pause may have left one: killed below as a stray).
+                process = Watched.absent()
+            else:
+                process = Watched(row.pid, row.pid_start, None)
+            entry = Live(replace(row, sandbox=sandbox), process)
             backend.live[sandbox.sandbox_id] = entry
             if backend.isolation is not None:
                 backend.isolation.networks.take(sandbox.endpoint_host)
@@ -72,7 +92,7 @@ async def recover(backend: LocalBackend) -> None:
                 backend.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
             adopted += 1
             continue
-        kill_group(row.pid, row.pid_start)
+        kill_group(row.pid, row.pid_start)  # a no-op for NO_PROCESS
         ended += 1
         gone = replace(sandbox, state=State.ENDED, end_reason="died", end_at=backend.clock())
         await backend.store.put(replace(row, sandbox=gone))
@@ -92,4 +112,4 @@ async def recover(backend: LocalBackend) -> None:
     log.info(
         "recovered state in %.0f ms: %d sandboxes adopted, %d ended, %d stray processes killed",
         (time.monotonic() - started) * 1000, adopted, ended, len(strays),
-    )
+    )  # fmt: skip

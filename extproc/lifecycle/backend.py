@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from extproc.lifecycle.sandboxes import CreateSpec, Event, ListQuery, Metric, Page, Sandbox
+from extproc.lifecycle.sandboxes import (
+    CreateSpec,
+    Event,
+    ListQuery,
+    Metric,
+    Page,
+    PauseMode,
+    Sandbox,
+)
 from extproc.lifecycle.templates import Template
 
 
@@ -31,11 +39,19 @@ class Backend(Protocol):
         self, sandbox_id: str, tenant: str, timeout_s: int | None
     ) -> tuple[Sandbox, bool]: ...
 
-    async def pause(self, sandbox_id: str, tenant: str) -> Sandbox: ...
+    async def pause(
+        self, sandbox_id: str, tenant: str, mode: PauseMode = PauseMode.FULL
+    ) -> Sandbox: ...
 
     async def resume(self, sandbox_id: str, tenant: str, timeout_s: int | None) -> Sandbox: ...
 
-    async def metrics(self, sandbox_id: str, tenant: str) -> list[Metric]: ...
+    async def metrics(
+        self, sandbox_id: str, tenant: str, start: int | None = None, end: int | None = None
+    ) -> list[Metric]:
+        """The samples with start <= timestamp <= end, in whole unix seconds, inclusive
+        (None: unbounded), oldest first; `metric_history.within` filters a list so. The
+        servicer has already refused start > end."""
+        ...
 
     def watch(self) -> AsyncIterator[Event]: ...
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
+from extproc.core.api_keys import validate_namespace
 from extproc.core.caller_token import read_token_file
+from extproc.core.errors import DomainError, InvalidArgument
 from extproc.core.flags import (
     FALSE_WORDS,
     TRUE_WORDS,
@@ -29,6 +32,9 @@ from extproc.lifecycle.settings import (
 )
 
 ENV = EnvDefaults("AGENTCUBE_E2B_LIFECYCLE_")
+# AgentCube's own variable for its namespace (its router reads it): the identity's default.
+AGENTCUBE_NAMESPACE_ENV = "AGENTCUBE_NAMESPACE"
+AGENT_SANDBOX_VERSIONS = ("auto", "v1alpha1", "v1beta1")
 # Shared with `agentcube-e2b rootfs build`, so a built base is found by every command.
 ROOTFS_CACHE_ENV = "AGENTCUBE_E2B_ROOTFS_CACHE_DIR"
 
@@ -59,6 +65,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help=f"longest sandbox life (default {local.max_timeout_s})")
     add("--max-sandboxes", default=ENV.text("MAX_SANDBOXES", local.max_sandboxes), metavar="N",
         help=f"most live sandboxes, pool included (default {local.max_sandboxes})")
+    add("--metrics-interval", default=ENV.text("METRICS_INTERVAL", local.metrics_interval_s),
+        metavar="SECONDS", help="seconds between metric samples of each running sandbox "
+        f"(default {local.metrics_interval_s:g})")
+    add("--metrics-max-samples", default=ENV.text("METRICS_MAX_SAMPLES",
+        local.metrics_max_samples), metavar="N", help="metric samples kept per sandbox, oldest "
+        f"dropped first (default {local.metrics_max_samples})")
     add("--max-concurrent-starts", default=ENV.text("MAX_CONCURRENT_STARTS",
         local.max_concurrent_starts), metavar="N",
         help="sandboxes starting at once; more Creates wait for a slot (default "
@@ -93,16 +105,41 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="seconds a sandbox gets to start, warm kernel included; with kubernetes, pod "
              f"Ready and picod answering (default {local.ready_timeout_s}, kubernetes "
              f"{kube.ready_timeout_s})")
+    add("--health-listen", default=ENV.text("HEALTH_LISTEN", server.health_listen),
+        metavar="HOST:PORT",
+        help="a second, plaintext address serving grpc.health.v1 only, for probes that "
+             "cannot speak TLS (kubelet's gRPC probe) (default: none)")
     # --backend kubernetes only
     add("--namespace", default=ENV.text("NAMESPACE", os.environ.get("POD_NAMESPACE")
         or kube.namespace), metavar="NS",
-        help="kubernetes: namespace of the identity and token-seed Secrets (default "
-             f"$POD_NAMESPACE, else {kube.namespace})")
+        help="kubernetes: our namespace, where the token-seed, proof-key and TLS Secrets "
+             f"live (default $POD_NAMESPACE, else {kube.namespace})")
+    add("--identity-namespace", default=ENV.text("IDENTITY_NAMESPACE",
+        os.environ.get(AGENTCUBE_NAMESPACE_ENV) or kube.identity_namespace), metavar="NS",
+        help="kubernetes: AgentCube's namespace, where its router keeps the identity Secret "
+             f"(default ${AGENTCUBE_NAMESPACE_ENV}, else {kube.identity_namespace})")
     add("--identity-secret", default=ENV.text("IDENTITY_SECRET", kube.identity_secret),
-        metavar="NAME", help="kubernetes: Secret with the router identity (private.pem, "
-        f"public.pem), created if absent (default {kube.identity_secret})")
+        metavar="NAME", help="kubernetes: AgentCube's Secret with the router identity "
+        f"(private.pem, public.pem) (default {kube.identity_secret})")
+    add("--create-identity", action="store_true", default=ENV.flag("CREATE_IDENTITY"),
+        help="kubernetes: create the identity Secret in --identity-namespace when it is "
+             "absent, for clusters without AgentCube (default: a missing Secret stops the "
+             "service)")
     add("--seed-secret", default=ENV.text("SEED_SECRET", kube.seed_secret), metavar="NAME",
-        help=f"kubernetes: Secret with the access-token seed (default {kube.seed_secret})")
+        help="kubernetes: Secret with the access-token seed, created if absent (default "
+             f"{kube.seed_secret})")
+    add("--proof-secret", default=ENV.text("PROOF_SECRET", kube.proof_secret), metavar="NAME",
+        help="kubernetes: Secret with the key proving which Sandboxes we made, created if "
+             f"absent (default {kube.proof_secret})")
+    add("--lifecycle-tls-secret", default=ENV.text("LIFECYCLE_TLS_SECRET",
+        kube.lifecycle_tls_secret), metavar="NAME",
+        help="kubernetes: Secret with the mutual-TLS CA and certificates of this gRPC "
+             "service, created if absent; '' serves plaintext with no caller authentication "
+             f"(default {kube.lifecycle_tls_secret})")
+    add("--agent-sandbox-version", default=ENV.text("AGENT_SANDBOX_VERSION",
+        kube.agent_sandbox_version), choices=AGENT_SANDBOX_VERSIONS,
+        help="kubernetes: agent-sandbox API version; auto asks API discovery and speaks "
+             f"v1beta1 where it is served (default {kube.agent_sandbox_version})")
     add("--kubeconfig", default=ENV.text("KUBECONFIG", None), metavar="FILE",
         help="kubernetes: kubeconfig (default: in-cluster service account, else "
              "~/.kube/config)")
@@ -141,6 +178,23 @@ def _egress(raw: str) -> str:
     raise ValueError(f"--egress: expected pasta, none or netns:NAME, got {raw!r}")
 
 
+def _namespace(args: argparse.Namespace, dest: str) -> str:
+    try:
+        return validate_namespace(str(getattr(args, dest)))
+    except InvalidArgument as error:
+        raise ValueError(f"--{dest.replace('_', '-')}: {error.message}") from error
+
+
+def _secret_name(args: argparse.Namespace, dest: str, *, optional: bool = False) -> str:
+    """A Secret's name (a DNS subdomain); '' only when `optional`."""
+    name = str(getattr(args, dest))
+    if optional and not name:
+        return name
+    if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
+        raise ValueError(f"--{dest.replace('_', '-')}: expected a Secret name, got {name!r}")
+    return name
+
+
 def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
     listen = grpc_address(str(args.listen), "--listen")
@@ -166,6 +220,8 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         ready_timeout_s=number_arg(args, "ready_timeout", 0.1) if ready_given
         else local_defaults.ready_timeout_s,
         kill_on_exit=_switch(args, "kill_on_exit"),
+        metrics_interval_s=number_arg(args, "metrics_interval", 0.05),
+        metrics_max_samples=integer_arg(args, "metrics_max_samples", 1),
         picod_command=tuple(shlex.split(args.picod_command)) if args.picod_command
         else local_defaults.picod_command,
         interpreter_command=tuple(shlex.split(args.interpreter_command))
@@ -174,12 +230,18 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
     picod_port = integer_arg(args, "picod_port", 1)
     if picod_port > 65535:
         raise ValueError(f"--picod-port: expected 1..65535, got {picod_port}")
-    if not str(args.namespace):
-        raise ValueError("--namespace: expected a namespace name, got ''")
+    if args.agent_sandbox_version not in AGENT_SANDBOX_VERSIONS:  # reachable through env
+        raise ValueError(f"--agent-sandbox-version: expected one of "
+                         f"{', '.join(AGENT_SANDBOX_VERSIONS)}, got {args.agent_sandbox_version!r}")
     kubernetes = KubernetesSettings(
-        namespace=str(args.namespace),
-        identity_secret=str(args.identity_secret),
-        seed_secret=str(args.seed_secret),
+        namespace=_namespace(args, "namespace"),
+        identity_namespace=_namespace(args, "identity_namespace"),
+        identity_secret=_secret_name(args, "identity_secret"),
+        create_identity=bool(args.create_identity),
+        seed_secret=_secret_name(args, "seed_secret"),
+        proof_secret=_secret_name(args, "proof_secret"),
+        lifecycle_tls_secret=_secret_name(args, "lifecycle_tls_secret", optional=True),
+        agent_sandbox_version=str(args.agent_sandbox_version),
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         context=args.context or None,
         max_timeout_s=local.max_timeout_s,
@@ -188,7 +250,12 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         picod_port=picod_port,
         picod_scheme=str(args.picod_scheme),
     )  # fmt: skip
-    server = ServerSettings(listen=listen, grace_s=number_arg(args, "grace", 0))
+    health_listen = grpc_address(str(args.health_listen), "--health-listen", optional=True)
+    if health_listen and health_listen == listen:
+        raise ValueError("--health-listen: must differ from --listen")
+    server = ServerSettings(
+        listen=listen, grace_s=number_arg(args, "grace", 0), health_listen=health_listen
+    )
     return LifecycleSettings(
         backend=args.backend, server=server, local=local, kubernetes=kubernetes
     )
@@ -216,4 +283,15 @@ def run(args: argparse.Namespace) -> int:
 
     from extproc.lifecycle.server import run as serve
 
-    return uvloop.run(serve(settings, token))
+    fatal: tuple[type[Exception], ...] = ()
+    if settings.backend == "kubernetes":
+        from extproc.k8s.identity import SecretUnavailable
+
+        fatal = (SecretUnavailable, DomainError)
+    try:
+        return uvloop.run(serve(settings, token))
+    except fatal as error:
+        # What a person must fix (a Secret missing or forbidden, the API unreachable): one
+        # line that says so, not a traceback.
+        print(f"agentcube-e2b lifecycle: {error}", file=sys.stderr)
+        return 1

@@ -18,6 +18,12 @@ from extproc.lifecycle.sandboxes import ListQuery, Page, Sandbox, State
 MAX_PAGE = 100
 
 
+def _micros(seconds: float) -> int:
+    """A time at the precision the API shows it (RFC 3339 with microseconds), so a bound
+    copied from a sandbox's startedAt includes that sandbox."""
+    return round(int(seconds * 1e9) / 1000)  # as service._ts and then RFC 3339 round it
+
+
 def encode_token(sandbox: Sandbox, ascending: bool) -> str:
     raw = json.dumps({"t": sandbox.started_at, "i": sandbox.sandbox_id, "a": ascending})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -56,7 +62,9 @@ def page(
         if s.state in query.states
         and (wanted_templates is None or s.template_id in wanted_templates)
         and all(s.metadata.get(k) == v for k, v in query.metadata.items())
-        and (query.started_after is None or s.started_at > query.started_after)
+        and (query.started_after is None or _micros(s.started_at) >= _micros(query.started_after))
+        and (query.started_before is None
+             or _micros(s.started_at) <= _micros(query.started_before))
     ]
     matched.sort(key=lambda s: (s.started_at, s.sandbox_id), reverse=not query.ascending)
     if cursor is not None:

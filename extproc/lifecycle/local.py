@@ -5,6 +5,10 @@ writer (`store`); every change is committed before the RPC that made it returns,
 restarted service re-adopts what the last one handed out (`adopting`). Per-sandbox changes
 are serialised by a per-sandbox lock; a killed sandbox leaves the index before its processes
 are gone, so it is never served half-dead.
+
+A pause is full (SIGSTOP: the processes continue where they were on resume) or filesystem
+only (the processes end, the files stay, and a resume starts the sandbox afresh on them:
+`relaunching`).
 """
 
 from __future__ import annotations
@@ -28,16 +32,17 @@ from extproc.core.errors import (
     NotFound,
     ResourceExhausted,
 )  # fmt: skip
-from extproc.core.ids import check_sandbox_id, new_sandbox_id
+from extproc.core.ids import new_sandbox_id, not_found
 from extproc.core.tokens import access_token, load_or_create_seed
-from extproc.lifecycle import adopting, listing, mounting, spawning
+from extproc.lifecycle import adopting, listing, mounting, relaunching, spawning
 from extproc.lifecycle.addresses import Addresses
 from extproc.lifecycle.admission import IDEMPOTENCY_WINDOW_S, Admission, Idempotency
 from extproc.lifecycle.isolation import Isolation
 from extproc.lifecycle.measuring import Meter
 from extproc.lifecycle.pooling import Pool
 from extproc.lifecycle.probing import Probe
-from extproc.lifecycle.processes import Watched, signal_tree, wait_gone
+from extproc.lifecycle.processes import NO_PROCESS, Watched, signal_tree, wait_gone
+from extproc.lifecycle.readings import Target
 from extproc.lifecycle.reaping import Clock, Reaper
 from extproc.lifecycle.sandboxes import (
     CreateSpec,
@@ -47,6 +52,7 @@ from extproc.lifecycle.sandboxes import (
     Metric,
     OnTimeout,
     Page,
+    PauseMode,
     Sandbox,
     State,
 )  # fmt: skip
@@ -93,7 +99,13 @@ class LocalBackend:
         self.store = Store(self.dir / "lifecycle.sqlite3")
         self.hub = Hub()
         self.addresses = Addresses()
-        self.meter = Meter()
+        self.meter = Meter(
+            clock=clock, hub=self.hub, running=self._running_targets,
+            target_of=self._metric_target_of,
+            # Settings that predate these fields sample at E2B's cadence.
+            interval_s=settings.metrics_interval_s,
+            max_samples=settings.metrics_max_samples,
+        )  # fmt: skip
         self.live: dict[str, Live] = {}
         self.pools: dict[str, Pool[Live]] = {}
         self.reaper = Reaper(clock, self._end_at_of, self._expire)
@@ -137,7 +149,8 @@ class LocalBackend:
         now = self.clock()
         self._pruned_at = now
         self.idempotency.load(await self.store.load_idempotency_keys(now - IDEMPOTENCY_WINDOW_S))
-        tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper")]
+        tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper"),
+                 asyncio.create_task(self.meter.run(), name="lifecycle-metrics")]  # fmt: skip
         sizes = {"base": self.settings.pool_size,
                  INTERPRETER_TEMPLATE: self.settings.interpreter_pool_size}  # fmt: skip
         for template_id, size in sizes.items():
@@ -227,24 +240,34 @@ class LocalBackend:
         return directory / "root" / "home" / "user" if self.isolation else directory / "home"
 
     def find(self, sandbox_id: str, tenant: str) -> Live:
-        check_sandbox_id(sandbox_id)
         entry = self.live.get(sandbox_id)
         # Another tenant's sandbox is indistinguishable from a missing one: no enumeration.
         if entry is None or (tenant and entry.sandbox.tenant != tenant):
-            raise NotFound(f"sandbox {sandbox_id} not found")
+            raise not_found(sandbox_id)
         return entry
 
     def watch_exit(self, entry: Live) -> None:
+        """End the sandbox if its current processes die on their own."""
         sandbox_id = entry.sandbox.sandbox_id
+        process = entry.process
+        if process.pid == NO_PROCESS:
+            return  # paused to its files: nothing runs that could die
 
         def exited(_: asyncio.Future[None]) -> None:
-            if self.live.get(sandbox_id) is entry:
-                self._spawn_task(lambda: self._died(entry), f"lifecycle-died-{sandbox_id}")
+            # A filesystem pause swaps the processes out before it ends them: not a death.
+            if self.live.get(sandbox_id) is entry and entry.process is process:
+                self._spawn_task(lambda: self._died(entry, process), f"lifecycle-died-{sandbox_id}")
 
-        entry.process.exited.add_done_callback(exited)
+        process.exited.add_done_callback(exited)
 
-    async def _commit(self, entry: Live, sandbox: Sandbox, event: EventType) -> Sandbox:
+    async def _commit(
+        self, entry: Live, sandbox: Sandbox, event: EventType, process: Watched | None = None
+    ) -> Sandbox:
+        """Store `sandbox` (and, if given, `process` as its processes' supervisor), then
+        publish it."""
         row = replace(entry.row, sandbox=sandbox)
+        if process is not None:
+            row = replace(row, pid=process.pid, pid_start=process.ticks)
         await self.store.put(row)  # memory follows only what was committed (a full disk)
         entry.row = row
         self.hub.publish(event, sandbox)
@@ -420,6 +443,7 @@ class LocalBackend:
                 allow_internet_access=spec.allow_internet_access,
                 idempotency_key=spec.idempotency_key,
                 allow_public_traffic=spec.allow_public_traffic,
+                timeout_pause_mode=spec.timeout_pause_mode,
             )  # fmt: skip
             entry.row = replace(entry.row, pooled=False)
             if self.isolation is not None:
@@ -438,14 +462,18 @@ class LocalBackend:
 
     # -- ending sandboxes -----------------------------------------------------------------
 
+    async def _stop(self, sandbox_id: str, process: Watched) -> None:
+        """Kill a supervisor and everything under it, and wait until they are gone."""
+        pids = process.kill()
+        if not await wait_gone(pids, _KILL_WAIT_S):
+            log.error("sandbox %s did not exit after SIGKILL", sandbox_id)
+        # Our own supervisor is reaped when its pidfd fires; let that happen first.
+        await asyncio.wait([process.exited], timeout=_KILL_WAIT_S)
+        process.close()
+
     async def _destroy(self, entry: Live) -> None:
         """Kill the processes, free the address and the directory. Idempotent."""
-        pids = entry.process.kill()
-        if not await wait_gone(pids, _KILL_WAIT_S):
-            log.error("sandbox %s did not exit after SIGKILL", entry.sandbox.sandbox_id)
-        # Our own supervisor is reaped when its pidfd fires; let that happen first.
-        await asyncio.wait([entry.process.exited], timeout=_KILL_WAIT_S)
-        entry.process.close()
+        await self._stop(entry.sandbox.sandbox_id, entry.process)
         self.meter.forget(entry.sandbox.sandbox_id)
         await self.free(entry.sandbox.sandbox_id, entry.sandbox.endpoint_host)
         for pool in self.pools.values():
@@ -460,8 +488,10 @@ class LocalBackend:
         ended = replace(entry.sandbox, state=State.ENDED, end_reason=reason, end_at=self.clock())
         await self._commit(entry, ended, event)
 
-    async def _died(self, entry: Live) -> None:
+    async def _died(self, entry: Live, process: Watched) -> None:
         async with entry.lock:
+            if entry.process is not process:
+                return  # paused to its files meanwhile: stopped on purpose, not dead
             log.warning("sandbox %s died on its own", entry.sandbox.sandbox_id)
             await self._end(entry, EventType.DIED, "died")
 
@@ -474,7 +504,7 @@ class LocalBackend:
             if sandbox.state is not State.RUNNING or sandbox.end_at > self.clock():
                 return
             if sandbox.on_timeout is OnTimeout.PAUSE:
-                await self._pause_locked(entry)
+                await self._pause_locked(entry, sandbox.timeout_pause_mode)
             else:
                 await self._end(entry, EventType.EXPIRED, "expired")
 
@@ -501,14 +531,28 @@ class LocalBackend:
     def watch(self) -> AsyncIterator[Event]:
         return self.hub.watch(lambda: [e.sandbox for e in self.live.values()])
 
-    async def metrics(self, sandbox_id: str, tenant: str) -> list[Metric]:
+    async def metrics(
+        self, sandbox_id: str, tenant: str, start: int | None = None, end: int | None = None
+    ) -> list[Metric]:
         entry = self.find(sandbox_id, tenant)
-        directory = self.sandboxes_dir / sandbox_id
-        written = directory / "layer" / "upper" if self.isolation else directory / "home"
-        sample = await asyncio.to_thread(
-            self.meter.sample, entry.sandbox, entry.process.pid, written, self.clock()
-        )
-        return [sample]
+        return await self.meter.series(self._metric_target(entry), start, end)
+
+    def _metric_target(self, entry: Live) -> Target:
+        directory = self.sandboxes_dir / entry.sandbox.sandbox_id
+        return Target(
+            sandbox=entry.sandbox, pid=entry.process.pid, pid_ticks=entry.process.ticks,
+            cgroups=self.isolation.cgroups if self.isolation else None,
+            layer=mounting.SandboxRoot(directory, 0).layer if self.isolation else None,
+            home=directory / "home",
+        )  # fmt: skip
+
+    def _metric_target_of(self, sandbox_id: str) -> Target | None:
+        entry = self.live.get(sandbox_id)
+        return None if entry is None else self._metric_target(entry)
+
+    def _running_targets(self) -> list[Target]:
+        return [self._metric_target(e) for e in self.live.values()
+                if e.sandbox.state is State.RUNNING]  # fmt: skip
 
     # -- timeouts, pause and resume -------------------------------------------------------
 
@@ -540,7 +584,9 @@ class LocalBackend:
             self._require_unpaused(entry)
             return await self._extend(entry, duration_s)
 
-    async def _extend(self, entry: Live, timeout_s: int | None) -> Sandbox:
+    async def _extend(
+        self, entry: Live, timeout_s: int | None, process: Watched | None = None
+    ) -> Sandbox:
         s = entry.sandbox
         end_at = timeouts.extend_end_at(
             self.clock(), s.started_at, s.end_at, timeout_s, self.settings.max_timeout_s
@@ -548,25 +594,75 @@ class LocalBackend:
         if end_at == s.end_at and s.state is State.RUNNING:
             return s
         return await self._commit(
-            entry, replace(s, end_at=end_at, state=State.RUNNING), EventType.UPDATED
+            entry, replace(s, end_at=end_at, state=State.RUNNING), EventType.UPDATED, process
         )
 
-    async def _pause_locked(self, entry: Live) -> Sandbox:
+    async def _pause_locked(self, entry: Live, mode: PauseMode) -> Sandbox:
         s = entry.sandbox
         if s.state is State.PAUSED:
             raise Conflict(f"sandbox {s.sandbox_id} is already paused")
+        paused = replace(s, state=State.PAUSED, pause_mode=mode)
+        if mode is PauseMode.FILESYSTEM:
+            return await self._pause_to_files(entry, paused)
         signal_tree(entry.process.pid, signal.SIGSTOP, self._depth)
         try:
-            return await self._commit(entry, replace(s, state=State.PAUSED), EventType.UPDATED)
+            return await self._commit(entry, paused, EventType.UPDATED)
         except BaseException:
             signal_tree(entry.process.pid, signal.SIGCONT, self._depth)  # not paused after all
             raise
 
-    async def pause(self, sandbox_id: str, tenant: str) -> Sandbox:
+    async def _pause_to_files(self, entry: Live, paused: Sandbox) -> Sandbox:
+        """End every process of the sandbox and keep its files (`relaunching`)."""
+        # Committed before the kill: if the commit fails the sandbox runs on untouched, and
+        # if this service dies after it the next start finds a row without processes and
+        # kills the supervisor as a stray.
+        none = Watched.absent()
+        await self._commit(entry, paused, EventType.UPDATED, none)
+        running, entry.process = entry.process, none  # swapped first: its exit is no death
+        await self._stop(paused.sandbox_id, running)
+        if self.isolation is not None:
+            await asyncio.to_thread(self.isolation.cgroups.remove, paused.sandbox_id)
+        return paused
+
+    async def pause(
+        self, sandbox_id: str, tenant: str, mode: PauseMode = PauseMode.FULL
+    ) -> Sandbox:
         self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
-            return await self._pause_locked(entry)
+            return await self._pause_locked(entry, mode)
+
+    async def _resume_locked(self, entry: Live, timeout_s: int | None) -> Sandbox:
+        s = entry.sandbox
+        if s.pause_mode is not PauseMode.FILESYSTEM:
+            signal_tree(entry.process.pid, signal.SIGCONT, self._depth)
+            return await self._extend(entry, timeout_s)
+        process = await self._relaunch(s)
+        entry.process = process
+        self.watch_exit(entry)
+        try:
+            return await self._extend(entry, timeout_s, process)
+        except BaseException:
+            entry.process = Watched.absent()  # still paused to its files, as it was
+            await self._stop(s.sandbox_id, process)
+            raise
+
+    async def _relaunch(self, sandbox: Sandbox) -> Watched:
+        """Start a filesystem-paused sandbox's servers afresh; returns once they are ready."""
+        try:
+            template, _ = self._catalog().resolve(sandbox.template_id, sandbox.tenant)
+        except NotFound as error:
+            raise Conflict(
+                f"sandbox {sandbox.sandbox_id} cannot resume: its template "
+                f"{sandbox.template_id!r} is gone"
+            ) from error
+        async with self._start_slots:
+            launch = await relaunching.launch_of(self, sandbox, template)
+            try:
+                return await self._start(launch)
+            finally:
+                if launch.userns_fd is not None:
+                    os.close(launch.userns_fd)
 
     async def connect(
         self, sandbox_id: str, tenant: str, timeout_s: int | None
@@ -574,10 +670,9 @@ class LocalBackend:
         self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
-            resumed = entry.sandbox.state is State.PAUSED
-            if resumed:
-                signal_tree(entry.process.pid, signal.SIGCONT, self._depth)
-            return await self._extend(entry, timeout_s), resumed
+            if entry.sandbox.state is State.PAUSED:
+                return await self._resume_locked(entry, timeout_s), True
+            return await self._extend(entry, timeout_s), False
 
     async def resume(self, sandbox_id: str, tenant: str, timeout_s: int | None) -> Sandbox:
         self._require_tenant(tenant)
@@ -585,8 +680,7 @@ class LocalBackend:
         async with entry.lock:
             if entry.sandbox.state is not State.PAUSED:
                 raise Conflict(f"sandbox {sandbox_id} is not paused")
-            signal_tree(entry.process.pid, signal.SIGCONT, self._depth)
-            return await self._extend(entry, timeout_s)
+            return await self._resume_locked(entry, timeout_s)
 
     # -- templates ------------------------------------------------------------------------
 
@@ -610,4 +704,3 @@ class LocalBackend:
         if in_use:
             raise Conflict(f"template {template_id!r} has live sandboxes; kill them first")
         self._catalog().delete(tenant, template_id)
-

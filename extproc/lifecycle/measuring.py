@@ -1,73 +1,139 @@
-"""GetSandboxMetrics for local sandboxes, read from /proc; no history is kept.
+"""The meter: a bounded series of metric samples per running sandbox, as E2B keeps.
 
-Each call returns one sample "now". CPU % is the tree's CPU time since the previous sample of
-the same sandbox (or since it started, for the first), over wall time and the template's
-CPU count. Memory is the summed RSS of the tree (so shared pages count once per process:
-an over-estimate); mem_cache is 0 because without a cgroup there is no per-sandbox page
-cache figure. Disk used is the size of the sandbox's home, walked with a file cap.
+Every `interval_s` one sweep samples every running sandbox; a paused one gets no new
+samples, as its processes are stopped. A sandbox's first sample is taken as soon as its
+Create commits (the meter follows the backend's CREATED events), so a fresh sandbox has
+one at once, and `series` takes one on the spot if the buffer is still empty (just
+created, or re-adopted after a restart), so a live sandbox never answers [].
+
+Reading runs on one worker thread of its own (`readings`: cgroup files, one pass over /proc,
+statvfs), never on the event loop, and one at a time, so the reader's per-sandbox state
+needs no lock; a sweep over many sandboxes is one hop to that thread, not one per sandbox.
+Buffers live on the loop (`metric_history`); `forget` frees a sandbox's when it ends.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
-from extproc.lifecycle.processes import tree
-from extproc.lifecycle.sandboxes import Metric, Sandbox
+from extproc.core.errors import Unavailable
+from extproc.lifecycle.metric_history import MetricHistory
+from extproc.lifecycle.readings import Reader, Target
+from extproc.lifecycle.reaping import Clock
+from extproc.lifecycle.sandboxes import EventType, Metric
+from extproc.lifecycle.watching import Hub
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_MAX_FILES = 100_000
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-
-def _cpu_and_rss(pid: int) -> tuple[int, int]:
-    ticks = rss = 0
-    for p in tree(pid):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text(encoding="ascii", errors="replace")
-            fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
-            rss += int(fields[21]) * _PAGE
-        except (OSError, ValueError, IndexError):
-            continue  # exited between listing and reading
-    return ticks, rss
-
-
-def disk_used(home: Path) -> int:
-    total = files = 0
-    for root, _dirs, names in os.walk(home):
-        for name in names:
-            files += 1
-            if files > _MAX_FILES:
-                return total
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512  # noqa: PTH118
-            except OSError:
-                continue
-    return total
+DEFAULT_INTERVAL_S = 5.0
+DEFAULT_MAX_SAMPLES = 720  # an hour at 5 s
 
 
 class Meter:
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[int, float]] = {}
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        hub: Hub,
+        running: Callable[[], list[Target]],
+        target_of: Callable[[str], Target | None],
+        interval_s: float = DEFAULT_INTERVAL_S,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+    ) -> None:
+        """`running`: a target per running sandbox, for a sweep. `target_of`: the target of
+        a live sandbox (running or paused), None once it has ended."""
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        self.interval_s = interval_s
+        self.history = MetricHistory(max_samples)
+        self._clock = clock
+        self._hub = hub
+        self._running = running
+        self._target_of = target_of
+        self._reader = Reader()
+        self._worker: ThreadPoolExecutor | None = None
+        # Sweeps completed, failed ones included (a progress count for observers).
+        self.sweeps = 0
+
+    # -- the worker thread ----------------------------------------------------------------
+
+    async def _on_worker(self, call: Callable[..., T], *args: object) -> T:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="lifecycle-metrics")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, call, *args)
+
+    async def _record(self, targets: Sequence[Target]) -> None:
+        """One sample of each target, into its buffer."""
+        if not targets:
+            return
+        for target in targets:
+            self.history.open(target.sandbox.sandbox_id)
+        samples = await self._on_worker(self._reader.read, targets, self._clock())
+        for sandbox_id, metric in samples.items():
+            self.history.append(sandbox_id, metric)  # a no-op if it ended meanwhile
+
+    # -- the tasks ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sweep every `interval_s`, and take each new sandbox's first sample, until
+        cancelled."""
+        firsts = asyncio.create_task(self._first_samples(), name="lifecycle-metrics-first")
+        try:
+            loop = asyncio.get_running_loop()
+            while True:
+                started = loop.time()
+                try:
+                    await self._record(self._running())
+                except Exception:
+                    log.exception("metrics sweep failed")
+                self.sweeps += 1
+                # A sweep slower than the interval starts the next at once, never two at once.
+                await asyncio.sleep(max(started + self.interval_s - loop.time(), 0.0))
+        finally:
+            firsts.cancel()
+            await asyncio.gather(firsts, return_exceptions=True)
+            if self._worker is not None:
+                self._worker.shutdown(wait=False, cancel_futures=True)
+                self._worker = None
+
+    async def _first_samples(self) -> None:
+        while True:
+            try:
+                # No snapshot of the sandboxes already there: the sweeps cover those.
+                async for event in self._hub.watch(list):
+                    if event.type is EventType.CREATED and event.sandbox is not None:
+                        target = self._target_of(event.sandbox.sandbox_id)
+                        if target is not None:
+                            await self._record([target])
+            except Unavailable:
+                # Fell behind a burst of events and was cut off: the next sweep samples
+                # whatever was missed.
+                log.debug("metrics: re-watching sandbox events after falling behind")
+            except Exception:
+                log.exception("metrics: first sample failed")
+
+    # -- reading and freeing --------------------------------------------------------------
+
+    async def series(self, target: Target, start: int | None, end: int | None) -> list[Metric]:
+        """The sandbox's samples with start <= timestamp <= end (whole unix seconds,
+        inclusive; None is unbounded). An empty buffer first gets one sample taken now."""
+        sandbox_id = target.sandbox.sandbox_id
+        if not self.history.samples(sandbox_id):
+            await self._record([target])
+        return self.history.window(sandbox_id, start, end)
 
     def forget(self, sandbox_id: str) -> None:
-        self._last.pop(sandbox_id, None)
-
-    def sample(self, sandbox: Sandbox, pid: int, home: Path, now: float) -> Metric:
-        ticks, rss = _cpu_and_rss(pid)
-        prev_ticks, prev_time = self._last.get(sandbox.sandbox_id, (0, sandbox.started_at))
-        self._last[sandbox.sandbox_id] = (ticks, now)
-        elapsed = max(now - prev_time, 1e-3)
-        cpus = max(sandbox.cpu_count, 1)
-        pct = 100.0 * (max(ticks - prev_ticks, 0) / _TICKS) / elapsed / cpus
-        return Metric(
-            timestamp=now,
-            cpu_count=sandbox.cpu_count,
-            cpu_used_pct=round(min(pct, 100.0), 2),
-            mem_used=rss,
-            mem_total=sandbox.memory_mb * 1024 * 1024,
-            mem_cache=0,
-            disk_used=disk_used(home),
-            disk_total=sandbox.disk_size_mb * 1024 * 1024,
-        )
+        """Free the sandbox's buffer and reader state (it has ended)."""
+        self.history.forget(sandbox_id)
+        if self._worker is None:
+            self._reader.forget(sandbox_id)
+            return
+        # On the worker, after any read of this sandbox still in flight.
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile
+            self._worker.submit(self._reader.forget, sandbox_id)

@@ -17,6 +17,10 @@ import subprocess
 from pathlib import Path
 
 _PROC = Path("/proc")
+# The pid of a sandbox that has no processes (paused, filesystem only). Negative, so that
+# nothing keyed by pid can reach a real process through it (pid 0 is the kernel's: /proc
+# lists init and kthreadd as its children).
+NO_PROCESS = -1
 
 
 def start_ticks(pid: int) -> int | None:
@@ -134,7 +138,8 @@ async def wait_gone(pids: list[int], limit_s: float) -> bool:
 
 
 class Watched:
-    """A supervisor whose exit we want to hear about."""
+    """A supervisor whose exit we want to hear about (with pid NO_PROCESS: none, which has
+    exited already and which `kill` leaves alone)."""
 
     def __init__(self, pid: int, ticks: int, popen: subprocess.Popen[bytes] | None) -> None:
         self.pid = pid
@@ -142,14 +147,20 @@ class Watched:
         self._popen = popen
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
-        try:
-            self._fd: int | None = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._fd = None
+        self._fd: int | None = None
+        if pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                self._fd = os.pidfd_open(pid)
+        if self._fd is None:
             self._reap()
             self.exited.set_result(None)
             return
         loop.add_reader(self._fd, self._on_exit)
+
+    @classmethod
+    def absent(cls) -> Watched:
+        """No process at all: what a sandbox paused to its filesystem has."""
+        return cls(NO_PROCESS, NO_PROCESS, None)
 
     def _reap(self) -> None:
         if self._popen is not None:

@@ -24,6 +24,14 @@ class OnTimeout(enum.IntEnum):
     PAUSE = 2
 
 
+class PauseMode(enum.IntEnum):
+    # Values equal the proto's PauseMode numbers. FULL stops the processes where they are
+    # (SIGSTOP locally); FILESYSTEM ends them and keeps the files, and a resume starts the
+    # sandbox afresh on those files (E2B's "filesystem" snapshot, a cold boot).
+    FULL = 1
+    FILESYSTEM = 2
+
+
 class EventType(enum.IntEnum):
     # Values equal the proto's SandboxEventType numbers.
     EXISTING = 1
@@ -62,6 +70,10 @@ class Sandbox:
     idempotency_key: str = ""
     # E2B's network.allowPublicTraffic: when False, every port but envd's needs the token.
     allow_public_traffic: bool = True
+    # What a pause on timeout keeps (E2B's autoPauseMemory: true is FULL).
+    timeout_pause_mode: PauseMode = PauseMode.FULL
+    # What the current pause kept; meaningful only while PAUSED.
+    pause_mode: PauseMode = PauseMode.FULL
 
     @property
     def traffic_access_token(self) -> str:
@@ -78,6 +90,9 @@ class CreateSpec:
     tenant: str
     template: str
     timeout_s: int
+    # False when the caller left the timeout out and `timeout_s` is the gateway's default: a
+    # template with a default of its own (a CodeInterpreter's sessionTimeout) may replace it.
+    timeout_requested: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
     on_timeout: OnTimeout = OnTimeout.KILL
@@ -86,6 +101,7 @@ class CreateSpec:
     allow_internet_access: bool = True
     idempotency_key: str = ""
     allow_public_traffic: bool = True
+    timeout_pause_mode: PauseMode = PauseMode.FULL
     # The tenant's quota as the edge read it (core/quotas.py); 0 means the backend default.
     max_sandboxes: int = 0  # running + paused at once; 0: only the gateway's max applies
     creates_per_minute: int = 0  # admitted creates per minute; 0: core.quotas.BUILTIN's
@@ -97,7 +113,9 @@ class ListQuery:
     states: frozenset[State] = frozenset({State.RUNNING, State.PAUSED})
     template: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # Inclusive bounds (unix seconds) at microsecond precision, the precision of startedAt.
     started_after: float | None = None
+    started_before: float | None = None
     page_size: int = 100
     page_token: str = ""
     ascending: bool = False

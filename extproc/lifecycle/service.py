@@ -26,7 +26,16 @@ from extproc.core import timeouts
 from extproc.core.errors import DomainError, InvalidArgument, ResourceExhausted
 from extproc.lifecycle.backend import Backend
 from extproc.lifecycle.caller_auth import may_see_all_tenants
-from extproc.lifecycle.sandboxes import CreateSpec, ListQuery, Metric, OnTimeout, Sandbox, State
+from extproc.lifecycle.metric_history import check_window
+from extproc.lifecycle.sandboxes import (
+    CreateSpec,
+    ListQuery,
+    Metric,
+    OnTimeout,
+    PauseMode,
+    Sandbox,
+    State,
+)  # fmt: skip
 from extproc.lifecycle.status import to_status
 from extproc.lifecycle.templates import Template
 
@@ -57,6 +66,7 @@ def sandbox_pb(s: Sandbox) -> pb.Sandbox:
         allow_internet_access=s.allow_internet_access, end_reason=s.end_reason,
         allow_public_traffic=s.allow_public_traffic,
         traffic_access_token=s.traffic_access_token,
+        pause_mode=_enum(s.pause_mode if s.state is State.PAUSED else 0),
     )  # fmt: skip
 
 
@@ -132,6 +142,24 @@ def _on_timeout(value: int) -> OnTimeout:
     raise InvalidArgument(f"unknown on_timeout value {value}")
 
 
+def _pause_mode(request: Any, keeps_memory: str) -> PauseMode:
+    """The `keeps_memory` bool field (absent: true, E2B's default) as a pause mode."""
+    if not request.HasField(keeps_memory) or getattr(request, keeps_memory):
+        return PauseMode.FULL
+    return PauseMode.FILESYSTEM
+
+
+def _timeout_pause_mode(request: Any) -> PauseMode:
+    mode = _pause_mode(request, "auto_pause_memory")
+    # As E2B's API: traffic cannot wake a sandbox that lost its processes transparently.
+    if mode is PauseMode.FILESYSTEM and request.auto_resume:
+        raise InvalidArgument(
+            "autoResume cannot be combined with autoPauseMemory: false: a sandbox paused "
+            "to its filesystem must be resumed explicitly (connect or resume)"
+        )
+    return mode
+
+
 def _public_traffic(request: Any) -> bool:
     if not request.HasField("allow_public_traffic") or request.allow_public_traffic:
         return True
@@ -162,11 +190,13 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
         )
         spec = CreateSpec(
             tenant=request.tenant, template=request.template_id or "base", timeout_s=timeout_s,
+            timeout_requested=request.HasField("timeout_seconds"),
             metadata=dict(request.metadata), env_vars=dict(request.env_vars),
             on_timeout=_on_timeout(request.on_timeout), auto_resume=request.auto_resume,
             secure=request.secure, allow_internet_access=request.allow_internet_access,
             idempotency_key=request.idempotency_key,
             allow_public_traffic=_public_traffic(request),
+            timeout_pause_mode=_timeout_pause_mode(request),
             max_sandboxes=request.quota.max_sandboxes,
             creates_per_minute=request.quota.creates_per_minute,
         )  # fmt: skip
@@ -179,15 +209,18 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
 
     @_unary
     async def ListSandboxes(self, request: Any, context: Any) -> pb.ListSandboxesResponse:
-        after = request.started_after.ToNanoseconds() / 1e9 if request.HasField(
-            "started_after") else None  # fmt: skip
+        after, before = (
+            getattr(request, name).ToNanoseconds() / 1e9 if request.HasField(name) else None
+            for name in ("started_after", "started_before")
+        )
         if request.order not in (pb.LIST_ORDER_UNSPECIFIED, pb.LIST_ORDER_DESC,
                                  pb.LIST_ORDER_ASC):  # fmt: skip
             raise InvalidArgument(f"unknown list order {request.order}")
         query = ListQuery(
             tenant=request.tenant, states=_states(request.states), template=request.template_id,
-            metadata=dict(request.metadata), started_after=after, page_size=request.page_size,
-            page_token=request.page_token, ascending=request.order == pb.LIST_ORDER_ASC,
+            metadata=dict(request.metadata), started_after=after, started_before=before,
+            page_size=request.page_size, page_token=request.page_token,
+            ascending=request.order == pb.LIST_ORDER_ASC,
         )  # fmt: skip
         page = await self._backend.list_sandboxes(query)
         return pb.ListSandboxesResponse(
@@ -223,7 +256,9 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
 
     @_unary
     async def PauseSandbox(self, request: Any, context: Any) -> pb.PauseSandboxResponse:
-        sandbox = await self._backend.pause(request.sandbox_id, request.tenant)
+        sandbox = await self._backend.pause(
+            request.sandbox_id, request.tenant, _pause_mode(request, "memory")
+        )
         return pb.PauseSandboxResponse(sandbox=sandbox_pb(sandbox))
 
     @_unary
@@ -235,7 +270,17 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
 
     @_unary
     async def GetSandboxMetrics(self, request: Any, context: Any) -> pb.GetSandboxMetricsResponse:
-        metrics = await self._backend.metrics(request.sandbox_id, request.tenant)
+        start, end = (
+            getattr(request, name).seconds if request.HasField(name) else None
+            for name in ("start", "end")
+        )
+        try:
+            check_window(start, end)
+        except InvalidArgument:
+            # An unknown sandbox is 404 whatever the window, as E2B looks it up first.
+            await self._backend.get(request.sandbox_id, request.tenant)
+            raise
+        metrics = await self._backend.metrics(request.sandbox_id, request.tenant, start, end)
         return pb.GetSandboxMetricsResponse(metrics=[metric_pb(m) for m in metrics])
 
     async def WatchSandboxes(

@@ -26,6 +26,10 @@ class ServerSettings:
     listen: str = "127.0.0.1:9002"
     # Seconds in-flight RPCs get to finish on SIGTERM (default 5.0).
     grace_s: float = 5.0
+    # A second, plaintext gRPC address serving grpc.health.v1 only, HOST:PORT (default ""
+    # = none). For kubelet's gRPC probes, which cannot speak TLS, when `listen` is mutual
+    # TLS (Kubernetes mode); it tells nothing but SERVING or NOT_SERVING.
+    health_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,19 +86,42 @@ class LocalSettings:
     # Kill every sandbox when the service stops on SIGTERM (default false: live sandboxes
     # keep running and the next start re-adopts them; pool sandboxes are always killed).
     kill_on_exit: bool = False
+    # Seconds between metric samples of each running sandbox (default 5.0), and the samples
+    # kept per sandbox, oldest dropped first (default 720: an hour at 5 s).
+    metrics_interval_s: float = 5.0
+    metrics_max_samples: int = 720
 
 
 @dataclass(frozen=True)
 class KubernetesSettings:
-    # Namespace of the identity and token-seed Secrets (default agentcube-system; the
-    # command defaults it from $POD_NAMESPACE when that is set).
+    # Our namespace: the token-seed, proof-key and TLS Secrets live here, created if absent
+    # (default agentcube-system; the command defaults it from $POD_NAMESPACE when set).
     namespace: str = "agentcube-system"
-    # Secret with the router identity (private.pem PKCS#1, public.pem PKIX), shared with
-    # AgentCube's router; created if absent (default picod-router-identity).
+    # AgentCube's namespace, where its router keeps the identity Secret (default agentcube,
+    # as AgentCube's getting-started; the command defaults it from $AGENTCUBE_NAMESPACE,
+    # AgentCube's own variable, when set).
+    identity_namespace: str = "agentcube"
+    # Secret with the router identity (private.pem PKCS#1 or PKCS#8, public.pem PKIX), made
+    # by AgentCube's router; its warm-pool pods trust only that key (default
+    # picod-router-identity).
     identity_secret: str = "picod-router-identity"  # noqa: S105 (a Secret name)
+    # Create the identity Secret in `identity_namespace` when it is absent (default False:
+    # a missing Secret stops the service with a message saying what to do). For clusters
+    # without AgentCube; AgentCube's router, installed later, then loads ours.
+    create_identity: bool = False
     # Secret with the envd access-token seed (hex under `seed`); created if absent
     # (default e2b-envd-token-seed).
     seed_secret: str = "e2b-envd-token-seed"  # noqa: S105 (a Secret name)
+    # Secret with the key that proves which Sandboxes we wrote (extproc.k8s.object_proof);
+    # created if absent (default e2b-object-proof-key).
+    proof_secret: str = "e2b-object-proof-key"  # noqa: S105 (a Secret name)
+    # Secret with the lifecycle gRPC's mutual-TLS CA and certificates
+    # (extproc.k8s.lifecycle_tls); created if absent. "" serves plaintext: callers are then
+    # not authenticated (default e2b-lifecycle-tls).
+    lifecycle_tls_secret: str = "e2b-lifecycle-tls"  # noqa: S105 (a Secret name)
+    # agent-sandbox API version to speak: "auto" (API discovery: v1beta1 where served, else
+    # v1alpha1), "v1alpha1" or "v1beta1" (default auto).
+    agent_sandbox_version: str = "auto"
     # Kubeconfig file and context; None: the pod's service account in a cluster, else
     # ~/.kube/config or $KUBECONFIG (default None).
     kubeconfig: Path | None = None
@@ -108,8 +135,8 @@ class KubernetesSettings:
     # "http"; tests point them at local stand-ins).
     picod_port: int = 49983
     picod_scheme: str = "http"
-    # Seconds between reads of a SandboxClaim while waiting for the warm pool to bind it
-    # (default 0.5).
+    # Longest wait between reads of a SandboxClaim while waiting for the warm pool to bind
+    # it; the reads start 20 ms apart and back off to this (default 0.5).
     claim_poll_s: float = 0.5
 
 

@@ -125,6 +125,8 @@ def _picod_argv(settings: LocalSettings, launch: Launch, isolated: bool) -> list
         "--listen", f"{'0.0.0.0' if isolated else launch.host}:{PICOD_PORT}",
         "--sandbox-id", launch.sandbox_id,
         "--home", home,
+        # The lifecycle keeps this sandbox's metric series itself (measuring.py).
+        "--metrics-interval", "0",
     ]  # fmt: skip
     if settings.jwt_public_key is not None:
         argv += ["--jwt-public-key", JWT_KEY_INSIDE if isolated else str(settings.jwt_public_key)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extproc.core.errors import ResourceExhausted
-from extproc.lifecycle.sandboxes import OnTimeout, Sandbox, State
+from extproc.lifecycle.sandboxes import OnTimeout, PauseMode, Sandbox, State
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
   pid INTEGER NOT NULL,
   pid_start INTEGER NOT NULL,
   pooled INTEGER NOT NULL,
-  allow_public_traffic INTEGER NOT NULL DEFAULT 1
+  allow_public_traffic INTEGER NOT NULL DEFAULT 1,
+  timeout_pause_mode INTEGER NOT NULL DEFAULT 1,
+  pause_mode INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS sandboxes_live ON sandboxes (state);
 -- Rebuilding the Idempotency-Key index at start reads the last day's keyed rows only.
@@ -61,8 +63,15 @@ _COLUMNS = (
     "sandbox_id", "tenant", "template_id", "alias", "metadata", "env_vars", "started_at",
     "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "endpoint_host",
     "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason", "idempotency_key",
-    "pid", "pid_start", "pooled", "allow_public_traffic",
-)
+    "pid", "pid_start", "pooled", "allow_public_traffic", "timeout_pause_mode", "pause_mode",
+)  # fmt: skip
+# Columns added after the first release, with what rows written before them mean: every
+# sandbox was public, and every pause was a full one (SIGSTOP).
+_ADDED_COLUMNS = {
+    "allow_public_traffic": "INTEGER NOT NULL DEFAULT 1",
+    "timeout_pause_mode": "INTEGER NOT NULL DEFAULT 1",
+    "pause_mode": "INTEGER NOT NULL DEFAULT 1",
+}
 # Column names are constants, never input: these f-strings are not injectable.
 _UPSERT = (
     f"INSERT OR REPLACE INTO sandboxes ({', '.join(_COLUMNS)}) "  # noqa: S608
@@ -95,7 +104,8 @@ class Row:
 
     sandbox: Sandbox
     # The per-sandbox supervisor's pid and its start time in clock ticks since boot
-    # (/proc/PID/stat field 22), which guards against pid reuse.
+    # (/proc/PID/stat field 22), which guards against pid reuse; `processes.NO_PROCESS`
+    # while it has none (paused, filesystem only).
     pid: int
     pid_start: int
     # True while it waits in the warm pool (never handed to a tenant).
@@ -110,7 +120,7 @@ def _encode(row: Row) -> tuple[object, ...]:
         s.memory_mb, s.disk_size_mb, s.envd_version, s.endpoint_host, int(s.on_timeout),
         int(s.auto_resume), int(s.secure), int(s.allow_internet_access), s.end_reason,
         s.idempotency_key, row.pid, row.pid_start, int(row.pooled),
-        int(s.allow_public_traffic),
+        int(s.allow_public_traffic), int(s.timeout_pause_mode), int(s.pause_mode),
     )  # fmt: skip
 
 
@@ -127,6 +137,8 @@ def _decode(values: sqlite3.Row, token: str) -> Row:
         secure=bool(v["secure"]), allow_internet_access=bool(v["allow_internet_access"]),
         end_reason=v["end_reason"], idempotency_key=v["idempotency_key"],
         allow_public_traffic=bool(v["allow_public_traffic"]),
+        timeout_pause_mode=PauseMode(v["timeout_pause_mode"]),
+        pause_mode=PauseMode(v["pause_mode"]),
     )  # fmt: skip
     return Row(sandbox, v["pid"], v["pid_start"], bool(v["pooled"]))
 
@@ -146,12 +158,10 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
-        # A database from before allow_public_traffic: its sandboxes were all public.
         columns = {c[1] for c in conn.execute("PRAGMA table_info(sandboxes)")}
-        if "allow_public_traffic" not in columns:
-            conn.execute(
-                "ALTER TABLE sandboxes ADD COLUMN allow_public_traffic INTEGER NOT NULL DEFAULT 1"
-            )
+        for name, definition in _ADDED_COLUMNS.items():
+            if name not in columns:  # a database from before the column
+                conn.execute(f"ALTER TABLE sandboxes ADD COLUMN {name} {definition}")
         return conn
 
     async def open(self, prune_before: float) -> None:

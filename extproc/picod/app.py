@@ -1,9 +1,10 @@
 """The picod ASGI app: CORS, then auth, then a router over envd's routes.
 
 Connect services are mounted by path prefix (connectrpc's ASGI apps), the small envd
-HTTP endpoints are answered here, and the filesystem service and `/files` come from
-their own modules. Every error is JSON: Connect error JSON on RPC routes (connectrpc),
-`{"code": <int>, "message": ...}` everywhere else, as envd answers.
+HTTP endpoints are answered here (`/init` also binds a warm-pool picod to its sandbox:
+binding.py), and the filesystem service and `/files` come from their own modules. Every
+error is JSON: Connect error JSON on RPC routes (connectrpc), `{"code": <int>, "message":
+...}` everywhere else, as envd answers.
 
 The filesystem service and `/files` are built on their first request: their imports
 (filesystem messages, inotify, multipart) are a third of picod's start-up work, and
@@ -18,8 +19,11 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from extproc._gen.process.process_connect import ProcessASGIApplication
-from extproc.picod.auth import AuthMiddleware
+from extproc.core import errors
+from extproc.picod.auth import BIND_SESSION, AuthMiddleware
+from extproc.picod.binding import Binding
 from extproc.picod.environment import Environment
+from extproc.picod.measuring import Meter, parse_window
 from extproc.picod.processes import CLIENT_WATCH, ClientWatch, ProcessService, ProcessTable
 from extproc.picod.rpc_errors import (
     ErrorMappingInterceptor,
@@ -28,7 +32,6 @@ from extproc.picod.rpc_errors import (
     guard_envelopes,
 )
 from extproc.picod.settings import PicodSettings
-from extproc.picod.sysinfo import SystemMetrics
 
 if TYPE_CHECKING:
     from extproc.picod.files import FilesEndpoint
@@ -84,12 +87,22 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+# How a refused bind answers /init.
+_BIND_STATUS: list[tuple[type[errors.DomainError], int]] = [
+    (errors.InvalidArgument, 400),
+    (errors.Unauthenticated, 401),
+    (errors.Conflict, 409),
+    (errors.Unavailable, 503),
+]
+
+
 class Router:
-    def __init__(self, settings: PicodSettings) -> None:
+    def __init__(self, settings: PicodSettings, binding: Binding) -> None:
         self.settings = settings
+        self.binding = binding
         self.environment = Environment.from_settings(settings)
         self.processes = ProcessTable()
-        self._metrics = SystemMetrics(settings.home)
+        self.meter = Meter(settings.home, settings.metrics_interval_s, settings.metrics_max_samples)
         self._process_rpc = ProcessASGIApplication(
             ProcessService(self.environment, self.processes), **self._rpc_options()
         )
@@ -122,11 +135,13 @@ class Router:
         if self._files is None:
             from extproc.picod.files import FilesEndpoint
 
-            self._files = FilesEndpoint(self.settings, self.environment)
+            self._files = FilesEndpoint(self.settings, self.environment, self.binding)
         return self._files
 
     def close(self) -> None:
-        """Release what outlives requests: the filesystem service's polled watchers."""
+        """Release what outlives requests: the metrics sampler, the filesystem service's
+        polled watchers."""
+        self.meter.close()
         if self._filesystem is not None:
             self._filesystem.close()
 
@@ -153,11 +168,25 @@ class Router:
             elif path == "/envs":
                 await respond_json(send, 200, self.environment.env_vars)
             elif path == "/metrics":
-                await respond_json(send, 200, self._metrics.snapshot())
+                await self._metrics(scope, send)
             else:
-                await self._init(receive, send)
+                await self._init(scope, receive, send)
         else:
             await error(send, 404, "no such route")
+
+    async def _metrics(self, scope: Scope, send: Any) -> None:
+        """Without a query, the sample taken now (what older lifecycle services read); with
+        `start`, `end` or `series=1`, `{"samples": [...]}` from the kept series (measuring.py)."""
+        try:
+            window = parse_window(scope.get("query_string", b""))
+        except errors.InvalidArgument as e:
+            await error(send, 400, e.message)
+            return
+        if window is None:
+            await respond_json(send, 200, self.meter.current().as_json())
+        else:
+            samples = self.meter.window(*window)
+            await respond_json(send, 200, {"samples": [s.as_json() for s in samples]})
 
     async def _rpc(self, app: ASGIApp, scope: Scope, receive: Any, send: Any) -> None:
         watch = ClientWatch()
@@ -186,7 +215,8 @@ class Router:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _init(self, receive: Any, send: Any) -> None:
+    async def _init(self, scope: Scope, receive: Any, send: Any) -> None:
+        """envd's `/init`: bind the sandbox (see binding.py), then apply the environment."""
         body = await read_body(receive, INIT_MAX_BYTES)
         if body is None:
             await error(send, 413, "request body too large")
@@ -199,17 +229,29 @@ class Router:
         env_vars = request.get("envVars") if isinstance(request, dict) else None
         user = request.get("defaultUser") if isinstance(request, dict) else None
         workdir = request.get("defaultWorkdir") if isinstance(request, dict) else None
+        token = request.get("accessToken") if isinstance(request, dict) else None
         if not (
             isinstance(request, dict)
             and (env_vars is None or _is_str_map(env_vars))
             and (user is None or isinstance(user, str))
             and (workdir is None or (isinstance(workdir, str) and workdir.startswith("/")))
+            and (token is None or isinstance(token, str))
         ):
             await error(
                 send,
                 400,
-                "expected {envVars?: {str: str}, defaultUser?: str, defaultWorkdir?: abs path}",
+                "expected {envVars?: {str: str}, accessToken?: str, defaultUser?: str, "
+                "defaultWorkdir?: abs path}",
             )
+            return
+        session = scope.get("state", {}).get(BIND_SESSION)
+        if self.settings.no_auth:
+            token = None  # serving without auth was asked for explicitly; /init cannot undo it
+        try:
+            self.binding.bind(session, token)
+        except errors.DomainError as e:
+            status = next((s for kind, s in _BIND_STATUS if isinstance(e, kind)), 500)
+            await error(send, status, e.message)
             return
         self.environment.apply_init(env_vars or {}, user, workdir)
         await respond(
@@ -280,11 +322,14 @@ class CorsMiddleware:
 class Picod:
     """The whole ASGI app; `.processes` and `.close()` are for the server's shutdown."""
 
-    def __init__(self, settings: PicodSettings) -> None:
-        self.router = Router(settings)
+    def __init__(self, settings: PicodSettings, binding: Binding | None = None) -> None:
+        if binding is None:
+            binding = Binding.load(settings.sandbox_id, settings.access_token, settings.state_dir)
+        self.binding = binding
+        self.router = Router(settings, binding)
         self.environment = self.router.environment
         self.processes = self.router.processes
-        self._asgi = CorsMiddleware(AuthMiddleware(self.router, settings))
+        self._asgi = CorsMiddleware(AuthMiddleware(self.router, settings, binding))
 
     def close(self) -> None:
         self.router.close()
@@ -293,5 +338,6 @@ class Picod:
         await self._asgi(scope, receive, send)
 
 
-def build_app(settings: PicodSettings) -> Picod:
-    return Picod(settings)
+def build_app(settings: PicodSettings, binding: Binding | None = None) -> Picod:
+    """The app; `binding` defaults to the one `settings` and their state directory give."""
+    return Picod(settings, binding)

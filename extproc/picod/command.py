@@ -10,11 +10,19 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
-from extproc.core.flags import EnvDefaults, listen_address, sandbox_daemon_auth
+from extproc.core.flags import (
+    EnvDefaults,
+    integer_arg,
+    listen_address,
+    number_arg,
+    sandbox_daemon_auth,
+)
+from extproc.picod.binding import Binding
 from extproc.picod.settings import DEFAULT_HOME, DEFAULT_USER, PicodSettings
 
 ENV = EnvDefaults("AGENTCUBE_E2B_PICOD_")
@@ -42,6 +50,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--access-token", default=ENV.text("ACCESS_TOKEN"), help="envd's X-Access-Token"
     )
     parser.add_argument(
+        "--state-dir",
+        default=ENV.text("STATE_DIR"),
+        metavar="DIR",
+        help="keep the binding /init makes here (0600), to survive a restart (default: none)",
+    )
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         default=ENV.flag("NO_AUTH"),
@@ -57,6 +71,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=[line for line in (ENV.text("ENV") or "").splitlines() if line],
         metavar="KEY=VALUE",
         help="sandbox env var for every process (repeatable; env: one per line)",
+    )
+    parser.add_argument(
+        "--metrics-interval",
+        default=ENV.text("METRICS_INTERVAL") or "5.0",
+        metavar="SECONDS",
+        help="seconds between the samples kept for GET /metrics?start=&end= (0: none kept; "
+        "default 5.0)",
+    )
+    parser.add_argument(
+        "--metrics-max-samples",
+        default=ENV.text("METRICS_MAX_SAMPLES") or "720",
+        metavar="N",
+        help="most metric samples kept, the oldest dropped first (default 720)",
     )
     parser.set_defaults(run=run, parser=parser)
 
@@ -83,7 +110,17 @@ def settings_from_args(args: argparse.Namespace) -> PicodSettings:
         default_user=args.user,
         home=Path(args.home),
         env_vars=env_vars,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        metrics_interval_s=_metrics_interval(args),
+        metrics_max_samples=integer_arg(args, "metrics_max_samples", 1),
     )
+
+
+def _metrics_interval(args: argparse.Namespace) -> float:
+    seconds = number_arg(args, "metrics_interval", 0.0)
+    if not math.isfinite(seconds):
+        raise ValueError(f"--metrics-interval: expected a finite number, got {seconds}")
+    return seconds
 
 
 def _env_json(raw: str | None) -> dict[str, str]:
@@ -109,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         settings.home.mkdir(parents=True, exist_ok=True)
+        binding = Binding.load(settings.sandbox_id, settings.access_token, settings.state_dir)
     except (ValueError, OSError) as e:
         print(f"agentcube-e2b picod: error: {e}", file=sys.stderr)
         return 2
@@ -117,4 +155,4 @@ def run(args: argparse.Namespace) -> int:
     gc.disable()
     from extproc.picod.server import run as serve
 
-    return serve(settings)
+    return serve(settings, binding)

@@ -33,6 +33,7 @@ from urllib.parse import quote
 from python_multipart.multipart import parse_options_header
 
 from extproc.core import errors, signed_urls
+from extproc.picod.binding import Binding
 from extproc.picod.entries import domain_error, os_errors
 from extproc.picod.environment import Environment
 from extproc.picod.multipart_upload import (
@@ -75,9 +76,10 @@ class NotAcceptable(errors.DomainError):
 
 
 class FilesEndpoint:
-    def __init__(self, settings: PicodSettings, environment: Environment) -> None:
+    def __init__(self, settings: PicodSettings, environment: Environment, binding: Binding) -> None:
         self._settings = settings
         self._environment = environment
+        self._binding = binding
         # Optional cap on one upload's size in bytes (None: only the disk limits it).
         self._max_upload: int | None = getattr(settings, "max_upload_bytes", None)
 
@@ -123,7 +125,8 @@ class FilesEndpoint:
     ) -> None:
         if scope.get("state", {}).get(ACCESS_TOKEN_OK, False):
             return
-        signed_urls.verify(query, operation, self._settings.access_token, time.time())
+        # The token /init set, if this picod was bound after it started.
+        signed_urls.verify(query, operation, self._binding.access_token, time.time())
 
     async def _download(self, scope: Scope, send: Send, user: User, raw: str | None) -> None:
         if not raw:

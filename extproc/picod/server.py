@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from extproc.picod.app import build_app
+from extproc.picod.binding import Binding
 from extproc.picod.settings import PicodSettings
 
 # Seconds children get between SIGTERM and SIGKILL, and open requests get afterwards.
@@ -45,8 +46,8 @@ class _Server(uvicorn.Server):
         gc.enable()
 
 
-async def serve(settings: PicodSettings) -> None:
-    app = build_app(settings)
+async def serve(settings: PicodSettings, binding: Binding | None = None) -> None:
+    app = build_app(settings, binding)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -90,8 +91,8 @@ async def serve(settings: PicodSettings) -> None:
             loop.remove_signal_handler(signum)
 
 
-def run(settings: PicodSettings) -> int:
+def run(settings: PicodSettings, binding: Binding | None = None) -> int:
     import uvloop
 
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, binding))
     return 0

@@ -26,12 +26,17 @@ class PicodSettings:
     # Address to listen on (default 0.0.0.0; the envd port is 49983).
     host: str = "0.0.0.0"
     port: int = 49983
-    # This sandbox's id; a gateway JWT whose session_id differs is refused. None: not checked.
+    # This sandbox's id; a gateway JWT whose session_id differs is refused. None: unbound
+    # until `POST /init` binds it (with JWT auth on, nothing but /health and /init answers
+    # until then; see binding.py).
     sandbox_id: str | None = None
     # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
     jwt_public_key: str | None = None
-    # E2B's envd access token (X-Access-Token). None: not required.
+    # E2B's envd access token (X-Access-Token). None: not required until `/init` sets one.
     access_token: str | None = None
+    # Directory (0700) where a binding made by `/init` is kept, so picod restarted in the same
+    # pod comes back bound. None (the default): the binding lives in memory only.
+    state_dir: Path | None = None
     # Explicitly serve without any auth (local debugging only).
     no_auth: bool = False
     # The default user's name and home; relative paths resolve against the user's home.
@@ -43,4 +48,9 @@ class PicodSettings:
     max_message_bytes: int = 16 * 1024 * 1024
     # Largest /files upload accepted, in bytes; None (the default) means only the disk limits.
     max_upload_bytes: int | None = None
+    # Seconds between the samples picod keeps of itself for `GET /metrics?start=&end=` (the
+    # series Kubernetes mode serves; default 5.0). 0: none kept, a series is one sample now.
+    metrics_interval_s: float = 5.0
+    # Most samples kept; the oldest drop off first (default 720: an hour at 5 s).
+    metrics_max_samples: int = 720
     envd_version: str = ENVD_VERSION

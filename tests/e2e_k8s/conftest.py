@@ -2,7 +2,8 @@
 
 - `cluster`: a helper process (cluster.py) serving the fake Kubernetes API over HTTP on
   127.0.0.1 and running the fake kubelet (a real picod per Sandbox on 127.101.x.y:49983),
-  preloaded with CodeInterpreter `base` in tenant namespace `team-a`; and a kubeconfig for it.
+  preloaded with CodeInterpreter `base` in tenant namespace `team-a` and AgentCube's identity
+  Secret in namespace `agentcube` (as AgentCube's router makes it); and a kubeconfig for it.
 - `gateway`: the lifecycle service (`--backend kubernetes`), the edge (keys and routing
   directory from the cluster) and Envoy, started as up.py starts them, each in its own
   process group, each waited on (gRPC health SERVING, Envoy /ready); API keys created with
@@ -33,7 +34,7 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
 from extproc.k8s.client import api_client
 from support.gateway import CLI, envoy_argv, sdk_environment
-from support.processes import free_port, spawn_logged, wait_healthy, wait_until
+from support.processes import free_port, spawn_logged, wait_healthy, wait_until  # noqa: F401
 
 TESTS = Path(__file__).resolve().parent.parent
 SYSTEM_NAMESPACE = "agentcube-system"
@@ -42,22 +43,38 @@ OTHER_TENANT = "team-b"
 TEMPLATE = "base"
 DOMAIN = "e2b.localhost"
 IDENTITY_SECRET = "picod-router-identity"
+AGENTCUBE_NAMESPACE = "agentcube"  # where AgentCube's router keeps IDENTITY_SECRET
 SANDBOX_API = ("agents.x-k8s.io", "v1alpha1", "sandboxes")
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 
-CODE_INTERPRETER: dict[str, Any] = {
-    "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
-    "kind": "CodeInterpreter",
-    "metadata": {"name": TEMPLATE, "namespace": TENANT, "uid": "ci-base"},
-    "spec": {
-        "ports": [{"name": "envd", "port": 49983, "protocol": "HTTP", "pathPrefix": "/"}],
-        "template": {"image": "agentcube-e2b-sandbox:0.1.0", "imagePullPolicy": "IfNotPresent"},
-        "sessionTimeout": "15m",
-        "maxSessionDuration": "8h",
-        "authMode": "picod",
-    },
-}
+POOLED = "pooled"
+# The agent-sandbox releases the gateway is run against: the one AgentCube pins (v1alpha1
+# only) and a 0.5.x (v1beta1 storage, v1alpha1 converted).
+RELEASES = ("0.4.6", "0.5.6")
+
+
+def code_interpreter(name: str, **spec: Any) -> dict[str, Any]:
+    """A CodeInterpreter as AgentCube's CRD defines it (fields of the upstream facts only)."""
+    return {
+        "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
+        "kind": "CodeInterpreter",
+        "metadata": {"name": name, "namespace": TENANT, "uid": f"ci-{name}"},
+        "spec": {
+            "ports": [{"port": 49983, "protocol": "HTTP", "pathPrefix": "/"}],
+            "template": {"image": "agentcube-e2b-sandbox:0.1.0", "imagePullPolicy": "IfNotPresent"},
+            "sessionTimeout": "15m",
+            "maxSessionDuration": "8h",
+            "authMode": "picod",
+            **spec,
+        },
+    }
+
+
+CODE_INTERPRETER = code_interpreter(TEMPLATE)
+# Served from AgentCube's warm pool of one: its controller makes the SandboxTemplate and
+# SandboxWarmPool, with the key from AgentCube's namespace.
+POOLED_INTERPRETER = code_interpreter(POOLED, warmPoolSize=1)
 
 
 def child_env() -> dict[str, str]:
@@ -118,6 +135,7 @@ class Cluster:
     root: Path
     log: Path
     process: subprocess.Popen[bytes]
+    release: str  # the agent-sandbox release the fake controllers play
 
     def client(self) -> ApiClient:
         """The official client, configured from the kubeconfig as the gateway's processes are."""
@@ -142,14 +160,17 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-def start_cluster(directory: Path, preload: list[dict[str, Any]]) -> Cluster:
+def start_cluster(
+    directory: Path, preload: list[dict[str, Any]], release: str = RELEASES[0]
+) -> Cluster:
     root = directory / "pods"
     root.mkdir(parents=True)
     preload_file = directory / "preload.json"
     preload_file.write_text(json.dumps(preload))
     log = directory / "cluster.log"
     argv = [sys.executable, "-m", "e2e_k8s.cluster", "--root", str(root)]
-    argv += ["--preload", str(preload_file)]
+    argv += ["--preload", str(preload_file), "--agent-sandbox", release]
+    argv += ["--agentcube-namespace", AGENTCUBE_NAMESPACE]
     with log.open("wb") as err:
         process = subprocess.Popen(
             argv,
@@ -165,7 +186,8 @@ def start_cluster(directory: Path, preload: list[dict[str, Any]]) -> Cluster:
         stop_group(process)
         raise RuntimeError(f"fake cluster did not start:\n{log.read_text()[-4000:]}")
     url = f"http://127.0.0.1:{line[1]}"
-    return Cluster(url, write_kubeconfig(directory / "kubeconfig", url), root, log, process)
+    kubeconfig = write_kubeconfig(directory / "kubeconfig", url)
+    return Cluster(url, kubeconfig, root, log, process, release)
 
 
 def stop_cluster(cluster: Cluster) -> None:
@@ -181,11 +203,50 @@ def stop_cluster(cluster: Cluster) -> None:
     assert left == {}, left
 
 
-@pytest.fixture(scope="package")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def agentcube_identity() -> dict[str, Any]:
+    """Secret picod-router-identity as AgentCube's router makes it in its namespace (RSA-2048,
+    PKCS#1 + PKIX, its labels): the key its warm-pool pods trust, which the lifecycle and the
+    edge read from there."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": IDENTITY_SECRET,
+            "namespace": AGENTCUBE_NAMESPACE,
+            "labels": {"app": "agentcube", "component": "router"},
+        },
+        "data": {
+            "private.pem": base64.b64encode(private).decode(),
+            "public.pem": base64.b64encode(public).decode(),
+        },
+    }
+
+
+@pytest.fixture(scope="package", params=RELEASES, ids=lambda r: f"agent-sandbox-{r}")
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     running = start_cluster(
         tmp_path_factory.mktemp("cluster"),
-        [{"plural": "codeinterpreters", "object": CODE_INTERPRETER}],
+        [
+            {"plural": "secrets", "object": agentcube_identity()},
+            {"plural": "codeinterpreters", "object": CODE_INTERPRETER},
+            {"plural": "codeinterpreters", "object": POOLED_INTERPRETER},
+        ],
+        request.param,
     )
     try:
         yield running
@@ -240,6 +301,8 @@ class Gateway:
     cluster: Cluster
     api_key: str
     other_tenant_key: str
+    # name -> pid of the lifecycle, edge and Envoy (each leads its process group)
+    pids: dict[str, int]
 
     @property
     def env(self) -> dict[str, str]:
@@ -286,14 +349,20 @@ def _commands(
             *CLI, "lifecycle",
             "--backend", "kubernetes",
             "--kubeconfig", str(kubeconfig),
+            # its own Secrets (seed, proof key, TLS) here; AgentCube's identity there
             "--namespace", SYSTEM_NAMESPACE,
+            "--identity-namespace", AGENTCUBE_NAMESPACE,
             # a pod the fake kubelet cannot start fails the test in seconds, not minutes
             "--ready-timeout", "20",
+            # mutual TLS (Secret e2b-lifecycle-tls, made at start), as in the Deployment;
+            # plaintext health for the start-up wait, as kubelet's probe
             "--listen", addr["lifecycle"],
+            "--health-listen", addr["lifecycle_health"],
         ],
         "edge": [
             *CLI, "edge",
             "--listen", addr["edge"],
+            # an IP target: the edge checks the lifecycle's certificate by its service name
             "--lifecycle", addr["lifecycle"],
             "--domain", DOMAIN,
             "--metrics-listen", addr["metrics"],
@@ -301,7 +370,11 @@ def _commands(
             "--keys-namespace", SYSTEM_NAMESPACE,
             "--directory-source", "kubernetes",
             "--kubeconfig", str(kubeconfig),
-            # identity/ holds the Secret picod-router-identity, as the Deployment mounts it
+            # the TLS and proof-key Secrets here, AgentCube's identity there, all read
+            # through the API at start
+            "--namespace", SYSTEM_NAMESPACE,
+            "--identity-namespace", AGENTCUBE_NAMESPACE,
+            # nothing is kept here in Kubernetes mode; named so nothing lands in the cwd
             "--state-dir", str(edge_state),
         ],
         "envoy": envoy_argv(envoy_yaml, concurrency=2, log_level="warning"),
@@ -330,36 +403,15 @@ def wait_grpc_serving(
             time.sleep(0.05)
 
 
-def mount_identity(cluster: Cluster, directory: Path) -> None:
-    """What the kubelet does for the edge's Secret volume (k8s/base/edge.yaml): the router
-    identity the lifecycle service created, as files private.pem and public.pem."""
-    from kubernetes.client.exceptions import ApiException
-
-    def secret() -> Any:
-        try:
-            return CoreV1Api(client).read_namespaced_secret(IDENTITY_SECRET, SYSTEM_NAMESPACE)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    with cluster.client() as client:
-        wait_until(secret, START_TIMEOUT_S, interval_s=0.05)
-        data = secret().data
-    directory.mkdir(parents=True, mode=0o700)
-    for name in ("private.pem", "public.pem"):
-        (directory / name).write_bytes(base64.b64decode(data[name]))
-        (directory / name).chmod(0o400)
-
-
 @contextlib.contextmanager
 def running_gateway(
     cluster: Cluster, directory: Path, tenants: tuple[str, ...]
-) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+) -> Iterator[tuple[dict[str, str], dict[str, str], dict[str, int]]]:
     """lifecycle, edge and Envoy up, and a key per tenant created (while the lifecycle
-    service starts: the edge reports SERVING once it has read them); yields their addresses
-    and tenant -> key; stops every group on exit."""
-    ports = {name: free_port() for name in ("lifecycle", "edge", "metrics", "listen", "admin")}
+    service starts: the edge reports SERVING once it has read them); yields their addresses,
+    tenant -> key and their pids; stops every group on exit."""
+    names = ("lifecycle", "lifecycle_health", "edge", "metrics", "listen", "admin")
+    ports = {name: free_port() for name in names}
     envoy_yaml = directory / "envoy.yaml"
     subprocess.run(
         [
@@ -384,8 +436,7 @@ def running_gateway(
             start("envoy")  # needs nothing else to become ready
             start("lifecycle")
             keys = {tenant: create_key(cluster, tenant) for tenant in tenants}
-            wait_grpc_serving(processes["lifecycle"], at(ports["lifecycle"]))
-            mount_identity(cluster, directory / "edge-state" / "identity")
+            wait_grpc_serving(processes["lifecycle"], at(ports["lifecycle_health"]))
             wait_grpc_serving(start("edge"), at(ports["edge"]))
             wait_healthy(
                 processes["envoy"],
@@ -400,7 +451,8 @@ def running_gateway(
                 for name in processes
             )
             raise RuntimeError(f"gateway did not start: {error}\n{logs}") from error
-        yield {name: at(port) for name, port in ports.items()}, keys
+        pids = {name: process.pid for name, process in processes.items()}
+        yield {name: at(port) for name, port in ports.items()}, keys, pids
     finally:
         codes = stop_all(processes)
     assert all(code == 0 for code in codes.values()), codes
@@ -409,7 +461,7 @@ def running_gateway(
 @pytest.fixture(scope="package")
 def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("gateway")
-    with running_gateway(cluster, directory, (TENANT, OTHER_TENANT)) as (at, keys):
+    with running_gateway(cluster, directory, (TENANT, OTHER_TENANT)) as (at, keys, pids):
         gateway = Gateway(
             url=f"http://{at['listen']}",
             admin=at["admin"],
@@ -419,6 +471,7 @@ def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
             cluster=cluster,
             api_key=keys[TENANT],
             other_tenant_key=keys[OTHER_TENANT],
+            pids=pids,
         )
         with sdk_environment(gateway.env):  # for this package only
             yield gateway

@@ -1,24 +1,44 @@
-"""A fake kubelet: agent-sandbox's controller and a node, for one fake Kubernetes API.
+"""A fake node: for each Pod in the fake Kubernetes API it runs the container's picod as a real
+process, and writes the Pod's status as a kubelet would. Pods come from the fake controllers
+(sandbox_controller.py); the lifecycle service and the edge see only the API objects.
 
-For each Sandbox (`agents.x-k8s.io/v1alpha1`) it sees, it does what the controller and the
-kubelet would: writes the Pod (named after the Sandbox, labels and annotations from
-`spec.podTemplate`, Pending), starts the container's picod as a real process on a loopback
-address of its own (127.101.x.y, so every "pod" can listen on envd's 49983), and once picod
-answers GET /health it writes the Pod Running and Ready with `status.podIP` = that address,
-and the Sandbox's Ready condition. When the Sandbox is deleted it stops picod and deletes the
-Pod. The lifecycle service and the edge see only the API objects, as in a cluster.
+Each pod gets a loopback address of its own (127.101.x.y, never reused), so every "pod" can
+listen on envd's 49983. Its status goes through the kubelet's stages:
+- Pending, the container waiting: its env cannot be resolved (a Secret or ConfigMap, or a key
+  of one, is missing: reason `CreateContainerConfigError`, message as the kubelet's), or a
+  persistentVolumeClaim it mounts does not exist yet (`ContainerCreating`). Retried whenever a
+  Secret, ConfigMap or PVC of its namespace changes.
+- Running, not Ready: picod started, `podIP` set.
+- Running and Ready once picod answers GET /health (the readiness probe).
+- Failed if picod exits on its own (no restarts).
+When the Pod is deleted (by a controller, or by the garbage collector with its Sandbox) picod
+is stopped.
 
-It learns about Sandboxes from the fake's change listeners (tests/support/kubeapi.py) and
-writes through its in-process `put`/`delete`, on the loop: the watch events the lifecycle
-service and the edge receive are the ones those writes produce.
-Container env is resolved as a kubelet would: `value`, `valueFrom.secretKeyRef`,
-`valueFrom.configMapKeyRef` and the `fieldRef`s picod could need.
+The container's env is resolved as a kubelet does: `envFrom` (secretRef, configMapRef), then
+`env` entries: `value`, `valueFrom.secretKeyRef`, `configMapKeyRef` (both honouring
+`optional`) and the `fieldRef`s a pod can read. picod gets that env plus PATH, HOME and
+PYTHONPATH, and its flags from the container (picod_argv) with --listen and --home set here.
+
+Filesystems: a volume backed by a persistentVolumeClaim (a Sandbox's volumeClaimTemplates)
+is a directory per PVC object that outlives pods; any other volume, and the rest of the
+container's filesystem, belong to the pod and are not seen again by the next one. picod's home
+is the first PVC-backed volume (assumption: the workspace is the volume that matters, wherever
+it is mounted), else a fresh directory per pod. picod's state directory (`--state-dir`,
+AGENTCUBE_E2B_PICOD_STATE_DIR) is a container path: under one of the container's
+volumeMounts it lands in that volume, elsewhere in the pod's own layer; so a binding kept there
+survives a scale-down only on a persistent volume, as in a cluster. Everything lives under
+--root: <root>/<namespace>/<pod>-<uid>/ (picod.log, home, volumes, rootfs) and
+<root>/volumes/<namespace>/<pvc>-<uid>/.
+
+Writes go through the fake's in-process `put` on the loop, so the watch events the gateway
+receives are the ones these writes produce.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import copy
 import logging
@@ -26,53 +46,75 @@ import os
 import signal
 import socket
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
-Obj = dict[str, Any]
+from e2e_k8s.objects import Obj, Store, get, key_of, now, rfc3339, write
+
 log = logging.getLogger("fake-kubelet")
 
-GROUP, VERSION, PLURAL = "agents.x-k8s.io", "v1alpha1", "sandboxes"
+PODS = "pods"
+# A change of one of these may unblock a pod waiting for its configuration.
+_CONFIG_PLURALS = ("secrets", "configmaps", "persistentvolumeclaims")
 PICOD_PORT = 49983
 PICOD = [sys.executable, "-m", "extproc.cli", "picod"]
+# The one node; pods are bound to it when created (sandbox_controller.py: no scheduler here).
+NODE_NAME = "fake-node"
+HOST_IP = "127.0.0.1"
 # Flags the kubelet sets itself: the pod's own address, and a home that exists on this host.
 _OWN_FLAGS = ("--listen", "--home")
+# picod's path settings that would otherwise point into this host: mapped (see host_path).
+STATE_DIR_FLAG, STATE_DIR_ENV = "--state-dir", "AGENTCUBE_E2B_PICOD_STATE_DIR"
 _READY_TIMEOUT_S = 20.0
 _STOP_GRACE_S = 5.0
 
 
-class Store(Protocol):
-    """What the kubelet needs from the fake API (tests/support/kubeapi.py)."""
+class ContainerConfigError(Exception):
+    """The container cannot be created yet; `reason` is its waiting reason."""
 
-    objects: dict[str, dict[tuple[str, str], Obj]]
-    listeners: list[Callable[[str, str, Obj], None]]
-
-    def put(self, plural: str, obj: Obj) -> int: ...
-
-    def delete(self, plural: str, namespace: str, name: str) -> int: ...
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 def loopback_addresses() -> Iterator[str]:
-    """127.101.0.1, 127.101.0.2, ...: never reused within one kubelet."""
+    """127.101.0.1, 127.101.0.2, ...: never reused within one kubelet, and skipping any whose
+    picod port something else holds (another fake cluster on this machine, or a picod left
+    over by a killed run), as a real node never hands out an IP in use."""
     for third in range(256):
         for fourth in range(1, 255):
-            yield f"127.101.{third}.{fourth}"
+            address = f"127.101.{third}.{fourth}"
+            if _port_free(address, PICOD_PORT):
+                yield address
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
 class PodProcess:
     namespace: str
     name: str
+    uid: str
     ip: str
+    directory: Path
     process: asyncio.subprocess.Process | None = None
-    # the task starting it; deleting the Sandbox sets `deleted` and waits for this task
+    # the task starting it; deleting the Pod sets `deleted` and waits for this task
     starting: asyncio.Task[None] | None = None
     deleted: bool = False
+    waiting: bool = False  # blocked on its configuration; retried on config changes
+    started_at: str = ""
 
 
 def picod_refuses(ip: str) -> bool:
@@ -84,26 +126,46 @@ def picod_refuses(ip: str) -> bool:
     return False
 
 
-def picod_argv(container: Obj, ip: str, home: Path) -> list[str]:
+def picod_argv(
+    container: Obj, ip: str, home: Path, host_path: Callable[[str], str] = str
+) -> list[str]:
     """The container's picod flags (after a `picod` word in command+args, else its args),
-    with --listen and --home set to this pod's address and a host directory."""
+    with --listen and --home set to this pod's address and a host directory, and the
+    --state-dir of the container mapped to the host by `host_path`."""
     words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
     if "picod" in words:
         words = words[words.index("picod") + 1 :]
     elif container.get("command"):
         words = [str(w) for w in container.get("args") or []]
     flags: list[str] = []
-    skip = False
+    skip = mapping = False
     for word in words:
-        if skip:
-            skip = False
+        if skip or mapping:
+            flags += [host_path(word)] if mapping else []
+            skip = mapping = False
             continue
-        name = word.split("=", 1)[0]
+        name, eq, value = word.partition("=")
         if name in _OWN_FLAGS:
-            skip = "=" not in word
+            skip = not eq
+            continue
+        if name == STATE_DIR_FLAG:
+            mapping = not eq
+            flags.append(f"{name}={host_path(value)}" if eq else name)
             continue
         flags.append(word)
     return [*PICOD, *flags, "--listen", f"{ip}:{PICOD_PORT}", "--home", str(home)]
+
+
+def _decoded(secret: Obj, key: str) -> str | None:
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    encoded = (secret.get("data") or {}).get(key)
+    if encoded is None:
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -117,37 +179,50 @@ class Kubelet:
         self.root = root
         self.pods: dict[tuple[str, str], PodProcess] = {}
         self._addresses = loopback_addresses()
-        self._events: asyncio.Queue[tuple[str, Obj]] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[str, str, Obj]] = asyncio.Queue()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- watching ------------------------------------------------------------------------
     def start(self) -> asyncio.Task[None]:
-        """Follow Sandboxes from now on (and those already there); returns the dispatching
-        task, which the caller cancels after `stop`."""
-        for obj in list(self.api.objects.get(PLURAL, {}).values()):
-            self._events.put_nowait(("ADDED", copy.deepcopy(obj)))
+        """Follow Pods from now on (and those already there); returns the dispatching task,
+        which the caller cancels after `stop`."""
+        for obj in list(self.api.objects.get(PODS, {}).values()):
+            self._events.put_nowait((PODS, "ADDED", copy.deepcopy(obj)))
         self.api.listeners.append(self._on_change)
         return asyncio.create_task(self._dispatch(), name="kubelet-dispatch")
 
     def _on_change(self, plural: str, kind: str, obj: Obj) -> None:
         # Called by the fake inside each write, on the loop: only queue, never write back.
-        if plural == PLURAL and not self._stopping:
-            self._events.put_nowait((kind, obj))
+        if (plural == PODS or plural in _CONFIG_PLURALS) and not self._stopping:
+            self._events.put_nowait((plural, kind, obj))
 
     async def _dispatch(self) -> None:
         while True:
-            kind, obj = await self._events.get()
-            metadata = obj["metadata"]
-            key = (metadata.get("namespace", ""), metadata["name"])
-            if kind == "ADDED" and key not in self.pods:
-                pod = PodProcess(key[0], key[1], next(self._addresses))
-                self.pods[key] = pod
-                pod.starting = self._spawn(self._run_pod(obj, pod))
-            elif kind == "DELETED" and key in self.pods:
-                self._spawn(self._stop_pod(self.pods.pop(key)))
+            plural, kind, obj = await self._events.get()
+            if plural == PODS:
+                self._pod_changed(kind, obj)
+                continue
+            namespace = key_of(obj)[0]
+            for pod in self.pods.values():
+                if pod.waiting and not pod.deleted and pod.namespace == namespace:
+                    pod.waiting = False
+                    pod.starting = self._spawn(self._run_pod(pod))
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+    def _pod_changed(self, kind: str, obj: Obj) -> None:
+        key = key_of(obj)
+        uid = str(obj["metadata"].get("uid") or "")
+        known = self.pods.get(key)
+        if known is not None and (kind == "DELETED" or known.uid != uid):
+            self._spawn(self._stop_pod(self.pods.pop(key)))
+            known = None
+        if kind != "DELETED" and known is None:
+            directory = self.root / key[0] / f"{key[1]}-{uid[:8]}"
+            pod = PodProcess(key[0], key[1], uid, next(self._addresses), directory)
+            self.pods[key] = pod
+            pod.starting = self._spawn(self._run_pod(pod))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -165,34 +240,56 @@ class Kubelet:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # -- one pod -------------------------------------------------------------------------
-    async def _run_pod(self, sandbox: Obj, pod: PodProcess) -> None:
-        template = (sandbox.get("spec") or {}).get("podTemplate") or {}
-        spec = template.get("spec") or {}
-        containers = spec.get("containers") or [{}]
-        self._write_pod(sandbox, template, pod, ready=False)
-        home = self.root / pod.namespace / pod.name / "home"
+    def _current(self, pod: PodProcess) -> Obj | None:
+        obj = get(self.api, PODS, pod.namespace, pod.name)
+        if obj is None or obj["metadata"].get("uid", "") != pod.uid:
+            return None
+        return obj
+
+    async def _run_pod(self, pod: PodProcess) -> None:
+        obj = self._current(pod)
+        if obj is None or pod.deleted:
+            return
+        containers = (obj.get("spec") or {}).get("containers") or [{}]
+        container = containers[0]
+        try:
+            volumes = self._volumes(obj, pod)
+            env = self._container_env(container, obj, pod)
+        except ContainerConfigError as error:
+            pod.waiting = True
+            log.info("pod %s/%s: %s: %s", pod.namespace, pod.name, error.reason, error.message)
+            self._write_status(pod, self._status(pod, obj, "waiting", error.reason, error.message))
+            return
+        claimed = [path for path, persistent in volumes.values() if persistent]
+        home = claimed[0] if claimed else pod.directory / "home"
+        host_path = self._host_paths(container, volumes, pod)
+        if STATE_DIR_ENV in env:
+            env[STATE_DIR_ENV] = host_path(env[STATE_DIR_ENV])
         home.mkdir(parents=True, exist_ok=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
-        env.update(self._container_env(containers[0], pod))
+        pod.directory.mkdir(parents=True, exist_ok=True)
+        process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+        process_env.update(env)
         if "PYTHONPATH" in os.environ:
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        with (home.parent / "picod.log").open("ab") as sink:
+            process_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        with (pod.directory / "picod.log").open("ab") as sink:
             pod.process = await asyncio.create_subprocess_exec(
-                *picod_argv(containers[0], pod.ip, home),
+                *picod_argv(container, pod.ip, home, host_path),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
-                env=env,
+                env=process_env,
                 cwd=str(home),
                 start_new_session=True,
             )
+        pod.started_at = rfc3339(now())
+        self._write_status(pod, self._status(pod, obj, "running"))
         if not await self._wait_serving(pod):
             if not pod.deleted:
                 log.warning("picod of %s/%s did not become ready", pod.namespace, pod.name)
+                self._write_status(pod, self._status(pod, obj, "terminated", "Error"))
             return
-        if not pod.deleted:
-            self._write_pod(sandbox, template, pod, ready=True)
-            self._mark_sandbox_ready(pod)
+        self._write_status(pod, self._status(pod, obj, "ready"))
+        self._spawn(self._watch_exit(pod, obj))
 
     async def _wait_serving(self, pod: PodProcess) -> bool:
         """The readiness probe: GET /health until 204, while the process lives."""
@@ -209,6 +306,13 @@ class Kubelet:
                 await asyncio.sleep(0.02)
         return False
 
+    async def _watch_exit(self, pod: PodProcess, obj: Obj) -> None:
+        assert pod.process is not None
+        code = await pod.process.wait()
+        if not pod.deleted:
+            log.warning("picod of %s/%s exited with %s", pod.namespace, pod.name, code)
+            self._write_status(pod, self._status(pod, obj, "terminated", "Error", code=code))
+
     async def _stop_pod(self, pod: PodProcess) -> None:
         pod.deleted = True
         if pod.starting is not None:
@@ -223,105 +327,176 @@ class Kubelet:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
-        with contextlib.suppress(KeyError):
-            self.api.delete("pods", pod.namespace, pod.name)
 
-    # -- API objects ---------------------------------------------------------------------
-    def _container_env(self, container: Obj, pod: PodProcess) -> dict[str, str]:
+    # -- the container's configuration ---------------------------------------------------
+    def _volumes(self, obj: Obj, pod: PodProcess) -> dict[str, tuple[Path, bool]]:
+        """Volume name -> (host directory, persistent). A persistentVolumeClaim's directory
+        belongs to the PVC object and outlives pods; any other volume is the pod's own."""
+        volumes: dict[str, tuple[Path, bool]] = {}
+        for volume in (obj.get("spec") or {}).get("volumes") or []:
+            name = str(volume.get("name", ""))
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if not claim:
+                volumes[name] = (pod.directory / "volumes" / name, False)
+                continue
+            pvc = get(self.api, "persistentvolumeclaims", pod.namespace, claim)
+            if pvc is None:
+                message = f'persistentvolumeclaim "{claim}" not found'
+                raise ContainerConfigError("ContainerCreating", message)
+            uid = str(pvc["metadata"].get("uid") or "")
+            volumes[name] = (self.root / "volumes" / pod.namespace / f"{claim}-{uid[:8]}", True)
+        return volumes
+
+    def _host_paths(
+        self, container: Obj, volumes: dict[str, tuple[Path, bool]], pod: PodProcess
+    ) -> Callable[[str], str]:
+        """Container path -> host path: under a volumeMount, in that volume's directory;
+        elsewhere in the pod's own writable layer, which a new pod does not get back."""
+
+        def absolute(path: str) -> str:
+            return os.path.normpath("/" + path.lstrip("/"))  # normpath keeps a leading "//"
+
+        mounts = [
+            (absolute(str(mount.get("mountPath", "/"))), volumes[mount["name"]][0])
+            for mount in container.get("volumeMounts") or []
+            if mount.get("name") in volumes
+        ]
+        mounts.sort(key=lambda mount: len(mount[0]), reverse=True)
+
+        def host_path(path: str) -> str:
+            inside = absolute(path)
+            for mount_path, directory in mounts:
+                if inside == mount_path or inside.startswith(mount_path.rstrip("/") + "/"):
+                    return str(directory / inside[len(mount_path) :].lstrip("/"))
+            return str(pod.directory / "rootfs" / inside.lstrip("/"))
+
+        return host_path
+
+    def _container_env(self, container: Obj, obj: Obj, pod: PodProcess) -> dict[str, str]:
         env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            prefix = str(source.get("prefix") or "")
+            for plural, ref_field, kind in (
+                ("secrets", "secretRef", "secret"),
+                ("configmaps", "configMapRef", "configmap"),
+            ):
+                if not (ref := source.get(ref_field)):
+                    continue
+                found = get(self.api, plural, pod.namespace, ref["name"])
+                if found is None:
+                    if ref.get("optional"):
+                        continue
+                    message = f'{kind} "{ref["name"]}" not found'
+                    raise ContainerConfigError("CreateContainerConfigError", message)
+                keys = set(found.get("data") or {}) | set(found.get("stringData") or {})
+                for name in sorted(keys):
+                    value = self._value(plural, found, name)
+                    if value is not None:
+                        env[prefix + name] = value
         for var in container.get("env") or []:
             name = var["name"]
             if "value" in var:
                 env[name] = str(var["value"])
-                continue
-            source = var.get("valueFrom") or {}
-            value = self._env_from(source, pod)
-            if value is not None:
+            elif (value := self._env_from(var.get("valueFrom") or {}, obj, pod)) is not None:
                 env[name] = value
         return env
 
-    def _env_from(self, source: Obj, pod: PodProcess) -> str | None:
-        if ref := source.get("secretKeyRef"):
-            secret = self.api.objects.get("secrets", {}).get((pod.namespace, ref["name"]))
-            if secret is None:
-                return None
-            if ref["key"] in (secret.get("stringData") or {}):
-                return str(secret["stringData"][ref["key"]])
-            encoded = (secret.get("data") or {}).get(ref["key"])
-            return None if encoded is None else base64.b64decode(encoded).decode()
-        if ref := source.get("configMapKeyRef"):
-            config = self.api.objects.get("configmaps", {}).get((pod.namespace, ref["name"]))
-            return None if config is None else (config.get("data") or {}).get(ref["key"])
+    def _value(self, plural: str, found: Obj, key: str) -> str | None:
+        if plural == "secrets":
+            return _decoded(found, key)
+        value = (found.get("data") or {}).get(key)
+        return None if value is None else str(value)
+
+    def _env_from(self, source: Obj, obj: Obj, pod: PodProcess) -> str | None:
+        for plural, ref_field, kind in (
+            ("secrets", "secretKeyRef", "Secret"),
+            ("configmaps", "configMapKeyRef", "ConfigMap"),
+        ):
+            if not (ref := source.get(ref_field)):
+                continue
+            found = get(self.api, plural, pod.namespace, ref["name"])
+            value = None if found is None else self._value(plural, found, ref["key"])
+            if value is not None or ref.get("optional"):
+                return value
+            if found is None:
+                message = f'{kind.lower()} "{ref["name"]}" not found'
+            else:
+                message = f"couldn't find key {ref['key']} in {kind} {pod.namespace}/{ref['name']}"
+            raise ContainerConfigError("CreateContainerConfigError", message)
         if ref := source.get("fieldRef"):
-            return {
-                "metadata.name": pod.name,
-                "metadata.namespace": pod.namespace,
-                "status.podIP": pod.ip,
-            }.get(ref.get("fieldPath", ""))
+            return self._field(str(ref.get("fieldPath", "")), obj, pod)
         return None
 
-    def _write_pod(self, sandbox: Obj, template: Obj, pod: PodProcess, *, ready: bool) -> None:
-        if pod.deleted:
-            return
-        metadata = sandbox["metadata"]
-        template_meta = template.get("metadata") or {}
-        labels = dict(template_meta.get("labels") or {})
-        name_hash = uuid.uuid5(uuid.NAMESPACE_DNS, pod.name).hex[:8]
-        labels["agents.x-k8s.io/sandbox-name-hash"] = name_hash
-        status: Obj = {"phase": "Pending", "conditions": []}
-        if ready:
-            true = [
-                {"type": kind, "status": "True"}
-                for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-            ]
-            status = {
-                "phase": "Running",
-                "hostIP": "127.0.0.1",
-                "podIP": pod.ip,
-                "podIPs": [{"ip": pod.ip}],
-                "conditions": true,
-            }
-        existing = self.api.objects.get("pods", {}).get((pod.namespace, pod.name))
-        uid = (existing or {}).get("metadata", {}).get("uid") or str(uuid.uuid4())
-        self.api.put(
-            "pods",
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod.name,
-                    "namespace": pod.namespace,
-                    "uid": uid,
-                    "labels": labels,
-                    "annotations": dict(template_meta.get("annotations") or {}),
-                    "ownerReferences": [
-                        {
-                            "apiVersion": f"{GROUP}/{VERSION}",
-                            "kind": "Sandbox",
-                            "name": metadata["name"],
-                            "uid": metadata.get("uid", ""),
-                            "controller": True,
-                        }
-                    ],
-                },
-                "spec": {**(template.get("spec") or {}), "nodeName": "fake-kubelet"},
-                "status": status,
-            },
-        )
+    def _field(self, path: str, obj: Obj, pod: PodProcess) -> str | None:
+        metadata = obj.get("metadata") or {}
+        for field in ("labels", "annotations"):
+            prefix = f"metadata.{field}['"
+            if path.startswith(prefix) and path.endswith("']"):
+                return (metadata.get(field) or {}).get(path[len(prefix) : -2])
+        return {
+            "metadata.name": pod.name,
+            "metadata.namespace": pod.namespace,
+            "metadata.uid": pod.uid,
+            "spec.nodeName": (obj.get("spec") or {}).get("nodeName", NODE_NAME),
+            "spec.serviceAccountName": (obj.get("spec") or {}).get("serviceAccountName", "default"),
+            "status.podIP": pod.ip,
+            "status.hostIP": HOST_IP,
+        }.get(path)
 
-    def _mark_sandbox_ready(self, pod: PodProcess) -> None:
-        """The Sandbox's status as agent-sandbox's controller writes it, on the current object
-        (read and written on the loop, so a concurrent patch is not lost)."""
-        current = self.api.objects.get(PLURAL, {}).get((pod.namespace, pod.name))
-        if current is None:
-            return
-        updated = dict(current)
-        updated["status"] = {
-            **(current.get("status") or {}),
-            "replicas": 1,
-            "podIPs": [pod.ip],
+    # -- status --------------------------------------------------------------------------
+    def _status(
+        self,
+        pod: PodProcess,
+        obj: Obj,
+        stage: str,
+        reason: str = "",
+        message: str = "",
+        code: int | None = None,
+    ) -> Obj:
+        """The Pod status at `stage`: waiting, running (not ready), ready or terminated."""
+        container = ((obj.get("spec") or {}).get("containers") or [{}])[0]
+        ready = stage == "ready"
+        state: Obj
+        if stage == "waiting":
+            state = {"waiting": {"reason": reason, "message": message}}
+        elif stage == "terminated":
+            exit_code = 1 if code is None else code
+            state = {"terminated": {"exitCode": exit_code, "reason": reason}}
+        else:
+            state = {"running": {"startedAt": pod.started_at}}
+        kinds = {"PodScheduled": True, "Initialized": True}
+        kinds |= {"ContainersReady": ready, "Ready": ready}
+        phase = {"waiting": "Pending", "terminated": "Failed"}.get(stage, "Running")
+        status: Obj = {
+            "phase": phase,
+            "hostIP": HOST_IP,
+            "podIP": pod.ip,
+            "podIPs": [{"ip": pod.ip}],
             "conditions": [
-                {"type": "Ready", "status": "True", "reason": "DependenciesReady", "message": ""}
+                {"type": kind, "status": "True" if value else "False"}
+                for kind, value in kinds.items()
+            ],
+            "containerStatuses": [
+                {
+                    "name": container.get("name", ""),
+                    "image": container.get("image", ""),
+                    "imageID": "",
+                    "ready": ready,
+                    "started": stage in ("running", "ready"),
+                    "restartCount": 0,
+                    "state": state,
+                }
             ],
         }
-        self.api.put(PLURAL, updated)
+        if pod.started_at:
+            status["startTime"] = pod.started_at
+        return status
+
+    def _write_status(self, pod: PodProcess, status: Obj) -> None:
+        if pod.deleted:
+            return
+        current = self._current(pod)
+        if current is None:
+            return
+        current["status"] = status
+        write(self.api, PODS, current)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -47,6 +47,13 @@ class FakeLifecycle(pb_grpc.SandboxServiceServicer, pb_grpc.TemplateServiceServi
         self.events: asyncio.Queue[pb.WatchSandboxesResponse | grpc.StatusCode] = asyncio.Queue()
         self.watchers = 0
         self.fail_next: grpc.StatusCode | None = None
+        # ResumeSandbox sets `resume_entered`, then waits for `resume_gate` when there is one.
+        self.resume_entered = asyncio.Event()
+        self.resume_gate: asyncio.Event | None = None
+        # When set, PauseSandbox sends its watch event and waits for `paused_seen()` before
+        # replying, as the real lifecycle publishes before it replies.
+        self.publish_pause: Callable[[], bool] | None = None
+        self.revision = 1  # the snapshot's; `publish` counts on from it
         self.next_id = 0
         self.templates = {
             "base": pb.Template(
@@ -160,10 +167,23 @@ class FakeLifecycle(pb_grpc.SandboxServiceServicer, pb_grpc.TemplateServiceServi
         if sandbox.state == pb.SANDBOX_STATE_PAUSED:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sandbox is already paused")
         sandbox.state = pb.SANDBOX_STATE_PAUSED
+        if self.publish_pause is not None:
+            await self.publish(pb.SANDBOX_EVENT_TYPE_UPDATED, sandbox)
+            while not self.publish_pause():
+                await asyncio.sleep(0)
         return pb.PauseSandboxResponse(sandbox=sandbox)
+
+    async def publish(self, event_type: int, sandbox: pb.Sandbox) -> None:
+        """Send a change down the watch stream with the next revision."""
+        self.revision += 1
+        event = pb.WatchSandboxesResponse(type=event_type, sandbox=sandbox, revision=self.revision)
+        await self.events.put(event)
 
     async def ResumeSandbox(self, request: pb.ResumeSandboxRequest, context: Any) -> Any:
         await self._enter("ResumeSandbox", request, context)
+        self.resume_entered.set()
+        if self.resume_gate is not None:
+            await self.resume_gate.wait()
         sandbox = await self._own(request.sandbox_id, request.tenant, context)
         if sandbox.state != pb.SANDBOX_STATE_PAUSED:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sandbox is not paused")

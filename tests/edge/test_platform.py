@@ -109,7 +109,9 @@ async def test_create_v2_defaults_and_shape(
     assert set(body) >= SANDBOX_KEYS
     assert body["clientID"] == "6532622b" and body["domain"] == DOMAIN
     create = [r for name, r in fake[0].calls if name == "CreateSandbox"][-1]
-    assert create.timeout_seconds == 300 and create.secure and create.tenant == "default"
+    # No timeout sent: left unset, for the lifecycle to apply the template's default.
+    assert not create.HasField("timeout_seconds")
+    assert create.secure and create.tenant == "default"
     assert dict(create.metadata) == {"k": "v"}
 
 

@@ -1,5 +1,6 @@
 """Fixtures: the shared fake Kubernetes API (support.kubeapi on kmock), a kubeconfig for it,
-and an edge in Kubernetes mode (keys and directory from informers) started against it."""
+and an edge in Kubernetes mode (keys and directory from informers, the Sandbox proof key
+from its Secret) started against it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Any
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 
+from edge.fake_lifecycle import FakeLifecycle, start_fake
 from extproc.core.api_keys import hash_api_key
 from extproc.core.identity import load_or_create_router_identity
 from extproc.edge.server import Edge
 from extproc.edge.settings import DirectorySettings, EdgeSettings, KubernetesSettings
+from extproc.k8s.object_proof import DEFAULT_SECRET_NAME
 from extproc.k8s.settings import InformerSettings
 from support.kubeapi import FakeApi, served
 
@@ -26,6 +29,8 @@ NS = "agentcube-system"
 KEY_A = "e2b_" + "a" * 40  # valid, tenant team-a
 KEY_B = "e2b_" + "b" * 40  # valid, default namespace
 KEY_REVOKED = "e2b_" + "c" * 40
+# The Sandbox proof key the lifecycle would have created (Secret e2b-object-proof-key).
+PROOF_KEY = bytes(range(32))
 # Fast retries so the disconnect tests take milliseconds; the logic is the production one.
 FAST = InformerSettings(
     watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
@@ -52,6 +57,15 @@ def config(**entries: str) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": {"name": "e2b-api-key-config", "namespace": NS},
         "data": {"defaultNamespace": "default", **entries},
+    }
+
+
+def proof_secret(key: bytes = PROOF_KEY) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": DEFAULT_SECRET_NAME, "namespace": NS},
+        "data": {"key": base64.b64encode(key).decode()},
     }
 
 
@@ -116,29 +130,48 @@ def identity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def edge(
-    tmp_path: Path, api: FakeApi, kubeconfig: Path, identity_dir: Path
-) -> AsyncIterator[Edge]:
-    seed_keys(api)
-    state = tmp_path / "state"
-    shutil.copytree(identity_dir, state / "identity")
-    settings = EdgeSettings.for_state_dir(
+async def lifecycle() -> AsyncIterator[tuple[FakeLifecycle, str]]:
+    """The lifecycle service the edge's platform API and auto-resume call (empty)."""
+    fake = FakeLifecycle()
+    server, target = await start_fake(fake)
+    yield fake, target
+    await server.stop(0)
+
+
+def edge_settings(state: Path, kubeconfig: Path, lifecycle_target: str) -> EdgeSettings:
+    """Kubernetes mode for keys and directory; the proof key left for `Edge.start()` to read."""
+    return EdgeSettings.for_state_dir(
         state,
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
         domain=DOMAIN,
-        # The platform API still goes to lifecycle; no test here calls it.
-        directory=DirectorySettings(lifecycle_target="127.0.0.1:1", negative_ttl_s=60.0),
+        # The platform API and auto-resume still go to lifecycle.
+        directory=DirectorySettings(lifecycle_target=lifecycle_target, negative_ttl_s=60.0),
         kubernetes=KubernetesSettings(
             keys_source="kubernetes",
             directory_source="kubernetes",
             kubeconfig=kubeconfig,
             informer=FAST,
             miss_wait_s=MISS_WAIT_S,
+            namespace=NS,
         ),
         shutdown_grace_s=0.5,
     )
-    server = Edge(settings)
+
+
+@pytest.fixture
+async def edge(
+    tmp_path: Path,
+    api: FakeApi,
+    kubeconfig: Path,
+    identity_dir: Path,
+    lifecycle: tuple[FakeLifecycle, str],
+) -> AsyncIterator[Edge]:
+    seed_keys(api)
+    api.put("secrets", proof_secret())
+    state = tmp_path / "state"
+    shutil.copytree(identity_dir, state / "identity")
+    server = Edge(edge_settings(state, kubeconfig, lifecycle[1]))
     await server.start()
     try:
         async with asyncio.timeout(WAIT_S):

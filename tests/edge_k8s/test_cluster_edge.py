@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 import jwt
@@ -18,7 +20,9 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.core.api_keys import hash_api_key
+from extproc.core.signed_urls import Operation, sign
 from extproc.edge.server import KUBERNETES_SERVICE, Edge
+from extproc.k8s.object_proof import PROOF_ANNOTATION, proof_of
 from support.kubeapi import FakeApi
 
 from .conftest import (
@@ -27,9 +31,12 @@ from .conftest import (
     KEY_B,
     KEY_REVOKED,
     MISS_WAIT_S,
+    PROOF_KEY,
     WAIT_S,
     check_request,
+    edge_settings,
     secret,
+    seed_keys,
 )
 
 TOKEN = "envd-token-of-sbx1"
@@ -41,17 +48,29 @@ def sandbox(
     namespace: str = SBX_NS,
     token: str | None = TOKEN,
     end_at: datetime | None = None,
+    *,
+    name: str | None = None,
+    proof: str | None = "",
+    **annotations: str,
 ) -> dict[str, Any]:
+    """A Sandbox as the lifecycle writes it: `proof` "" is the right one, None none, and any
+    other string that string. `annotations` are added (underscores read as dashes after the
+    `e2b.agentcube.io/` prefix unless the key has a '/')."""
+    name = name or f"e2b-{sandbox_id}"
     end = end_at or datetime.now(UTC) + timedelta(hours=1)
-    annotations = {"e2b.agentcube.io/end-at": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    extra = {key if "/" in key else "e2b.agentcube.io/" + key.replace("_", "-"): value
+             for key, value in annotations.items()}  # fmt: skip
+    annotations = {"e2b.agentcube.io/end-at": end.strftime("%Y-%m-%dT%H:%M:%SZ"), **extra}
     if token is not None:
         digest = hashlib.sha256(token.encode()).hexdigest()
         annotations["e2b.agentcube.io/access-token-sha256"] = digest
+    if proof is not None:
+        annotations[PROOF_ANNOTATION] = proof or proof_of(PROOF_KEY, namespace, name, sandbox_id)
     return {
         "apiVersion": "agents.x-k8s.io/v1alpha1",
         "kind": "Sandbox",
         "metadata": {
-            "name": f"e2b-{sandbox_id}",
+            "name": name,
             "namespace": namespace,
             "labels": {
                 "e2b.agentcube.io/sandbox-id": sandbox_id,
@@ -65,12 +84,18 @@ def sandbox(
     }
 
 
-def pod(sandbox_id: str, ip: str, ready: bool = True, namespace: str = SBX_NS) -> dict[str, Any]:
+def pod(
+    sandbox_id: str,
+    ip: str,
+    ready: bool = True,
+    namespace: str = SBX_NS,
+    name: str | None = None,
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"e2b-{sandbox_id}",
+            "name": name or f"e2b-{sandbox_id}",
             "namespace": namespace,
             "labels": {"e2b.agentcube.io/sandbox-id": sandbox_id},
         },
@@ -96,6 +121,11 @@ def denial(response: auth.CheckResponse) -> tuple[int, dict[str, Any]]:
 def tenant(response: auth.CheckResponse) -> str:
     assert response.status.code == 0, response
     return str(response.dynamic_metadata.fields["tenant"].string_value)
+
+
+def upstream(response: auth.CheckResponse) -> str:
+    assert response.status.code == 0, response
+    return str(response.dynamic_metadata.fields["upstream_host"].string_value)
 
 
 def envd(sandbox_id: str, token: str | None = TOKEN, port: int = 49983) -> auth.CheckRequest:
@@ -174,9 +204,10 @@ async def test_a_sandbox_with_a_ready_pod_routes_to_the_pod_ip_with_a_jwt(
     # Another port of the sandbox needs no envd token.
     other = await check(edge, envd("sbx1", token=None, port=8888))
     assert other.dynamic_metadata.fields["upstream_host"].string_value == "10.1.2.3:8888"
-    # Only the facts the join reads are cached (no spec, no managedFields).
+    # Only the facts the join reads are cached (no spec, no managedFields, no proof: the
+    # verdict on it).
     cached = edge.informers[2].store[f"{SBX_NS}/e2b-sbx1"]
-    assert list(cached) == ["metadata"]
+    assert list(cached) == ["metadata", "proven"] and cached["proven"] is True
     assert sorted(cached["metadata"]) == [
         "annotations", "labels", "name", "namespace", "resourceVersion"
     ]  # fmt: skip
@@ -196,13 +227,67 @@ async def test_a_wrong_access_token_gets_envds_401(
     assert body["message"].startswith("unauthorized access")
 
 
-async def test_signed_file_urls_cannot_be_verified_from_a_digest(edge: Edge, api: FakeApi) -> None:
+def files(sandbox_id: str, query: str, method: str = "GET") -> auth.CheckRequest:
+    request = check_request("sandbox", f"49983-{sandbox_id}.{DOMAIN}", "/files?" + query)
+    request.attributes.request.http.method = method
+    return request
+
+
+def signed(path: str, operation: Operation, expiration: int | None, **extra: str) -> str:
+    params = {"path": path, "signature": sign(path, operation, "", TOKEN, expiration), **extra}
+    if expiration is not None:
+        params["signature_expiration"] = str(expiration)
+    return urlencode(params)
+
+
+async def test_signed_file_urls_go_to_picod_which_holds_the_token(edge: Edge, api: FakeApi) -> None:
     api.put("sandboxes", sandbox("sbx1"))
     await until(edge, "pods", api.put("pods", pod("sbx1", "10.1.2.3")))
-    request = check_request(
-        "sandbox", f"49983-sbx1.{DOMAIN}", "/files?path=/a&signature=v1_x&username=user"
-    )
-    assert denial(await check(edge, request))[0] == 401
+    future = int(time.time()) + 60
+    for method, query in (
+        ("GET", signed("a.txt", "read", None)),
+        ("GET", signed("a.txt", "read", future)),
+        ("POST", signed("/home/user/b", "write", future)),
+        # The edge cannot tell a forged signature from a good one without the token: picod
+        # verifies it (tests/picod cover that); the edge only lets it through.
+        ("GET", signed("a.txt", "write", None)),
+    ):
+        response = await check(edge, files("sbx1", query, method))
+        assert response.status.code == 0, (method, query)
+        assert response.dynamic_metadata.fields["upstream_host"].string_value == ("10.1.2.3:49983")
+        headers = {h.header.key for h in response.ok_response.headers}
+        assert "authorization" in headers  # picod also gets the gateway's JWT
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "status", "message"),
+    [
+        ("GET", "path=a.txt", 401,
+         "unauthorized access, please provide a valid access token or a valid signature"),
+        ("GET", "path=a.txt&signature=", 401,
+         "unauthorized access, please provide a valid access token or a valid signature"),
+        ("GET", signed("a.txt", "read", 1_000), 401,
+         "unauthorized access, signature is already expired"),
+        ("GET", signed("a.txt", "read", None, signature_expiration="soon"), 401,
+         "unauthorized access, invalid signature expiration"),
+        ("GET", "path=a.txt&signature=v1_short", 401, "unauthorized access, invalid signature"),
+        ("GET", signed("a.txt", "read", None).replace("v1_", "v2_"), 401,
+         "unauthorized access, invalid signature"),
+        ("GET", signed("a.txt", "read", None) + "&path=b.txt", 400,
+         "the path query parameter is given more than once"),
+        ("GET", signed("a.txt", "read", None) + "&signature=v1_x", 400,
+         "the signature query parameter is given more than once"),
+        ("DELETE", signed("a.txt", "read", None), 401,
+         "unauthorized access, please provide a valid access token"),
+    ],
+)  # fmt: skip
+async def test_signed_file_urls_are_checked_for_what_is_public(
+    edge: Edge, api: FakeApi, method: str, query: str, status: int, message: str
+) -> None:
+    api.put("sandboxes", sandbox("sbx1"))
+    await until(edge, "pods", api.put("pods", pod("sbx1", "10.1.2.3")))
+    got_status, body = denial(await check(edge, files("sbx1", query, method)))
+    assert (got_status, body["message"]) == (status, message)
 
 
 async def test_a_sandbox_without_a_ready_pod_is_not_found(edge: Edge, api: FakeApi) -> None:
@@ -239,20 +324,105 @@ async def test_an_expired_end_at_is_not_found(edge: Edge, api: FakeApi) -> None:
     assert denial(await check(edge, envd("sbx4")))[0] == 502
 
 
-async def test_ids_are_joined_within_a_namespace_and_never_ambiguously(
-    edge: Edge, api: FakeApi
-) -> None:
+async def test_pods_are_joined_by_name_within_the_namespace(edge: Edge, api: FakeApi) -> None:
     # A pod with the id's label in another namespace does not make the sandbox routable.
     api.put("sandboxes", sandbox("sbx5"))
     await until(edge, "pods", api.put("pods", pod("sbx5", "10.9.9.9", namespace="team-b")))
     assert denial(await check(edge, envd("sbx5")))[0] == 502
+    # Nor does one in the same namespace under another name.
+    await until(edge, "pods", api.put("pods", pod("sbx5", "10.9.9.8", name="impostor")))
+    assert denial(await check(edge, envd("sbx5")))[0] == 502
     await until(edge, "pods", api.put("pods", pod("sbx5", "10.1.2.7")))
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
+
+
+async def test_the_pod_is_the_one_agent_sandbox_names(edge: Edge, api: FakeApi) -> None:
+    # A claimed warm-pool Sandbox: its own name, and its pod named in the annotation.
+    claimed = sandbox("sbx6", name="pool-ab12c", **{"agents.x-k8s.io/pod-name": "pool-ab12c-0"})
+    api.put("sandboxes", claimed)
+    await until(edge, "pods", api.put("pods", pod("sbx6", "10.1.3.1", name="pool-ab12c")))
+    assert denial(await check(edge, envd("sbx6")))[0] == 502
+    await until(edge, "pods", api.put("pods", pod("sbx6", "10.1.3.2", name="pool-ab12c-0")))
+    assert upstream(await check(edge, envd("sbx6"))) == "10.1.3.2:49983"
+    # The pod going away unroutes it; coming back routes it again.
+    await until(edge, "pods", api.delete("pods", SBX_NS, "pool-ab12c-0"))
+    assert denial(await check(edge, envd("sbx6")))[0] == 502
+
+
+def copied_proof(sandbox_id: str = "sbx5") -> str:
+    return proof_of(PROOF_KEY, SBX_NS, f"e2b-{sandbox_id}", sandbox_id)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "name", "proof"),
+    [
+        ("team-b", "e2b-sbx5", None),  # another tenant, the id label only
+        ("team-b", "e2b-sbx5", "copied"),  # ... and the victim's proof annotation
+        (SBX_NS, "evil", "copied"),  # the victim's own namespace, another name
+        ("team-b", "e2b-sbx5", "forged"),  # a proof made with another key
+        ("team-b", "e2b-sbx5", "garbage\u00e9"),
+    ],
+)
+async def test_a_sandbox_with_a_copied_id_label_changes_nothing(
+    edge: Edge, api: FakeApi, namespace: str, name: str, proof: str | None
+) -> None:
+    if proof == "copied":
+        proof = copied_proof()
+    elif proof == "forged":
+        proof = proof_of(b"k" * 32, namespace, name, "sbx5")
+    # The attacker's Sandbox and a Ready pod named after it, with the victim's id label, both
+    # before and after the victim's.
+    api.put("sandboxes", sandbox("sbx5", namespace, token="attacker", name=name, proof=proof))
+    api.put("pods", pod("sbx5", "10.6.6.6", namespace=namespace, name=name))
+    api.put("sandboxes", sandbox("sbx5"))
+    await until(edge, "pods", api.put("pods", pod("sbx5", "10.1.2.7")))
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
     assert tenant(await check(edge, envd("sbx5"))) == SBX_NS
-    # A second Sandbox claiming the same id (another tenant) routes the id nowhere.
-    rv = api.put("sandboxes", sandbox("sbx5", namespace="team-b", token="attacker"))
+    assert denial(await check(edge, envd("sbx5", token="attacker")))[0] == 401
+    # Changed again later: still nothing.
+    rv = api.put("sandboxes", sandbox("sbx5", namespace, token="attacker", name=name,
+                                      proof=proof, touched="yes"))  # fmt: skip
+    await until(edge, "sandboxes", rv)
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
+    # And when the victim is gone, the attacker does not inherit the id.
+    await until(edge, "sandboxes", api.delete("sandboxes", SBX_NS, "e2b-sbx5"))
+    assert denial(await check(edge, envd("sbx5", token="attacker")))[0] == 502
+
+
+async def test_two_proven_sandboxes_for_one_id_route_nowhere(edge: Edge, api: FakeApi) -> None:
+    # Only the lifecycle can write proofs, so this is our own bug: refuse rather than guess.
+    api.put("sandboxes", sandbox("sbx5"))
+    await until(edge, "pods", api.put("pods", pod("sbx5", "10.1.2.7")))
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
+    rv = api.put("sandboxes", sandbox("sbx5", name="e2b-sbx5-twin"))
     await until(edge, "sandboxes", rv)
     assert denial(await check(edge, envd("sbx5")))[0] == 502
-    assert denial(await check(edge, envd("sbx5", token="attacker")))[0] == 502
+    await until(edge, "sandboxes", api.delete("sandboxes", SBX_NS, "e2b-sbx5-twin"))
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
+
+
+async def test_a_sandbox_whose_proof_is_edited_away_stops_routing(edge: Edge, api: FakeApi) -> None:
+    api.put("sandboxes", sandbox("sbx5"))
+    await until(edge, "pods", api.put("pods", pod("sbx5", "10.1.2.7")))
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
+    await until(edge, "sandboxes", api.put("sandboxes", sandbox("sbx5", proof=None)))
+    assert denial(await check(edge, envd("sbx5")))[0] == 502
+    await until(edge, "sandboxes", api.put("sandboxes", sandbox("sbx5")))
+    assert upstream(await check(edge, envd("sbx5"))) == "10.1.2.7:49983"
+
+
+async def test_the_edge_does_not_start_without_the_proof_key(
+    tmp_path: Path, api: FakeApi, kubeconfig: Path, identity_dir: Path
+) -> None:
+    seed_keys(api)
+    state = tmp_path / "state"
+    shutil.copytree(identity_dir, state / "identity")
+    edge = Edge(edge_settings(state, kubeconfig, "127.0.0.1:1"))
+    try:
+        with pytest.raises(ValueError, match=r"e2b-object-proof-key .*lifecycle service"):
+            await edge.start()
+    finally:
+        await edge.stop(0)
 
 
 async def test_an_unknown_id_waits_once_then_is_remembered(edge: Edge) -> None:

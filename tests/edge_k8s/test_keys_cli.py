@@ -4,6 +4,7 @@ requests, their order, and what the edge's informers then decide."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from extproc.cli import main
 from extproc.core.api_keys import hash_api_key
 from extproc.edge.server import Edge
+from extproc.k8s.informing import Informer
 from support.kubeapi import FakeApi
 
 from .conftest import KEY_A, NS, WAIT_S, check_request
@@ -27,6 +29,16 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
     code = await asyncio.to_thread(main, ["keys", *argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def stored_status(informer: Informer, key_hash: str) -> str:
+    """The status the informer's cached Secret gives `key_hash` (the API server stores
+    `stringData` base64-encoded in `data`)."""
+    for secret in informer.store.values():
+        raw = (secret.get("data") or {}).get(key_hash)
+        if isinstance(raw, str):
+            return base64.b64decode(raw).decode()
+    return ""
 
 
 def writes(api: FakeApi) -> list[tuple[str, str, str | None, str, object]]:
@@ -106,7 +118,7 @@ async def test_create_list_revoke_patch_only_their_key_and_the_edge_follows(
     ]
     async with asyncio.timeout(WAIT_S):
         while (await check(edge, request)).status.code == 0:
-            await edge.keys.secret.wait_for(lambda i: "revoked" in str(i.store))
+            await edge.keys.secret.wait_for(lambda i: stored_status(i, key_hash) == "revoked")
     assert denial(await check(edge, request))[0] == 401
 
 

@@ -292,7 +292,7 @@ def gateway(
     k3s: K3s, sandboxes_run: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[K3sGateway]:
     directory = tmp_path_factory.mktemp("k3s-gateway")
-    with running_gateway(k3s.as_cluster(), directory, (TENANT,)) as (at, keys):
+    with running_gateway(k3s.as_cluster(), directory, (TENANT,)) as (at, keys, _):
         url = f"http://{at['listen']}"
         env = {
             "E2B_API_URL": url,

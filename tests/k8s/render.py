@@ -19,6 +19,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "k8s" / "base"
+# What goes in AgentCube's namespace, a kustomization of its own (see its comment).
+AGENTCUBE_NAMESPACE_DIR = REPO / "k8s" / "agentcube-namespace"
 EXAMPLES = REPO / "k8s" / "examples"
 
 SUPPORTED_FIELDS = frozenset({"apiVersion", "kind", "namespace", "resources", "configMapGenerator"})
@@ -119,6 +121,11 @@ def render(base: Path = BASE) -> list[Object]:
                 if subject["kind"] == "ServiceAccount":
                     subject["namespace"] = namespace
     return objects
+
+
+def render_install() -> list[Object]:
+    """Everything an install applies: k8s/base and k8s/agentcube-namespace."""
+    return render(BASE) + render(AGENTCUBE_NAMESPACE_DIR)
 
 
 def key(obj: Object) -> tuple[str, str, str]:

@@ -16,7 +16,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s.render import BASE, CLUSTER_SCOPED, EXAMPLES, REPO, by_key, load_documents, render
+from k8s.render import (
+    AGENTCUBE_NAMESPACE_DIR,
+    BASE,
+    CLUSTER_SCOPED,
+    EXAMPLES,
+    REPO,
+    by_key,
+    load_documents,
+    render,
+)
 
 VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 
@@ -42,6 +51,16 @@ def test_every_base_object_validates_strictly(objects: list[dict[str, Any]], ver
         _validate(obj, version)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_agentcube_namespace_objects_validate_and_stay_there(version: str) -> None:
+    objects = render(AGENTCUBE_NAMESPACE_DIR)
+    assert sorted((o["kind"], o["metadata"]["namespace"]) for o in objects) == [
+        ("NetworkPolicy", "agentcube"), ("Role", "agentcube"), ("RoleBinding", "agentcube")
+    ]  # fmt: skip
+    for obj in objects:
+        _validate(obj, version)
+
+
 def test_the_validator_is_strict(objects: list[dict[str, Any]]) -> None:
     deployment = copy.deepcopy(next(o for o in objects if o["kind"] == "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = True
@@ -56,16 +75,16 @@ def test_the_base_has_what_issue_5_lists(objects: list[dict[str, Any]]) -> None:
             ("Namespace", "agentcube-system"),
             ("ServiceAccount", "agentcube-e2b-edge"),
             ("ServiceAccount", "agentcube-e2b-lifecycle"),
-            ("Role", "agentcube-e2b-edge-keys"),
-            ("RoleBinding", "agentcube-e2b-edge-keys"),
+            ("Role", "agentcube-e2b-edge"),
+            ("RoleBinding", "agentcube-e2b-edge"),
             ("ClusterRole", "agentcube-e2b-edge-directory"),
             ("ClusterRoleBinding", "agentcube-e2b-edge-directory"),
             ("ClusterRole", "agentcube-e2b-lifecycle"),
             ("ClusterRoleBinding", "agentcube-e2b-lifecycle"),
-            ("Role", "agentcube-e2b-lifecycle-identity"),
-            ("RoleBinding", "agentcube-e2b-lifecycle-identity"),
-            ("ValidatingAdmissionPolicy", "agentcube-e2b-lifecycle-secret-create"),
-            ("ValidatingAdmissionPolicyBinding", "agentcube-e2b-lifecycle-secret-create"),
+            ("Role", "agentcube-e2b-lifecycle-secrets"),
+            ("RoleBinding", "agentcube-e2b-lifecycle-secrets"),
+            ("ValidatingAdmissionPolicy", "agentcube-e2b-lifecycle-secrets"),
+            ("ValidatingAdmissionPolicyBinding", "agentcube-e2b-lifecycle-secrets"),
             ("Deployment", "agentcube-e2b-edge"),
             ("PodDisruptionBudget", "agentcube-e2b-edge"),
             ("Deployment", "agentcube-e2b-lifecycle"),
@@ -73,7 +92,6 @@ def test_the_base_has_what_issue_5_lists(objects: list[dict[str, Any]]) -> None:
             ("Service", "agentcube-e2b-lifecycle"),
             ("NetworkPolicy", "agentcube-e2b-edge"),
             ("NetworkPolicy", "agentcube-e2b-lifecycle"),
-            ("NetworkPolicy", "agentcube-native-not-from-e2b-edge"),
             ("ConfigMap", next(n for k, n in kinds if k == "ConfigMap")),
         ]
     )
@@ -83,17 +101,19 @@ def test_the_base_has_what_issue_5_lists(objects: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_render_equals_kubectl_kustomize(objects: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("directory", [BASE, AGENTCUBE_NAMESPACE_DIR], ids=lambda path: path.name)
+def test_render_equals_kubectl_kustomize(directory: Any) -> None:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(BASE)], capture_output=True, text=True, check=True, timeout=30
-    ).stdout
+        ["kubectl", "kustomize", str(directory)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
     theirs = [o for o in yaml.safe_load_all(out) if o]
     for obj in theirs:
         # kustomize's built-in schema predates ValidatingAdmissionPolicy v1 and so treats it
         # as namespaced; the API server ignores a namespace on a cluster-scoped object.
         if obj["kind"] in CLUSTER_SCOPED:
             obj["metadata"].pop("namespace", None)
-    assert by_key(theirs) == by_key(objects)
+    assert by_key(theirs) == by_key(render(directory))
 
 
 def test_pod_security(objects: list[dict[str, Any]]) -> None:
@@ -132,7 +152,8 @@ def test_probes_reach_what_they_claim(objects: list[dict[str, Any]]) -> None:
         # kubelet's own gRPC probe dials the pod IP; the edge listens on loopback only
         assert "grpc.insecure_channel('127.0.0.1:9001')" in edge_health[2]
         assert "HealthCheckResponse.SERVING" in edge_health[2]
-        assert lifecycle[kind]["grpc"] == {"port": 9002}
+        # kubelet's gRPC probe cannot speak TLS: the plaintext health-only port
+        assert lifecycle[kind]["grpc"] == {"port": 9003}
     for command in (envoy_ready, edge["edge"]["readinessProbe"]["exec"]["command"]):
         assert command[:2] == ["python", "-c"]
         compile(command[2], "<probe>", "exec")

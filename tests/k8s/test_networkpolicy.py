@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from k8s.render import render
+from k8s.render import render_install
 
 NAMESPACE = "agentcube-system"
 
@@ -26,12 +26,15 @@ class Pod:
 
 EDGE = Pod(NAMESPACE, {"app.kubernetes.io/name": "agentcube-e2b-edge"})
 LIFECYCLE = Pod(NAMESPACE, {"app.kubernetes.io/name": "agentcube-e2b-lifecycle"})
-ROUTER = Pod(NAMESPACE, {"app": "agentcube-router"})
-WORKLOAD_MANAGER = Pod(NAMESPACE, {"app": "workloadmanager"})
+# AgentCube's own pods, in its namespace
+ROUTER = Pod("agentcube", {"app": "agentcube-router"})
+WORKLOAD_MANAGER = Pod("agentcube", {"app": "workloadmanager"})
 SANDBOX = Pod("team-a", {"e2b.agentcube.io/sandbox-id": "abc123"})
 NATIVE_SANDBOX = Pod("team-a", {"managed-by": "agentcube-workload-manager"})
 OTHER = Pod("default", {"app": "something"})
-NAMESPACE_LABELS = {ns: {"kubernetes.io/metadata.name": ns} for ns in (NAMESPACE, "team-a")}
+NAMESPACE_LABELS = {
+    ns: {"kubernetes.io/metadata.name": ns} for ns in (NAMESPACE, "team-a", "agentcube")
+}
 
 
 def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -90,7 +93,7 @@ def _allowed(policies: list[dict[str, Any]], subject: Pod, peer: Pod, port: int,
 
 @pytest.fixture(scope="module")
 def policies() -> list[dict[str, Any]]:
-    return [o for o in render() if o["kind"] == "NetworkPolicy"]
+    return [o for o in render_install() if o["kind"] == "NetworkPolicy"]
 
 
 def can_connect(policies: list[dict[str, Any]], source: Pod, target: Pod, port: int) -> bool:
@@ -112,6 +115,10 @@ def can_connect(policies: list[dict[str, Any]], source: Pod, target: Pod, port: 
         (OTHER, LIFECYCLE, 9002, False),
         (SANDBOX, LIFECYCLE, 9002, False),
         (ROUTER, LIFECYCLE, 9002, False),
+        # its plaintext health port is for kubelet (from the node), no pod
+        (EDGE, LIFECYCLE, 9003, False),
+        (SANDBOX, LIFECYCLE, 9003, False),
+        (OTHER, LIFECYCLE, 9003, False),
         # the edge pod (and so the public listener behind it) never reaches AgentCube's
         # native APIs nor AgentCube's own sandboxes
         (EDGE, ROUTER, 8080, False),
@@ -134,3 +141,16 @@ def test_reachability(
     policies: list[dict[str, Any]], source: Pod, target: Pod, port: int, expected: bool
 ) -> None:
     assert can_connect(policies, source, target, port) is expected
+
+
+def test_agentcubes_native_apis_refuse_the_edge_on_their_own(
+    policies: list[dict[str, Any]],
+) -> None:
+    """For CNIs that enforce only ingress well: the policy in AgentCube's namespace alone,
+    without the edge's egress policy, keeps the edge out and everyone else in."""
+    native = [p for p in policies if p["metadata"]["namespace"] == "agentcube"]
+    assert native
+    for target in (ROUTER, WORKLOAD_MANAGER):
+        assert _allowed(native, target, EDGE, 8080, "ingress") is False
+        assert _allowed(native, target, OTHER, 8080, "ingress") is True
+        assert _allowed(native, target, LIFECYCLE, 8080, "ingress") is True

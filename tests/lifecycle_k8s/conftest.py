@@ -1,212 +1,441 @@
-"""Fixtures: the fake API (tests/support/kubeapi.py) with the resources of Kubernetes mode,
-a stand-in kubelet and warm pool, a stand-in picod answering /health, and the backend wired
-to them through the official client."""
+"""The kubernetes backend in process, against the fake cluster of tests/e2e_k8s: the strict fake
+API (tests/support/kubeapi.py) with the CRDs of one agent-sandbox release and AgentCube's,
+agent-sandbox's and AgentCube's controllers as fakes, and a kubelet running a real picod per
+pod. Every test runs once per release (`cluster` is parametrized).
+
+What every test gets checked on teardown, whatever it asserts itself:
+- every POST and PATCH the backend sent carried `fieldValidation=Strict`, and none was refused
+  as invalid (400 or 422): the objects it writes have the shape the CRDs demand;
+- every object stored at the end validates against its schema (or built-in rules).
+
+The cluster is one per test: the lifecycle's informers, the controllers' queues and the
+kubelet's picods are cheap to start (well under a second) and a test that leaves something
+behind cannot change the next one. Pods get loopback addresses 127.102.x.y, free ones only:
+other suites on this machine run their fake kubelets in 127.101.x.y.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import copy
+import functools
 import json
+import socket
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes.client import ApiClient, Configuration
 
-from extproc.k8s.resources import Resources
+from e2e_k8s.cluster import ClusterSettings, FakeCluster, install
+from e2e_k8s.kubelet import PICOD_PORT
+from e2e_k8s.versions import RELEASES, AgentSandbox
+from e2e_k8s.warm_pool_controller import WarmPoolController
+from extproc.core.errors import DomainError
+from extproc.k8s.identity import http_status
+from extproc.k8s.listwatch import KubeObject
+from extproc.k8s.resources import Kind, Resources
 from extproc.k8s.settings import InformerSettings
 from extproc.lifecycle.kubernetes import KubernetesBackend
+from extproc.lifecycle.sandboxes import CreateSpec, Sandbox
 from extproc.lifecycle.settings import KubernetesSettings
+from support.kube_builtin import validate_builtin, validate_metadata
+from support.kube_schema import prune, validate
 from support.kubeapi import FakeApi, Obj, served
 
+T = TypeVar("T")
+
+SYSTEM = "agentcube-system"  # the gateway's namespace: seed and proof-key Secrets
+AGENTCUBE = "agentcube"  # AgentCube's namespace: its router identity Secret
+IDENTITY_SECRET = "picod-router-identity"
+TENANT = "team-a"
+OTHER = "team-b"
+COLD = "base"  # a CodeInterpreter without a warm pool, in both tenants
+POOLED = "pooled"  # one with a warm pool of one (put by the `warm_pool` fixture)
+WAIT_S = 15.0
 FAST = InformerSettings(
     watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
 )
-SYSTEM = "agentcube-system"
-TENANT = "team-a"
-OTHER = "team-b"
-WAIT_S = 5.0
+STRICT_WRITES = ("POST", "PATCH")
+
+
+# --- objects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """AgentCube's router key pair, as PEM."""
+
+    private_pem: bytes
+    public_pem: bytes
+
+    def secret(self, namespace: str = AGENTCUBE) -> Obj:
+        """Secret picod-router-identity as AgentCube's router makes it."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": IDENTITY_SECRET, "namespace": namespace,
+                         "labels": {"app": "agentcube", "component": "router"}},
+            "data": {"private.pem": base64.b64encode(self.private_pem).decode(),
+                     "public.pem": base64.b64encode(self.public_pem).decode()},
+        }  # fmt: skip
+
+    def jwt(self, sandbox_id: str) -> str:
+        """A JWT as the edge signs it for `sandbox_id`."""
+        now = int(time.time())
+        claims = {"iss": "agentcube-router", "iat": now, "exp": now + 60, "session_id": sandbox_id}
+        return jwt.encode(claims, self.private_pem, algorithm="RS256")
+
+
+@functools.cache
+def identity() -> Identity:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Identity(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ),
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
 
 
 def code_interpreter(name: str, namespace: str = TENANT, **spec: Any) -> Obj:
+    """A CodeInterpreter serving envd only; `spec` adds or replaces fields."""
+    template: Obj = {"image": "agentcube-e2b-sandbox:0.1.0", "imagePullPolicy": "IfNotPresent",
+                     "environment": [{"name": "TZ", "value": "UTC"}],
+                     "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}  # fmt: skip
     return {
         "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
         "kind": "CodeInterpreter",
-        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-                     "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {
-            "ports": [{"name": "envd", "port": 49983}, {"name": "jupyter", "port": 49999}],
-            "template": {
-                "image": "agentcube-e2b-sandbox:0.1.0",
-                "imagePullPolicy": "IfNotPresent",
-                "environment": [{"name": "TZ", "value": "UTC"}],
-                "resources": {"limits": {"cpu": "2", "memory": "2Gi"}},
-            },
-            **spec,
-        },
-    }  # fmt: skip
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{namespace}-{name}"},
+        "spec": {"template": template, "ports": [{"port": 49983, "protocol": "HTTP"}], **spec},
+    }
+
+
+def spec(template: str = COLD, **overrides: Any) -> CreateSpec:
+    values: dict[str, Any] = {"tenant": TENANT, "template": template, "timeout_s": 300}
+    values.update(overrides)
+    return CreateSpec(**values)
+
+
+def name_of(sandbox_id: str) -> str:
+    return f"e2b-{sandbox_id}"
+
+
+# --- the cluster -----------------------------------------------------------------------------
+
+
+def free_pod_addresses() -> Iterator[str]:
+    """127.102.0.1, 127.102.0.2, ...: those where picod's port is free now."""
+    for third in range(256):
+        for fourth in range(1, 255):
+            address = f"127.102.{third}.{fourth}"
+            with socket.socket() as probe:
+                try:
+                    probe.bind((address, PICOD_PORT))
+                except OSError:
+                    continue
+            yield address
 
 
 @dataclass
-class Kubelet:
-    """Makes a Ready pod (IP 127.0.0.1) for every Sandbox, and plays the warm pool: a claim
-    is bound to a fresh pool Sandbox (with an unlabelled pod) a moment after it appears."""
-
+class Cluster:
     api: FakeApi
-    ready: bool = True
-    bind_claims: bool = True
-    pool_counter: int = 0
-    seen: list[str] = field(default_factory=list)
+    fake: FakeCluster
+    release: AgentSandbox
 
-    def __call__(self, plural: str, kind: str, obj: Obj) -> None:
-        meta = obj.get("metadata", {})
-        if plural == "sandboxes" and kind == "ADDED":
-            self.seen.append(meta["name"])
-            template = obj.get("spec", {}).get("podTemplate", {})
-            labels = dict(template.get("metadata", {}).get("labels") or {})
-            self.api.put("pods", self.pod(meta["namespace"], meta["name"], labels))
-        elif plural == "sandboxes" and kind == "DELETED":
-            if self.api.get("pods", meta["namespace"], meta["name"]) is not None:
-                self.api.delete("pods", meta["namespace"], meta["name"])
-        elif plural == "sandboxclaims" and kind == "ADDED" and self.bind_claims:
-            self.pool_counter += 1
-            name = f"pool-{self.pool_counter}"
-            sandbox = {"apiVersion": "agents.x-k8s.io/v1alpha1", "kind": "Sandbox",
-                       "metadata": {"name": name, "namespace": meta["namespace"],
-                                    "annotations": {"agents.x-k8s.io/pod-name": name + "-pod"}},
-                       "spec": {"replicas": 1}}  # fmt: skip
-            self.api.put("sandboxes", sandbox)
-            self.api.put("pods", self.pod(meta["namespace"], name + "-pod", {"pool": "yes"}))
-            bound = dict(obj, status={"sandbox": {"name": name}})
-            asyncio.get_running_loop().call_soon(self.api.put, "sandboxclaims", bound)
-        elif plural == "sandboxclaims" and kind == "DELETED":
-            for (ns, name), sandbox in list(self.api.objects["sandboxes"].items()):
-                if sandbox["metadata"].get("annotations", {}).get(
-                    "e2b.agentcube.io/claim"
-                ) == meta["name"]:
-                    self.api.delete("sandboxes", ns, name)
+    def stored(self, plural: str, name: str, namespace: str = TENANT) -> Obj | None:
+        obj = self.api.objects[plural].get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
 
-    def pod(self, namespace: str, name: str, labels: dict[str, str]) -> Obj:
-        status: Obj = {"phase": "Pending"}
-        if self.ready:
-            status = {"phase": "Running", "podIP": "127.0.0.1",
-                      "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "status": status}  # fmt: skip
+    def names(self, plural: str, namespace: str = TENANT) -> set[str]:
+        return {name for ns, name in self.api.objects[plural] if ns == namespace}
+
+    async def stop_warm_pools(self) -> None:
+        """From now on warm pools make no sandboxes: every claim finds its pool empty."""
+        for controller in self.fake.controllers:
+            if isinstance(controller, WarmPoolController):
+                await controller.stop()
+
+    async def until(self, predicate: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
+        """The first true value of `predicate`, checked after every change of the API."""
+        changed = asyncio.Event()
+
+        def listener(*_: object) -> None:
+            changed.set()
+
+        self.api.listeners.append(listener)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                changed.clear()
+                if result := predicate():
+                    return result
+                if loop.time() > deadline:
+                    raise AssertionError(f"not true within {timeout_s} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.1)
+        finally:
+            self.api.listeners.remove(listener)
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[FakeApi]:
-    def setup(fake: FakeApi) -> None:
-        fake.install("secrets", "pods", writable=True)
-        fake.install("sandboxes", group="agents.x-k8s.io", version="v1alpha1", writable=True)
-        fake.install("sandboxclaims", group="extensions.agents.x-k8s.io", version="v1alpha1",
-                     writable=True)  # fmt: skip
-        fake.install("codeinterpreters", group="runtime.agentcube.volcano.sh",
-                     version="v1alpha1", writable=True)  # fmt: skip
-        fake.put("codeinterpreters", code_interpreter("code-interpreter-v1"))
-        fake.put("codeinterpreters", code_interpreter("pooled", warmPoolSize=2))
-        fake.put("codeinterpreters", code_interpreter("code-interpreter-v1", OTHER))
-
-    async with served(setup) as fake:
-        yield fake
-
-
-@pytest.fixture
-def kubelet(api: FakeApi) -> Kubelet:
-    stand_in = Kubelet(api)
-    api.listeners.append(stand_in)
-    return stand_in
+def invalid_stored_objects(api: FakeApi) -> list[str]:
+    """What in the stored objects the schemas (or built-in rules) refuse."""
+    problems: list[str] = []
+    for plural, objects in api.objects.items():
+        resource = api.resources[plural]
+        schema = resource.schemas.get(resource.storage) if resource.crd else None
+        for (namespace, name), obj in objects.items():
+            where = f"{plural} {namespace}/{name}"
+            causes = validate_metadata(obj.get("metadata"))
+            if schema is not None:
+                problems += [f"{where}: unknown {p}" for p in prune(schema, copy.deepcopy(obj))]
+                causes += validate(schema, obj)
+            if plural == "pods":
+                causes += validate_builtin(plural, obj, None)
+            problems += [f"{where}: {cause}" for cause in causes]
+    return problems
 
 
-class Picod:
-    """A stand-in picod: /health 204, /metrics JSON, on a free port of 127.0.0.1."""
+def unstrict_writes(api: FakeApi) -> list[str]:
+    return [
+        f"{entry.method} {entry.plural} {entry.name or ''}: {entry.params}"
+        for entry in api.log
+        if entry.method in STRICT_WRITES and entry.params.get("fieldValidation") != "Strict"
+    ]
 
-    def __init__(self) -> None:
-        self.port = 0
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self._server: asyncio.Server | None = None
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+@contextlib.asynccontextmanager
+async def cluster_running(
+    root: Path, release: str, *, with_identity: bool = True
+) -> AsyncIterator[Cluster]:
+    """A fake cluster with `release`, CodeInterpreter COLD in both tenants and (unless told
+    otherwise) AgentCube's identity Secret in AGENTCUBE."""
+    settings = ClusterSettings(
+        root=root, agent_sandbox=release, controller_delay_s=0.01, agentcube_retry_s=0.1
+    )
 
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
+    def setup(api: FakeApi) -> None:
+        install(api, settings.release)
+        if with_identity:
+            api.put("secrets", identity().secret())
+        for namespace in (TENANT, OTHER):
+            api.put("codeinterpreters", code_interpreter(COLD, namespace))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            head = (await reader.readuntil(b"\r\n\r\n")).decode()
-            path = head.split(" ")[1]
-            headers = {}
-            for line in head.split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                if name:
-                    headers[name.strip().lower()] = value.strip()
-            self.requests.append((path, headers))
-            if path == "/metrics":
-                body = json.dumps({"ts": 1, "cpu_count": 2, "cpu_used_pct": 1.5,
-                                   "mem_used": 10, "mem_total": 20, "mem_cache": 1,
-                                   "disk_used": 3, "disk_total": 4}).encode()  # fmt: skip
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
-            else:
-                writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-            await writer.drain()
-        writer.close()
+    async with served(setup) as api:
+        fake = FakeCluster(api, settings)
+        # The kubelet's own addresses (127.101.x.y) are those of the other suites' clusters.
+        fake.kubelet._addresses = free_pod_addresses()  # noqa: SLF001
+        fake.start()
+        try:
+            yield Cluster(api, fake, settings.release)
+        finally:
+            await fake.stop()
+        assert unstrict_writes(api) == []
+        assert invalid_stored_objects(api) == []
+
+
+@pytest.fixture(params=sorted(RELEASES), ids=lambda r: f"agent-sandbox-{r}")
+async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with cluster_running(tmp_path / "pods", request.param) as running:
+        yield running
 
 
 @pytest.fixture
-async def picod() -> AsyncIterator[Picod]:
-    stand_in = Picod()
-    await stand_in.start()
-    yield stand_in
-    await stand_in.stop()
+def api(cluster: Cluster) -> FakeApi:
+    return cluster.api
 
 
-def settings(picod: Picod, **overrides: Any) -> KubernetesSettings:
-    values: dict[str, Any] = {"namespace": SYSTEM, "picod_port": picod.port,
-                              "ready_timeout_s": 3.0, "claim_poll_s": 0.02}  # fmt: skip
+# --- the backend -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Write:
+    verb: str
+    plural: str
+    name: str
+    status: int | None  # the HTTP status of a refusal; None when accepted
+
+
+class RecordingResources(Resources):
+    """Resources that remember how each create and patch ended, so a refusal the backend
+    swallows (a rollback, the reaper) still fails the test."""
+
+    def __init__(self, client: ApiClient) -> None:
+        super().__init__(client)
+        self.writes: list[Write] = []
+
+    async def _recorded(self, verb: str, kind: Kind, name: str, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except DomainError as error:
+            self.writes.append(Write(verb, kind.plural, name, http_status(error) or 0))
+            raise
+        self.writes.append(Write(verb, kind.plural, name, None))
+        return result
+
+    async def create(self, kind: Kind, namespace: str, body: KubeObject) -> KubeObject:
+        name = str((body.get("metadata") or {}).get("name") or "")
+        return await self._recorded("create", kind, name, super().create(kind, namespace, body))
+
+    async def patch(self, kind: Kind, namespace: str, name: str, patch: KubeObject) -> KubeObject:
+        return await self._recorded("patch", kind, name, super().patch(kind, namespace, name, patch))
+
+
+def kube_settings(**overrides: Any) -> KubernetesSettings:
+    values: dict[str, Any] = {"namespace": SYSTEM, "identity_namespace": AGENTCUBE,
+                              "ready_timeout_s": 10.0, "claim_poll_s": 0.02}  # fmt: skip
     values.update(overrides)
     return KubernetesSettings(**values)
 
 
-@pytest.fixture
-async def make_backend(
-    api: FakeApi, picod: Picod, kubelet: Kubelet
-) -> AsyncIterator[Any]:
-    started: list[tuple[KubernetesBackend, list[asyncio.Task[None]], ApiClient]] = []
+@dataclass
+class Backends:
+    """Starts backends on the cluster; stops them and checks their writes at the end."""
 
-    async def make(**overrides: Any) -> KubernetesBackend:
-        configuration = Configuration(host=api.url)
+    api: FakeApi
+    started: list[tuple[KubernetesBackend, list[asyncio.Task[None]]]] = field(default_factory=list)
+    resources: list[RecordingResources] = field(default_factory=list)
+
+    def new(self, clock: Callable[[], float] = time.time, **overrides: Any) -> KubernetesBackend:
+        configuration = Configuration(host=self.api.url)
         configuration.retries = 0
-        client = ApiClient(configuration)
-        backend = KubernetesBackend(
-            settings(picod, **overrides), Resources(client), informer_settings=FAST
+        resources = RecordingResources(ApiClient(configuration))
+        self.resources.append(resources)
+        return KubernetesBackend(
+            kube_settings(**overrides), resources, informer_settings=FAST, clock=clock
         )
-        tasks = await backend.start()
-        started.append((backend, tasks, client))
+
+    async def start(
+        self, clock: Callable[[], float] = time.time, **overrides: Any
+    ) -> KubernetesBackend:
+        backend = self.new(clock, **overrides)
+        self.started.append((backend, await backend.start()))
         return backend
 
-    yield make
-    for backend, tasks, client in started:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await backend.close()
-        client.close()
-    for thread in threading.enumerate():
-        if thread.name.startswith(("informer-", "k8s-api")):
-            await asyncio.to_thread(thread.join, WAIT_S)
-            assert not thread.is_alive(), f"thread {thread.name} still running"
+    async def stop(self, backend: KubernetesBackend) -> None:
+        """Stop one backend (the lifecycle service going away)."""
+        for index, (started, tasks) in enumerate(self.started):
+            if started is backend:
+                del self.started[index]
+                await _stop(backend, tasks)
+                return
+
+    async def stop_all(self) -> None:
+        while self.started:
+            await _stop(*self.started.pop())
+        for resources in self.resources:
+            resources.client.close()
+
+    def refused(self) -> list[Write]:
+        """Writes the API refused as invalid (400: unknown field under Strict; 422: schema)."""
+        return [w for r in self.resources for w in r.writes if w.status in (400, 422)]
+
+
+async def _stop(backend: KubernetesBackend, tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await backend.close()
 
 
 @pytest.fixture
-async def backend(make_backend: Any) -> KubernetesBackend:
-    made: KubernetesBackend = await make_backend()
-    return made
+async def backends(api: FakeApi) -> AsyncIterator[Backends]:
+    made = Backends(api)
+    try:
+        yield made
+    finally:
+        await made.stop_all()
+    for thread in threading.enumerate():
+        if thread.name.startswith(("informer-", "k8s-api")):
+            await asyncio.to_thread(thread.join, 5.0)
+            assert not thread.is_alive(), f"thread {thread.name} still running"
+    assert made.refused() == []
+
+
+@pytest.fixture
+async def backend(backends: Backends) -> KubernetesBackend:
+    return await backends.start()
+
+
+# --- the warm pool ---------------------------------------------------------------------------
+
+
+def warm_members(cluster: Cluster, pool: str = POOLED) -> list[Obj]:
+    """The Sandboxes `pool` currently offers (controlled by it), in name order."""
+    members = []
+    for (namespace, _), sandbox in sorted(cluster.api.objects["sandboxes"].items()):
+        refs = sandbox["metadata"].get("ownerReferences") or []
+        if namespace == TENANT and any(
+            r.get("controller") and r.get("kind") == "SandboxWarmPool" and r.get("name") == pool
+            for r in refs
+        ):
+            members.append(sandbox)
+    return members
+
+
+def is_ready(obj: Obj | None) -> bool:
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+async def fill_warm_pool(cluster: Cluster) -> str:
+    """CodeInterpreter POOLED with a warm pool of one, once that one is Ready; its name."""
+    cluster.api.put("codeinterpreters", code_interpreter(POOLED, warmPoolSize=1))
+
+    def ready_member() -> str | None:
+        members = [m for m in warm_members(cluster) if is_ready(m)]
+        return str(members[0]["metadata"]["name"]) if members else None
+
+    return await cluster.until(ready_member)
+
+
+@pytest.fixture
+async def warm_pool(cluster: Cluster) -> str:
+    return await fill_warm_pool(cluster)
+
+
+# --- picod -----------------------------------------------------------------------------------
+
+
+async def picod_get(
+    sandbox: Sandbox, path: str, *, jwt_for: str | None = None, token: str | None = None
+) -> httpx.Response:
+    """GET `path` from the sandbox's picod with a JWT naming `jwt_for` and `token`."""
+    headers = {}
+    if jwt_for is not None:
+        headers["Authorization"] = f"Bearer {identity().jwt(jwt_for)}"
+    if token is not None:
+        headers["X-Access-Token"] = token
+    url = f"http://{sandbox.endpoint_host}:{PICOD_PORT}{path}"
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        return await client.get(url, headers=headers)
+
+
+async def picod_envs(sandbox: Sandbox) -> dict[str, str]:
+    """The sandbox's env as picod's /envs shows it to the edge (its JWT and the token)."""
+    got = await picod_get(
+        sandbox, "/envs", jwt_for=sandbox.sandbox_id, token=sandbox.envd_access_token
+    )
+    assert got.status_code == 200, got.text
+    envs: dict[str, str] = got.json()
+    return envs
+
+
+def serialized(obj: Obj) -> str:
+    return json.dumps(obj, sort_keys=True)

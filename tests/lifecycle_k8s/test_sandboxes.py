@@ -1,230 +1,327 @@
-"""Create, Get, Kill, rollback, tenancy and templates of the kubernetes backend, through the
-official client against the fake API; every write is asserted from the API's request log."""
+"""Create, Get, Kill of the kubernetes backend against the fake cluster, cold (a Sandbox and its
+Secret) and warm (a SandboxClaim on AgentCube's warm pool, with a ready pool sandbox and with
+an empty pool): the exact writes, the objects they leave, what the pod reads, picod's binding,
+and what garbage collection takes with a killed sandbox."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import socket
 import time
 from typing import Any
 
 import pytest
 
-from extproc.core.errors import DeadlineExceeded, InvalidArgument, NotFound, Unimplemented
+from extproc.core.errors import InvalidArgument, NotFound, Unimplemented
 from extproc.core.tokens import access_token
+from extproc.k8s import object_proof
 from extproc.lifecycle.kubernetes import KubernetesBackend
-from extproc.lifecycle.sandboxes import CreateSpec, State
-from support.kubeapi import FakeApi
+from extproc.lifecycle.sandboxes import Sandbox, State
+from support.kubeapi import FakeApi, Logged, Obj
 
-from .conftest import OTHER, SYSTEM, TENANT, Kubelet, Picod
+from .conftest import (
+    COLD,
+    OTHER,
+    POOLED,
+    TENANT,
+    Cluster,
+    code_interpreter,
+    identity,
+    name_of,
+    picod_envs,
+    picod_get,
+    serialized,
+    spec,
+)
 
-TEMPLATE = "code-interpreter-v1"
+ID_LABEL = "e2b.agentcube.io/sandbox-id"
+TEMPLATE_LABEL = "e2b.agentcube.io/template"
+MANAGED = {"app.kubernetes.io/managed-by": "agentcube-e2b"}
+SECRET_VALUE = "s3cret-env-value-1f2e"  # an env value that must appear in no spec
 
 
-def spec(**overrides: Any) -> CreateSpec:
-    values: dict[str, Any] = {"tenant": TENANT, "template": TEMPLATE, "timeout_s": 300,
-                              "metadata": {"user": "ann"}, "env_vars": {"FOO": "bar"}}  # fmt: skip
-    values.update(overrides)
-    return CreateSpec(**values)
+def rfc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def secret_data(api: FakeApi, name: str, key: str) -> bytes:
-    secret = api.get("secrets", SYSTEM, name)
-    assert secret is not None, name
-    return base64.b64decode(secret["data"][key])
+def writes_for(api: FakeApi, name: str) -> list[Logged]:
+    """POST, PATCH and DELETE requests about objects named `name`."""
+    return [
+        w for w in api.writes()
+        if name in (w.name, ((w.body or {}).get("metadata") or {}).get("name"))
+    ]  # fmt: skip
 
 
-async def test_create_makes_exactly_the_sandbox_described(
-    api: FakeApi, backend: KubernetesBackend, picod: Picod
+def decoded(secret: Obj, key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def no_secret_in_specs(cluster: Cluster, sandbox: Sandbox) -> None:
+    """Neither the access token nor an env value is in any Sandbox, claim or Pod, stored or
+    as the lifecycle sent it."""
+    token = sandbox.envd_access_token
+    sent = [w.body for w in cluster.api.writes() if w.plural != "secrets" and w.body]
+    stored = [
+        obj for plural in ("sandboxes", "sandboxclaims", "pods")
+        for obj in cluster.api.objects[plural].values()
+    ]  # fmt: skip
+    for obj in sent + stored:
+        text = serialized(obj)
+        assert token not in text
+        assert SECRET_VALUE not in text
+
+
+async def assert_bound(sandbox: Sandbox) -> None:
+    """picod serves `sandbox` with the gateway's JWT for it and its token, and nothing less."""
+    envs = await picod_envs(sandbox)
+    assert envs["GREETING"] == SECRET_VALUE
+    sid, token = sandbox.sandbox_id, sandbox.envd_access_token
+    another = "zz" + sid[2:]
+    refused = [
+        await picod_get(sandbox, "/envs", jwt_for=another, token=token),  # JWT of another id
+        await picod_get(sandbox, "/envs", token=token),  # no JWT
+        await picod_get(sandbox, "/envs", jwt_for=sid, token=token[::-1]),  # wrong token
+    ]
+    assert [r.status_code for r in refused] == [401, 401, 401]
+
+
+async def test_cold_create_writes_a_secret_then_a_sandbox_owning_it(
+    cluster: Cluster, backend: KubernetesBackend
 ) -> None:
+    api = cluster.api
     before = time.time()
-    sandbox = await backend.create(spec())
-    public_pem = secret_data(api, "picod-router-identity", "public.pem").decode()
-    assert "BEGIN PUBLIC KEY" in public_pem
-    assert b"BEGIN RSA PRIVATE KEY" in secret_data(api, "picod-router-identity", "private.pem")
-    seed = bytes.fromhex(secret_data(api, "e2b-envd-token-seed", "seed").decode())
-    sid = sandbox.sandbox_id
-    token = access_token(seed, sid)
+    sandbox = await backend.create(
+        spec(env_vars={"GREETING": SECRET_VALUE}, metadata={"user": "ann"})
+    )
+    sid, name = sandbox.sandbox_id, name_of(sandbox.sandbox_id)
+    token = access_token(backend.seed, sid)
     assert sandbox.envd_access_token == token
-    assert sandbox.state is State.RUNNING
-    assert sandbox.endpoint_host == "127.0.0.1"
-    assert sandbox.tenant == TENANT and sandbox.template_id == TEMPLATE
-    assert sandbox.env_vars == {"FOO": "bar"} and sandbox.metadata == {"user": "ann"}
+    assert (sandbox.state, sandbox.tenant, sandbox.template_id) == (State.RUNNING, TENANT, COLD)
+    assert sandbox.env_vars == {"GREETING": SECRET_VALUE} and sandbox.metadata == {"user": "ann"}
     assert sandbox.end_at - sandbox.started_at == 300
     assert before - 1 <= sandbox.started_at <= time.time()
 
-    posts = [w for w in api.writes("sandboxes")]
-    assert [(w.method, w.namespace) for w in posts] == [("POST", TENANT)]
-    body = posts[0].body
-    labels = {"e2b.agentcube.io/sandbox-id": sid, "e2b.agentcube.io/template": TEMPLATE,
-              "app.kubernetes.io/managed-by": "agentcube-e2b"}  # fmt: skip
-    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sandbox.end_at))
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sandbox.started_at))
-    assert body["apiVersion"] == "agents.x-k8s.io/v1alpha1" and body["kind"] == "Sandbox"
-    assert body["metadata"] == {
-        "name": f"e2b-{sid}", "namespace": TENANT, "labels": labels,
-        "annotations": {
-            "e2b.agentcube.io/started-at": started, "e2b.agentcube.io/end-at": end,
-            "e2b.agentcube.io/metadata": '{"user":"ann"}', "e2b.agentcube.io/alias": "",
-            "e2b.agentcube.io/on-timeout": "kill",
-            "e2b.agentcube.io/access-token-sha256": hashlib.sha256(token.encode()).hexdigest(),
-        },
-    }  # fmt: skip
-    assert body["spec"]["replicas"] == 1
-    assert body["spec"]["lifecycle"] == {"shutdownTime": end}
-    pod = body["spec"]["podTemplate"]
-    assert pod["metadata"]["labels"] == labels
+    writes = writes_for(api, name)
+    assert [(w.method, w.plural) for w in writes] == [
+        ("POST", "secrets"), ("POST", "sandboxes"), ("PATCH", "secrets")]  # fmt: skip
+    assert writes[1].api_version == cluster.release.sandbox_api_version  # found by discovery
+    assert writes[2].body == {"metadata": {"ownerReferences": [{
+        "apiVersion": cluster.release.sandbox_api_version, "kind": "Sandbox", "name": name,
+        "uid": api.objects["sandboxes"][(TENANT, name)]["metadata"]["uid"]}]}}  # fmt: skip
+
+    secret = cluster.stored("secrets", name)
+    assert secret is not None
+    assert decoded(secret, "access-token") == token
+    assert json.loads(decoded(secret, "env-vars.json")) == {"GREETING": SECRET_VALUE}
+    assert secret["metadata"]["labels"] == {ID_LABEL: sid, TEMPLATE_LABEL: COLD, **MANAGED}
+
+    cr = cluster.stored("sandboxes", name)
+    assert cr is not None
+    assert cr["metadata"]["labels"] == {ID_LABEL: sid, TEMPLATE_LABEL: COLD, **MANAGED}
+    notes = cr["metadata"]["annotations"]
+    assert object_proof.has_valid_proof(backend.proof_key, cr)
+    assert notes["e2b.agentcube.io/end-at"] == rfc(sandbox.end_at)
+    assert notes["e2b.agentcube.io/metadata"] == '{"user":"ann"}'
+    assert notes["e2b.agentcube.io/max-duration-s"] == "3600"
+    assert "e2b.agentcube.io/state" not in notes
+    assert cr["spec"]["shutdownTime"] == rfc(sandbox.end_at)
+    assert cr["spec"]["shutdownPolicy"] == "Delete"
+    for field, value in cluster.release.running_spec().items():
+        assert cr["spec"][field] == value
+
+    pod = cluster.stored("pods", name)
+    assert pod is not None and pod["status"]["podIP"] == sandbox.endpoint_host
+    assert {ID_LABEL: sid, TEMPLATE_LABEL: COLD}.items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
-    assert container["image"] == "agentcube-e2b-sandbox:0.1.0"
-    assert container["resources"] == {"limits": {"cpu": "2", "memory": "2Gi"}}
-    assert container["ports"] == [
-        {"name": "envd", "containerPort": 49983, "protocol": "TCP"},
-        {"name": "jupyter", "containerPort": 49999, "protocol": "TCP"},
-    ]
-    assert container["env"] == [
-        {"name": "TZ", "value": "UTC"},
-        {"name": "PICOD_AUTH_PUBLIC_KEY", "value": public_pem},
-        {"name": "AGENTCUBE_E2B_PICOD_SANDBOX_ID", "value": sid},
-        {"name": "AGENTCUBE_E2B_PICOD_ACCESS_TOKEN", "value": token},
-        {"name": "AGENTCUBE_E2B_PICOD_ENV", "value": "FOO=bar\n"},
-    ]
-    assert picod.requests[-1] != ("/health", {}) and picod.requests[-1][0] == "/health"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PICOD_AUTH_PUBLIC_KEY"]["value"] == identity().public_pem.decode()
+    assert env["AGENTCUBE_E2B_PICOD_SANDBOX_ID"]["value"] == sid
+    for variable, key in (("AGENTCUBE_E2B_PICOD_ACCESS_TOKEN", "access-token"),
+                          ("AGENTCUBE_E2B_PICOD_ENV_JSON", "env-vars.json")):  # fmt: skip
+        assert env[variable] == {
+            "name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+    no_secret_in_specs(cluster, sandbox)
+    await assert_bound(sandbox)
     assert await backend.get(sid, TENANT) == sandbox
 
+    (metric,) = await backend.metrics(sid, TENANT)  # picod's /metrics wants the JWT
+    assert metric.cpu_count >= 1 and metric.mem_total > 0
 
-async def test_secrets_are_created_once_and_reused(
-    api: FakeApi, make_backend: Any
+    await backend.kill(sid, TENANT)
+    assert [(w.method, w.plural) for w in writes_for(api, name)][3:] == [("DELETE", "sandboxes")]
+    # the garbage collector takes the pod and the Secret with their owner
+    await cluster.until(lambda: not cluster.stored("pods", name))
+    assert cluster.stored("secrets", name) is None
+    with pytest.raises(NotFound):
+        await backend.get(sid, TENANT)
+    with pytest.raises(NotFound):
+        await backend.kill(sid, TENANT)
+
+
+def claim_source(cluster: Cluster) -> Obj:
+    if cluster.release.claims_name_a_pool:
+        return {"warmPoolRef": {"name": POOLED}}
+    return {"sandboxTemplateRef": {"name": POOLED}}
+
+
+async def test_warm_create_adopts_the_ready_pool_sandbox_and_binds_its_picod(
+    cluster: Cluster, backend: KubernetesBackend, warm_pool: str
 ) -> None:
-    first = await make_backend()
-    second = await make_backend()
-    assert first.seed == second.seed and first.public_key_pem == second.public_key_pem
-    secret_posts = [w for w in api.writes("secrets")]
-    assert [w.body["metadata"]["name"] for w in secret_posts] == [
-        "e2b-envd-token-seed", "picod-router-identity",  # the first backend created them
-        "e2b-envd-token-seed", "picod-router-identity",  # the second got 409 and read them
-    ]  # fmt: skip
-    identity = api.get("secrets", SYSTEM, "picod-router-identity")
-    assert identity is not None
-    assert identity["metadata"]["labels"] == {"app": "agentcube", "component": "router"}
+    api = cluster.api
+    sandbox = await backend.create(spec(POOLED, env_vars={"GREETING": SECRET_VALUE}))
+    sid, name = sandbox.sandbox_id, name_of(sandbox.sandbox_id)
+
+    writes = writes_for(api, name)
+    assert [(w.method, w.plural) for w in writes] == [("POST", "sandboxclaims"), ("POST", "secrets")]
+    assert writes[0].api_version == cluster.release.extensions_api_version
+    adopt = [w for w in api.writes("sandboxes")]
+    assert [(w.method, w.name) for w in adopt] == [("PATCH", warm_pool)]
+
+    claim = cluster.stored("sandboxclaims", name)
+    assert claim is not None
+    labels = {ID_LABEL: sid, TEMPLATE_LABEL: POOLED}
+    assert claim["spec"] == {
+        **claim_source(cluster),
+        "additionalPodMetadata": {"labels": labels},
+        "lifecycle": {"shutdownTime": rfc(sandbox.end_at), "shutdownPolicy": "Delete"},
+    }
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == f"uid-{TENANT}-{POOLED}"
+    assert claim["status"]["sandbox"]["name"] == warm_pool  # the ready one was adopted
+
+    cr = cluster.stored("sandboxes", warm_pool)
+    assert cr is not None
+    assert labels.items() <= cr["metadata"]["labels"].items()
+    assert MANAGED.items() <= cr["metadata"]["labels"].items()
+    notes = cr["metadata"]["annotations"]
+    assert notes["e2b.agentcube.io/claim"] == name
+    assert notes["e2b.agentcube.io/end-at"] == rfc(sandbox.end_at)
+    assert object_proof.has_valid_proof(backend.proof_key, cr)
+    assert "shutdownTime" not in cr["spec"]  # the claim's lifecycle governs it
+    owner = next(r for r in cr["metadata"]["ownerReferences"] if r.get("controller"))
+    assert (owner["kind"], owner["name"]) == ("SandboxClaim", name)
+
+    secret = cluster.stored("secrets", name)
+    assert secret is not None
+    assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [claim["metadata"]["uid"]]
+    assert decoded(secret, "access-token") == sandbox.envd_access_token
+
+    pod = cluster.stored("pods", notes.get("agents.x-k8s.io/pod-name", warm_pool))
+    assert pod is not None and pod["status"]["podIP"] == sandbox.endpoint_host
+    assert labels.items() <= pod["metadata"]["labels"].items()
+    no_secret_in_specs(cluster, sandbox)
+    await assert_bound(sandbox)  # POST /init happened: id, token and envVars
+    (metric,) = await backend.metrics(sid, TENANT)
+    assert metric.mem_total > 0
+
+    await backend.kill(sid, TENANT)
+    assert [(w.method, w.plural) for w in writes_for(api, name)][2:] == [
+        ("DELETE", "sandboxclaims")]  # fmt: skip
+    await cluster.until(lambda: not cluster.stored("sandboxes", warm_pool))
+    await cluster.until(lambda: not cluster.stored("pods", warm_pool))
+    assert cluster.stored("secrets", name) is None
+    with pytest.raises(NotFound):
+        await backend.get(sid, TENANT)
 
 
-async def test_kill_deletes_the_sandbox(api: FakeApi, backend: KubernetesBackend) -> None:
-    sandbox = await backend.create(spec())
+async def test_warm_create_on_an_empty_pool_waits_for_the_sandbox_named_after_the_claim(
+    cluster: Cluster, backend: KubernetesBackend
+) -> None:
+    """The claim names its new Sandbox before the Sandbox's pod exists: the Create waits for
+    the pod (no 404, no rollback)."""
+    api = cluster.api
+    await cluster.stop_warm_pools()
+    api.put("codeinterpreters", code_interpreter(POOLED, warmPoolSize=1))
+    await cluster.until(lambda: cluster.stored("sandboxwarmpools", POOLED))
+    events: list[tuple[str, str, Obj]] = []
+    api.listeners.append(lambda plural, kind, obj: events.append((plural, kind, obj)))
+
+    sandbox = await backend.create(spec(POOLED, env_vars={"GREETING": SECRET_VALUE}))
+    name = name_of(sandbox.sandbox_id)
+    claim = cluster.stored("sandboxclaims", name)
+    assert claim is not None and claim["status"]["sandbox"]["name"] == name
+
+    def first(test: Any) -> int:
+        return next(i for i, event in enumerate(events) if test(*event))
+
+    named = first(lambda plural, _, obj: plural == "sandboxclaims" and (
+        (obj.get("status") or {}).get("sandbox") or {}).get("name") == name)  # fmt: skip
+    pod_made = first(lambda plural, kind, obj: plural == "pods" and kind == "ADDED"
+                     and obj["metadata"]["name"] == name)  # fmt: skip
+    assert named < pod_made
+    assert [w.method for w in api.writes() if w.method == "DELETE"] == []
+    assert [(w.method, w.plural, w.name) for w in api.writes("sandboxes")] == [
+        ("PATCH", "sandboxes", name)]  # fmt: skip
+    cr = cluster.stored("sandboxes", name)
+    assert cr is not None and object_proof.has_valid_proof(backend.proof_key, cr)
+    no_secret_in_specs(cluster, sandbox)
+    await assert_bound(sandbox)
+
     await backend.kill(sandbox.sandbox_id, TENANT)
-    deletes = [(w.method, w.namespace, w.name) for w in api.writes("sandboxes")][1:]
-    assert deletes == [("DELETE", TENANT, f"e2b-{sandbox.sandbox_id}")]
-    with pytest.raises(NotFound):
-        await backend.get(sandbox.sandbox_id, TENANT)
-    with pytest.raises(NotFound):
-        await backend.kill(sandbox.sandbox_id, TENANT)
+    await cluster.until(lambda: not cluster.stored("pods", name))
+    assert cluster.names("sandboxes") == set() and cluster.names("sandboxclaims") == set()
+    assert cluster.stored("secrets", name) is None
+
+
+async def test_auth_mode_none_injects_no_key_and_refuses_a_warm_pool(
+    cluster: Cluster, backend: KubernetesBackend
+) -> None:
+    api = cluster.api
+    await cluster.stop_warm_pools()
+    api.put("codeinterpreters", code_interpreter("open", authMode="none"))
+    api.put("codeinterpreters", code_interpreter("open-pool", authMode="none", warmPoolSize=1))
+    sandbox = await backend.create(spec("open"))
+    pod = cluster.stored("pods", name_of(sandbox.sandbox_id))
+    assert pod is not None
+    names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
+    assert "PICOD_AUTH_PUBLIC_KEY" not in names and "AGENTCUBE_E2B_PICOD_ACCESS_TOKEN" in names
+    # picod checks the access token alone
+    token = sandbox.envd_access_token
+    assert (await picod_get(sandbox, "/envs", token=token)).status_code == 200
+    assert (await picod_get(sandbox, "/envs", token=token[::-1])).status_code == 401
+
+    claims_before = len(api.writes("sandboxclaims"))
+    with pytest.raises(InvalidArgument, match="authMode none"):
+        await backend.create(spec("open-pool"))
+    assert len(api.writes("sandboxclaims")) == claims_before == 0
 
 
 async def test_another_tenant_gets_not_found(backend: KubernetesBackend) -> None:
     sandbox = await backend.create(spec())
-    for call in (backend.get(sandbox.sandbox_id, OTHER), backend.kill(sandbox.sandbox_id, OTHER),
-                 backend.set_timeout(sandbox.sandbox_id, OTHER, 10)):  # fmt: skip
+    sid = sandbox.sandbox_id
+    for call in (backend.get(sid, OTHER), backend.kill(sid, OTHER),
+                 backend.set_timeout(sid, OTHER, 10), backend.pause(sid, OTHER),
+                 backend.metrics(sid, OTHER)):  # fmt: skip
         with pytest.raises(NotFound):
             await call
-    assert (await backend.get(sandbox.sandbox_id, TENANT)).sandbox_id == sandbox.sandbox_id
+    assert (await backend.get(sid, TENANT)).state is State.RUNNING
 
 
-async def test_unknown_template_is_not_found(api: FakeApi, backend: KubernetesBackend) -> None:
+async def test_unknown_template_and_tenant_write_nothing(
+    api: FakeApi, backend: KubernetesBackend
+) -> None:
     with pytest.raises(NotFound, match="template 'nope' not found"):
-        await backend.create(spec(template="nope"))
+        await backend.create(spec("nope"))
     with pytest.raises(NotFound):
         await backend.create(spec(tenant="team-c"))
-    assert api.writes("sandboxes") == []
+    with pytest.raises(InvalidArgument, match="tenant"):
+        await backend.create(spec(tenant=""))
+    with pytest.raises(Unimplemented, match="allowPublicTraffic"):
+        await backend.create(spec(allow_public_traffic=False))
+    assert [w for w in api.writes() if w.plural != "secrets" or w.method != "POST"] == []
 
 
-async def test_rollback_when_the_pod_never_becomes_ready(
-    api: FakeApi, kubelet: Kubelet, make_backend: Any
-) -> None:
-    kubelet.ready = False
-    backend = await make_backend(ready_timeout_s=0.5)
-    with pytest.raises(DeadlineExceeded, match=r"not ready within 0.5 s .* it was deleted"):
-        await backend.create(spec())
-    post, delete = api.writes("sandboxes")
-    assert (post.method, delete.method) == ("POST", "DELETE")
-    assert post.body["metadata"]["name"] == delete.name == kubelet.seen[0]
-    assert api.objects["sandboxes"] == {}
-    assert backend.hub.revision == 0  # nothing was announced
-
-
-async def test_rollback_when_picod_never_answers(api: FakeApi, make_backend: Any) -> None:
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    backend = await make_backend(ready_timeout_s=0.5, picod_port=port)
-    with pytest.raises(DeadlineExceeded):
-        await backend.create(spec())
-    assert [w.method for w in api.writes("sandboxes")] == ["POST", "DELETE"]
-    assert api.objects["sandboxes"] == {}
-
-
-async def test_api_failure_on_create_leaves_nothing(
+async def test_templates_are_the_tenants_code_interpreters(
     api: FakeApi, backend: KubernetesBackend
 ) -> None:
-    api.fail("POST", "sandboxes", 500)
-    with pytest.raises(Exception, match="HTTP 500"):
-        await backend.create(spec())
-    assert api.objects["sandboxes"] == {}
-
-
-async def test_warm_pool_template_makes_a_claim(
-    api: FakeApi, backend: KubernetesBackend
-) -> None:
-    sandbox = await backend.create(spec(template="pooled", env_vars={}))
-    sid = sandbox.sandbox_id
-    (claim_post,) = api.writes("sandboxclaims")
-    assert claim_post.method == "POST"
-    claim = claim_post.body
-    assert claim["kind"] == "SandboxClaim" and claim["metadata"]["name"] == f"e2b-{sid}"
-    assert claim["spec"] == {"sandboxTemplateRef": {"name": "pooled"}}
-    assert claim["metadata"]["ownerReferences"][0]["uid"] == "uid-pooled"
-    assert claim["metadata"]["labels"]["e2b.agentcube.io/sandbox-id"] == sid
-    (sandbox_patch,) = api.writes("sandboxes")
-    assert (sandbox_patch.method, sandbox_patch.name) == ("PATCH", "pool-1")
-    assert sandbox_patch.content_type == "application/merge-patch+json"
-    assert sandbox_patch.body["metadata"]["labels"]["e2b.agentcube.io/sandbox-id"] == sid
-    assert sandbox_patch.body["metadata"]["annotations"]["e2b.agentcube.io/claim"] == f"e2b-{sid}"
-    (pod_patch,) = api.writes("pods")
-    assert (pod_patch.method, pod_patch.name) == ("PATCH", "pool-1-pod")
-    assert sandbox.endpoint_host == "127.0.0.1"
-    await backend.kill(sid, TENANT)
-    assert [(w.method, w.name) for w in api.writes("sandboxclaims")][1:] == [
-        ("DELETE", f"e2b-{sid}")
-    ]
-
-
-async def test_warm_pool_refuses_env_vars(backend: KubernetesBackend) -> None:
-    with pytest.raises(InvalidArgument, match="warm pool"):
-        await backend.create(spec(template="pooled"))
-
-
-async def test_templates_come_from_code_interpreters(backend: KubernetesBackend) -> None:
+    api.put("codeinterpreters", code_interpreter(
+        "jupyter", ports=[{"port": 49983}, {"port": 49999}, {"port": 8080}]))  # fmt: skip
     templates = {t.template_id: t for t in await backend.list_templates(TENANT)}
-    assert set(templates) == {TEMPLATE, "pooled"}
-    template = await backend.get_template(TEMPLATE, TENANT)
-    assert (template.ports, template.cpu_count, template.memory_mb) == ((49999,), 2, 2048)
-    assert template.tenant == TENANT
+    assert set(templates) == {COLD, "jupyter"}
+    jupyter = await backend.get_template("jupyter", TENANT)
+    assert (jupyter.ports, jupyter.interpreter) == ((49999, 8080), True)
+    assert (jupyter.cpu_count, jupyter.memory_mb, jupyter.tenant) == (1, 1024, TENANT)
+    assert not (await backend.get_template(COLD, TENANT)).interpreter
     with pytest.raises(NotFound):
-        await backend.get_template("pooled", OTHER)
+        await backend.get_template("jupyter", OTHER)
     with pytest.raises(Unimplemented, match="kubectl"):
-        await backend.delete_template(TENANT, TEMPLATE)
-
-
-async def test_pause_is_unimplemented(backend: KubernetesBackend) -> None:
-    sandbox = await backend.create(spec())
-    with pytest.raises(Unimplemented, match="pausing is not available"):
-        await backend.pause(sandbox.sandbox_id, TENANT)
-
-
-async def test_metrics_come_from_picod(backend: KubernetesBackend, picod: Picod) -> None:
-    sandbox = await backend.create(spec())
-    (metric,) = await backend.metrics(sandbox.sandbox_id, TENANT)
-    assert (metric.cpu_count, metric.mem_total) == (2, 20)
-    path, headers = picod.requests[-1]
-    assert path == "/metrics" and headers["x-access-token"] == sandbox.envd_access_token
-    assert json.dumps(metric.cpu_used_pct) == "1.5"
+        await backend.delete_template(TENANT, COLD)

@@ -1,172 +1,284 @@
-"""Timeouts as merge patches, List, WatchSandboxes order and expiry of the kubernetes backend,
-and the gRPC surface (status codes) through `serving` with a kubeconfig for the fake API."""
+"""Timeouts (end-at, the Sandbox's `spec.shutdownTime`, a claim's `spec.lifecycle`, the
+CodeInterpreter's sessionTimeout and maxSessionDuration), expiry with and without the
+lifecycle service, List, and WatchSandboxes: order, expiry, and who ended a sandbox."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from pathlib import Path
-from typing import Any
-
-import grpc
+from collections.abc import AsyncIterator
 import pytest
 
-from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
-from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.core.errors import InvalidArgument, NotFound
 from extproc.lifecycle.kubernetes import KubernetesBackend
-from extproc.lifecycle.sandboxes import CreateSpec, EventType, ListQuery, State
-from extproc.lifecycle.server import serving
-from extproc.lifecycle.settings import LifecycleSettings, ServerSettings
-from support.kubeapi import FakeApi
+from extproc.lifecycle.sandboxes import Event, EventType, ListQuery, OnTimeout, Sandbox, State
 
-from .conftest import OTHER, TENANT, Picod, settings
+from .conftest import (
+    COLD,
+    OTHER,
+    POOLED,
+    TENANT,
+    Backends,
+    Cluster,
+    code_interpreter,
+    fill_warm_pool,
+    name_of,
+    spec,
+)
 
-TEMPLATE = "code-interpreter-v1"
+END_AT = "e2b.agentcube.io/end-at"
 
 
 def rfc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def spec(timeout_s: int = 300, **metadata: str) -> CreateSpec:
-    return CreateSpec(tenant=TENANT, template=TEMPLATE, timeout_s=timeout_s, metadata=metadata)
+async def next_event(stream: AsyncIterator[Event], timeout_s: float = 10.0) -> Event:
+    return await asyncio.wait_for(anext(stream), timeout_s)
 
 
-async def test_timeouts_are_exact_merge_patches(
-    api: FakeApi, backend: KubernetesBackend
+async def next_of(
+    stream: AsyncIterator[Event], sandbox_id: str, *, skip: tuple[EventType, ...] = ()
+) -> Event:
+    """The next event about `sandbox_id`, passing over the types in `skip` (its pod's
+    changes, which a loaded machine may deliver first)."""
+    while True:
+        event = await next_event(stream)
+        if event.sandbox is not None and event.sandbox.sandbox_id == sandbox_id:
+            if event.type not in skip:
+                return event
+
+
+def bound_name(cluster: Cluster, sandbox: Sandbox) -> str:
+    """The Sandbox object that serves `sandbox` (a cold one's own, a warm one's claimed)."""
+    claim = cluster.stored("sandboxclaims", name_of(sandbox.sandbox_id))
+    if claim is None:
+        return name_of(sandbox.sandbox_id)
+    return str(claim["status"]["sandbox"]["name"])
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_timeouts_move_end_at_and_the_controllers_deletion_time(
+    cluster: Cluster, backend: KubernetesBackend, warm: bool
 ) -> None:
-    sandbox = await backend.create(spec())
-    name = f"e2b-{sandbox.sandbox_id}"
+    """Cold: the Sandbox's own `spec.shutdownTime`. Warm: the claim's `spec.lifecycle` (a
+    claimed Sandbox has no lifecycle of its own that the controller would honour)."""
+    if warm:
+        await fill_warm_pool(cluster)
+    api = cluster.api
+    sandbox = await backend.create(spec(POOLED if warm else COLD))
+    sid, claim = sandbox.sandbox_id, name_of(sandbox.sandbox_id)
+    name = bound_name(cluster, sandbox)
+    start = len(api.log)
     now = time.time()
-    after_set = await backend.set_timeout(sandbox.sandbox_id, TENANT, 30)
-    after_refresh = await backend.refresh(sandbox.sandbox_id, TENANT, 600)
-    after_connect, resumed = await backend.connect(sandbox.sandbox_id, TENANT, 10)  # no growth
-    assert not resumed and after_connect.end_at == after_refresh.end_at
+
+    after_set = await backend.set_timeout(sid, TENANT, 30)  # shorter
     assert now + 29 <= after_set.end_at <= time.time() + 30
-    patches = [w for w in api.writes("sandboxes") if w.method == "PATCH"]
-    assert [(w.name, w.content_type) for w in patches] == [
-        (name, "application/merge-patch+json")] * 2  # fmt: skip
-    for patch, end in zip(patches, (after_set.end_at, after_refresh.end_at), strict=True):
-        assert patch.body == {
-            "metadata": {"annotations": {"e2b.agentcube.io/end-at": rfc(end)}},
-            "spec": {"lifecycle": {"shutdownTime": rfc(end)}},
-        }
-    stored = api.get("sandboxes", TENANT, name)
-    assert stored is not None
-    assert stored["spec"]["lifecycle"]["shutdownTime"] == rfc(after_refresh.end_at)
-    assert (await backend.get(sandbox.sandbox_id, TENANT)).end_at == after_refresh.end_at
+    after_refresh = await backend.refresh(sid, TENANT, 600)  # longer
+    assert after_refresh.end_at >= after_set.end_at + 569
+    after_connect, resumed = await backend.connect(sid, TENANT, 10)  # never shortens
+    assert not resumed and after_connect.end_at == after_refresh.end_at
+    assert (await backend.get(sid, TENANT)).end_at == after_refresh.end_at
+
+    patches = [w for w in api.log[start:] if w.method != "GET"]
+    assert all(w.method == "PATCH" for w in patches)
+    assert {w.content_type for w in patches} == {"application/merge-patch+json"}
+    sandbox_patches = [w for w in patches if w.plural == "sandboxes"]
+    assert [w.name for w in sandbox_patches] == [name, name]  # none for the connect
+    ends = (after_set.end_at, after_refresh.end_at)
+    for patch, end in zip(sandbox_patches, ends, strict=True):
+        assert patch.body["metadata"] == {"annotations": {END_AT: rfc(end)}}
+        shutdown = {"shutdownTime": rfc(end), "shutdownPolicy": "Delete"}
+        assert (patch.body.get("spec") or {}) == ({} if warm else shutdown)
+    claim_patches = [w for w in patches if w.plural == "sandboxclaims"]
+    if warm:
+        assert [w.name for w in claim_patches] == [claim, claim]
+        for patch, end in zip(claim_patches, ends, strict=True):
+            lifecycle = {"shutdownTime": rfc(end), "shutdownPolicy": "Delete"}
+            assert patch.body == {"spec": {"lifecycle": lifecycle}}
+    else:
+        assert claim_patches == []
+
+    cr = cluster.stored("sandboxes", name)
+    assert cr is not None and cr["metadata"]["annotations"][END_AT] == rfc(after_refresh.end_at)
+    if warm:
+        stored_claim = cluster.stored("sandboxclaims", claim)
+        assert stored_claim is not None
+        assert stored_claim["spec"]["lifecycle"]["shutdownTime"] == rfc(after_refresh.end_at)
+        assert "shutdownTime" not in cr["spec"]
+    else:
+        assert cr["spec"]["shutdownTime"] == rfc(after_refresh.end_at)
+    with pytest.raises(NotFound):
+        await backend.set_timeout(sid, OTHER, 60)
+    with pytest.raises(InvalidArgument, match="tenant"):
+        await backend.refresh(sid, "", 60)
+
+
+async def test_session_timeout_is_the_default_and_max_session_duration_the_cap(
+    cluster: Cluster, backend: KubernetesBackend
+) -> None:
+    api = cluster.api
+    api.put("codeinterpreters", code_interpreter(
+        "short", sessionTimeout="2m", maxSessionDuration="10m"))  # fmt: skip
+    api.put("codeinterpreters", code_interpreter(
+        "long", sessionTimeout="1h", maxSessionDuration="10m"))  # fmt: skip
+    with pytest.raises(InvalidArgument, match="cannot be greater than"):
+        await backend.create(spec("short", timeout_s=601))
+    assert [w for w in api.writes() if w.namespace == TENANT] == []
+
+    # no timeout asked for: the template's sessionTimeout, capped by its maxSessionDuration
+    short, long = await asyncio.gather(
+        backend.create(spec("short", timeout_s=300, timeout_requested=False)),
+        backend.create(spec("long", timeout_s=300, timeout_requested=False)),
+    )
+    assert short.end_at - short.started_at == 120
+    assert long.end_at - long.started_at == 600
+    cr = cluster.stored("sandboxes", name_of(short.sandbox_id))
+    assert cr is not None and cr["metadata"]["annotations"]["e2b.agentcube.io/max-duration-s"] == (
+        "600")  # fmt: skip
+    # asked for: taken as given (the CodeInterpreter's default does not apply)
+    capped = await backend.set_timeout(short.sandbox_id, TENANT, 3600)
+    assert capped.end_at == short.started_at + 600
+    cr = cluster.stored("sandboxes", name_of(short.sandbox_id))
+    assert cr is not None and cr["spec"]["shutdownTime"] == rfc(short.started_at + 600)
+    with pytest.raises(InvalidArgument, match="cannot be greater than"):
+        await backend.refresh(short.sandbox_id, TENANT, 601)
+
+
+async def test_a_sandbox_that_pauses_on_timeout_has_no_deletion_time_and_is_paused_at_its_end(
+    cluster: Cluster, backend: KubernetesBackend, warm_pool: str
+) -> None:
+    api = cluster.api
+    stream = backend.watch()
+    assert (await next_event(stream)).type is EventType.SYNCED
+    cold, warm = await asyncio.gather(
+        backend.create(spec(COLD, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
+        backend.create(spec(POOLED, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
+    )
+    (post,) = [w for w in api.writes("sandboxes") if w.method == "POST"]
+    assert "shutdownTime" not in post.body["spec"]
+    claim = cluster.stored("sandboxclaims", name_of(warm.sandbox_id))
+    assert claim is not None and "shutdownTime" not in claim["spec"].get("lifecycle", {})
+    waiting = {cold.sandbox_id, warm.sandbox_id}
+    while waiting:  # each is paused by the lifecycle at its end
+        event = await next_event(stream)
+        if event.type is EventType.UPDATED and event.sandbox is not None:
+            if event.sandbox.state is State.PAUSED:
+                waiting.discard(event.sandbox.sandbox_id)
+    for sandbox in (cold, warm):
+        name = bound_name(cluster, sandbox)
+        await cluster.until(lambda name=name: not cluster.stored("pods", name))
+        cr = cluster.stored("sandboxes", name)
+        assert cr is not None  # paused, not deleted
+        assert cr["metadata"]["annotations"]["e2b.agentcube.io/state"] == "paused"
+        assert not cluster.release.runs(cr) and "shutdownTime" not in cr["spec"]
+        assert (await backend.get(sandbox.sandbox_id, TENANT)).state is State.PAUSED
+    page = await backend.list_sandboxes(ListQuery(tenant=TENANT, states=frozenset({State.PAUSED})))
+    assert {s.sandbox_id for s in page.sandboxes} == {cold.sandbox_id, warm.sandbox_id}
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_controllers_delete_expired_sandboxes_while_the_lifecycle_is_stopped(
+    cluster: Cluster, backends: Backends, warm_pool: str
+) -> None:
+    backend = await backends.start()
+    cold, warm = await asyncio.gather(backend.create(spec(COLD)), backend.create(spec(POOLED)))
+    for sandbox in (cold, warm):
+        await backend.set_timeout(sandbox.sandbox_id, TENANT, 1)
+    await backends.stop(backend)
+    cold_name, claim = name_of(cold.sandbox_id), name_of(warm.sandbox_id)
+    await cluster.until(lambda: not cluster.stored("sandboxes", cold_name))
+    await cluster.until(lambda: not cluster.stored("sandboxes", warm_pool))
+    await cluster.until(lambda: not cluster.stored("pods", cold_name))
+    assert cluster.stored("sandboxclaims", claim) is None
+    for name in (cold_name, claim):
+        assert cluster.stored("secrets", name) is None
+    assert [w.method for w in cluster.api.writes() if w.method == "DELETE"] == []
+
+    again = await backends.start()
+    assert (await again.list_sandboxes(ListQuery(tenant=TENANT))).sandboxes == []
 
 
 async def test_list_filters_and_pages(backend: KubernetesBackend) -> None:
-    made = [await backend.create(spec(n=str(i))) for i in range(3)]
+    made = await asyncio.gather(*(backend.create(spec(metadata={"n": str(i)})) for i in range(3)))
+    await backend.pause(made[2].sandbox_id, TENANT)
     page = await backend.list_sandboxes(ListQuery(tenant=TENANT, page_size=2))
-    assert len(page.sandboxes) == 2 and page.next_page_token and page.total_running == 3
+    assert len(page.sandboxes) == 2 and page.next_page_token and page.total_running == 2
     rest = await backend.list_sandboxes(
         ListQuery(tenant=TENANT, page_size=2, page_token=page.next_page_token)
     )
-    seen = {s.sandbox_id for s in page.sandboxes + rest.sandboxes}
-    assert seen == {s.sandbox_id for s in made} and not rest.next_page_token
+    assert {s.sandbox_id for s in page.sandboxes + rest.sandboxes} == {s.sandbox_id for s in made}
+    assert not rest.next_page_token
     only = await backend.list_sandboxes(ListQuery(tenant=TENANT, metadata={"n": "1"}))
     assert [s.sandbox_id for s in only.sandboxes] == [made[1].sandbox_id]
+    running = await backend.list_sandboxes(
+        ListQuery(tenant=TENANT, states=frozenset({State.RUNNING}))
+    )
+    assert {s.sandbox_id for s in running.sandboxes} == {made[0].sandbox_id, made[1].sandbox_id}
     assert (await backend.list_sandboxes(ListQuery(tenant=OTHER))).sandboxes == []
-    none = await backend.list_sandboxes(ListQuery(tenant=TENANT, template="other"))
-    assert none.sandboxes == []
+    assert (await backend.list_sandboxes(ListQuery(tenant=TENANT, template="x"))).sandboxes == []
+    with pytest.raises(InvalidArgument, match="page token"):
+        await backend.list_sandboxes(ListQuery(tenant=TENANT, page_token="garbage"))
 
 
-async def next_event(stream: Any) -> Any:
-    return await asyncio.wait_for(anext(stream), 5)
-
-
-async def test_watch_order_and_expiry(api: FakeApi, backend: KubernetesBackend) -> None:
+async def test_watch_order_and_expiry(cluster: Cluster, backend: KubernetesBackend) -> None:
     existing = await backend.create(spec())
     stream = backend.watch()
     first = await next_event(stream)
-    assert (first.type, first.sandbox.sandbox_id) == (EventType.EXISTING, existing.sandbox_id)
+    assert (first.type, first.sandbox) == (EventType.EXISTING, existing)
     assert (await next_event(stream)).type is EventType.SYNCED
-    # The update comes first: the 1 s sandbox may expire before a slow machine gets further.
     await backend.set_timeout(existing.sandbox_id, TENANT, 120)
     updated = await next_event(stream)
-    assert (updated.type, updated.sandbox.sandbox_id) == (EventType.UPDATED, existing.sandbox_id)
-    short = await backend.create(spec(timeout_s=1))
-    created = await next_event(stream)
-    assert (created.type, created.sandbox.sandbox_id) == (EventType.CREATED, short.sandbox_id)
-    expired = await next_event(stream)  # the backend deletes at end-at itself
-    # Its pod's watch events may still be arriving (readiness, endpoint): on a loaded machine
-    # they can report the sandbox changed before it expires.
-    while (expired.type, expired.sandbox.sandbox_id) == (EventType.UPDATED, short.sandbox_id):
-        expired = await next_event(stream)
-    assert (expired.type, expired.sandbox.sandbox_id) == (EventType.EXPIRED, short.sandbox_id)
-    assert expired.sandbox.state is State.ENDED
-    assert api.get("sandboxes", TENANT, f"e2b-{short.sandbox_id}") is None
+    assert (updated.type, updated.sandbox.sandbox_id) == (  # type: ignore[union-attr]
+        EventType.UPDATED, existing.sandbox_id)  # fmt: skip
+    short = await backend.create(spec())
+    created = await next_of(stream, short.sandbox_id)
+    assert created.type is EventType.CREATED
+    await backend.set_timeout(short.sandbox_id, TENANT, 1)
+    assert (await next_of(stream, short.sandbox_id)).type is EventType.UPDATED
+    expired = await next_of(stream, short.sandbox_id, skip=(EventType.UPDATED,))
+    assert expired.type is EventType.EXPIRED
+    assert expired.sandbox is not None and expired.sandbox.state is State.ENDED
+    await cluster.until(lambda: not cluster.stored("sandboxes", name_of(short.sandbox_id)))
     await backend.kill(existing.sandbox_id, TENANT)
-    killed = await next_event(stream)
-    # As above: its pod's deletion may be seen first, as a change.
-    while (killed.type, killed.sandbox.sandbox_id) == (EventType.UPDATED, existing.sandbox_id):
-        killed = await next_event(stream)
-    assert (killed.type, killed.sandbox.sandbox_id) == (EventType.KILLED, existing.sandbox_id)
-    revisions = [e.revision for e in (updated, created, expired, killed)]
+    killed = await next_of(stream, existing.sandbox_id, skip=(EventType.UPDATED,))
+    assert killed.type is EventType.KILLED
+    revisions = [e.revision for e in (updated, created, expired, killed)]  # in order
     assert revisions == sorted(revisions) and len(set(revisions)) == 4
-    await stream.aclose()
+    await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def test_external_deletion_is_reported(api: FakeApi, backend: KubernetesBackend) -> None:
-    sandbox = await backend.create(spec())
-    stream = backend.watch()
-    await next_event(stream)
-    await next_event(stream)
-    api.delete("sandboxes", TENANT, f"e2b-{sandbox.sandbox_id}")
-    event = await next_event(stream)
-    # The pod may go first (its watch event can overtake the Sandbox's): the sandbox is then
-    # reported as changed (no endpoint) before it is reported gone.
-    while event.type is EventType.UPDATED:
-        event = await next_event(stream)
-    assert (event.type, event.sandbox.sandbox_id) == (EventType.KILLED, sandbox.sandbox_id)
-    await stream.aclose()
+class SteppedClock:
+    """Wall time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
 
 
-def kubeconfig(path: Path, url: str) -> Path:
-    doc = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "users": [{"name": "fake", "user": {"token": "t"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-    }  # fmt: skip
-    path.write_text(json.dumps(doc))
-    return path
-
-
-async def test_grpc_statuses(
-    api: FakeApi, kubelet: Any, picod: Picod, tmp_path: Path
+async def test_an_external_deletion_is_killed_before_the_end_and_expired_after_it(
+    cluster: Cluster, backends: Backends
 ) -> None:
-    kube = settings(picod, kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url))
-    config = LifecycleSettings(
-        backend="kubernetes", server=ServerSettings(listen="127.0.0.1:0", grace_s=0.5),
-        kubernetes=kube,
-    )  # fmt: skip
-    async with (
-        serving(config) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        stub = pb_grpc.SandboxServiceStub(channel)
-        created = await stub.CreateSandbox(
-            pb.CreateSandboxRequest(tenant=TENANT, template_id=TEMPLATE, timeout_seconds=60)
-        )
-        sid = created.sandbox.sandbox_id
-        assert created.sandbox.endpoint_host == "127.0.0.1"
-        got = await stub.GetSandbox(pb.GetSandboxRequest(tenant=TENANT, sandbox_id=sid))
-        assert got.sandbox.envd_access_token == created.sandbox.envd_access_token
-        calls = [
-            (stub.GetSandbox(pb.GetSandboxRequest(tenant=OTHER, sandbox_id=sid)),
-             grpc.StatusCode.NOT_FOUND),
-            (stub.CreateSandbox(pb.CreateSandboxRequest(tenant=TENANT, template_id="nope")),
-             grpc.StatusCode.NOT_FOUND),
-            (stub.PauseSandbox(pb.PauseSandboxRequest(tenant=TENANT, sandbox_id=sid)),
-             grpc.StatusCode.UNIMPLEMENTED),
-        ]  # fmt: skip
-        for call, code in calls:
-            with pytest.raises(grpc.aio.AioRpcError) as error:
-                await call
-            assert error.value.code() is code
-        await stub.KillSandbox(pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sid))
-        assert api.objects["sandboxes"] == {}
+    clock = SteppedClock()
+    backend = await backends.start(clock)
+    early, late = await asyncio.gather(backend.create(spec()), backend.create(spec()))
+    stream = backend.watch()
+    while (await next_event(stream)).type is not EventType.SYNCED:
+        pass
+    cluster.api.delete("sandboxes", TENANT, name_of(early.sandbox_id))  # someone else's hand
+    killed = await next_of(stream, early.sandbox_id, skip=(EventType.UPDATED,))
+    assert killed.type is EventType.KILLED
+    assert killed.sandbox is not None and killed.sandbox.end_reason == "killed"
+
+    clock.offset = 400.0  # past the 300 s end of `late`, as the controller would find it
+    cluster.api.delete("sandboxes", TENANT, name_of(late.sandbox_id))
+    expired = await next_of(stream, late.sandbox_id, skip=(EventType.UPDATED,))
+    assert expired.type is EventType.EXPIRED
+    assert expired.sandbox is not None and expired.sandbox.end_at == late.end_at
+    assert [w for w in cluster.api.writes() if w.method == "DELETE"] == []  # not ours
+    await stream.aclose()  # type: ignore[attr-defined]
+    await cluster.until(lambda: not cluster.names("pods"))
+    for sandbox in (early, late):
+        assert cluster.stored("secrets", name_of(sandbox.sandbox_id)) is None

@@ -24,6 +24,12 @@ class TimeoutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIMEOUT_ACTION_KILL: _ClassVar[TimeoutAction]
     TIMEOUT_ACTION_PAUSE: _ClassVar[TimeoutAction]
 
+class PauseMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PAUSE_MODE_UNSPECIFIED: _ClassVar[PauseMode]
+    PAUSE_MODE_FULL: _ClassVar[PauseMode]
+    PAUSE_MODE_FILESYSTEM: _ClassVar[PauseMode]
+
 class ListOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LIST_ORDER_UNSPECIFIED: _ClassVar[ListOrder]
@@ -48,6 +54,9 @@ SANDBOX_STATE_ENDED: SandboxState
 TIMEOUT_ACTION_UNSPECIFIED: TimeoutAction
 TIMEOUT_ACTION_KILL: TimeoutAction
 TIMEOUT_ACTION_PAUSE: TimeoutAction
+PAUSE_MODE_UNSPECIFIED: PauseMode
+PAUSE_MODE_FULL: PauseMode
+PAUSE_MODE_FILESYSTEM: PauseMode
 LIST_ORDER_UNSPECIFIED: ListOrder
 LIST_ORDER_DESC: ListOrder
 LIST_ORDER_ASC: ListOrder
@@ -61,7 +70,7 @@ SANDBOX_EVENT_TYPE_EXPIRED: SandboxEventType
 SANDBOX_EVENT_TYPE_DIED: SandboxEventType
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "tenant", "metadata", "env_vars", "started_at", "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "envd_access_token", "endpoint_host", "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason", "allow_public_traffic", "traffic_access_token")
+    __slots__ = ("sandbox_id", "template_id", "alias", "tenant", "metadata", "env_vars", "started_at", "end_at", "state", "cpu_count", "memory_mb", "disk_size_mb", "envd_version", "envd_access_token", "endpoint_host", "on_timeout", "auto_resume", "secure", "allow_internet_access", "end_reason", "allow_public_traffic", "traffic_access_token", "pause_mode")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +107,7 @@ class Sandbox(_message.Message):
     END_REASON_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PUBLIC_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_MODE_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -120,10 +130,11 @@ class Sandbox(_message.Message):
     end_reason: str
     allow_public_traffic: bool
     traffic_access_token: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., tenant: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SandboxState, str]] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., envd_access_token: _Optional[str] = ..., endpoint_host: _Optional[str] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., end_reason: _Optional[str] = ..., allow_public_traffic: _Optional[bool] = ..., traffic_access_token: _Optional[str] = ...) -> None: ...
+    pause_mode: PauseMode
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., tenant: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SandboxState, str]] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., envd_access_token: _Optional[str] = ..., endpoint_host: _Optional[str] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., end_reason: _Optional[str] = ..., allow_public_traffic: _Optional[bool] = ..., traffic_access_token: _Optional[str] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("tenant", "template_id", "timeout_seconds", "metadata", "env_vars", "on_timeout", "auto_resume", "secure", "allow_internet_access", "idempotency_key", "allow_public_traffic", "quota")
+    __slots__ = ("tenant", "template_id", "timeout_seconds", "metadata", "env_vars", "on_timeout", "auto_resume", "secure", "allow_internet_access", "idempotency_key", "allow_public_traffic", "quota", "auto_pause_memory")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +161,7 @@ class CreateSandboxRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PUBLIC_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     QUOTA_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PAUSE_MEMORY_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     template_id: str
     timeout_seconds: int
@@ -162,7 +174,8 @@ class CreateSandboxRequest(_message.Message):
     idempotency_key: str
     allow_public_traffic: bool
     quota: TenantQuota
-    def __init__(self, tenant: _Optional[str] = ..., template_id: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., allow_public_traffic: _Optional[bool] = ..., quota: _Optional[_Union[TenantQuota, _Mapping]] = ...) -> None: ...
+    auto_pause_memory: bool
+    def __init__(self, tenant: _Optional[str] = ..., template_id: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ..., auto_resume: _Optional[bool] = ..., secure: _Optional[bool] = ..., allow_internet_access: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., allow_public_traffic: _Optional[bool] = ..., quota: _Optional[_Union[TenantQuota, _Mapping]] = ..., auto_pause_memory: _Optional[bool] = ...) -> None: ...
 
 class TenantQuota(_message.Message):
     __slots__ = ("max_sandboxes", "creates_per_minute")
@@ -193,7 +206,7 @@ class GetSandboxResponse(_message.Message):
     def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
 
 class ListSandboxesRequest(_message.Message):
-    __slots__ = ("tenant", "states", "template_id", "metadata", "started_after", "page_size", "page_token", "order")
+    __slots__ = ("tenant", "states", "template_id", "metadata", "started_after", "started_before", "page_size", "page_token", "order")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +219,7 @@ class ListSandboxesRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     STARTED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -214,10 +228,11 @@ class ListSandboxesRequest(_message.Message):
     template_id: str
     metadata: _containers.ScalarMap[str, str]
     started_after: _timestamp_pb2.Timestamp
+    started_before: _timestamp_pb2.Timestamp
     page_size: int
     page_token: str
     order: ListOrder
-    def __init__(self, tenant: _Optional[str] = ..., states: _Optional[_Iterable[_Union[SandboxState, str]]] = ..., template_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[ListOrder, str]] = ...) -> None: ...
+    def __init__(self, tenant: _Optional[str] = ..., states: _Optional[_Iterable[_Union[SandboxState, str]]] = ..., template_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[ListOrder, str]] = ...) -> None: ...
 
 class ListSandboxesResponse(_message.Message):
     __slots__ = ("sandboxes", "next_page_token", "total_running")
@@ -292,12 +307,14 @@ class ConnectSandboxResponse(_message.Message):
     def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class PauseSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "tenant")
+    __slots__ = ("sandbox_id", "tenant", "memory")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     tenant: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    memory: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., tenant: _Optional[str] = ..., memory: _Optional[bool] = ...) -> None: ...
 
 class PauseSandboxResponse(_message.Message):
     __slots__ = ("sandbox",)

@@ -1,0 +1,205 @@
+"""Start-up (API discovery, AgentCube's identity) and the gRPC surface of the lifecycle service
+in Kubernetes mode: `serving` with a kubeconfig for the fake cluster, plaintext (no TLS
+Secret), every status code a client can meet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from kubernetes.client import ApiClient, Configuration, CustomObjectsApi
+
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
+from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.core.errors import Unavailable
+from extproc.k8s.discovery import kinds_for
+from extproc.k8s.identity import SecretMissing, SecretUnavailable
+from extproc.k8s.resources import Resources
+from extproc.lifecycle.server import serving
+from extproc.lifecycle.settings import LifecycleSettings, ServerSettings
+
+from .conftest import (
+    AGENTCUBE,
+    COLD,
+    IDENTITY_SECRET,
+    OTHER,
+    SYSTEM,
+    TENANT,
+    Backends,
+    Cluster,
+    identity,
+    invalid_stored_objects,
+    kube_settings,
+    name_of,
+    unstrict_writes,
+)
+
+
+async def test_discovery_picks_the_newest_version_served(
+    cluster: Cluster, backends: Backends
+) -> None:
+    backend = await backends.start()
+    assert backend.kinds is not None
+    assert backend.kinds.version == cluster.release.storage_version
+    # a version that is not served is refused at start, naming what is
+    unserved = "v1alpha1" if cluster.release.storage_version == "v1beta1" else "v1beta1"
+    if unserved == "v1beta1":
+        refused = backends.new(agent_sandbox_version=unserved)
+        with pytest.raises(Unavailable, match="v1beta1 is not served"):
+            await refused.start()
+        await refused.close()
+
+
+async def test_start_fails_clearly_without_agentcubes_identity(
+    cluster: Cluster, backends: Backends
+) -> None:
+    api = cluster.api
+    api.delete("secrets", AGENTCUBE, IDENTITY_SECRET)
+    missing = backends.new()
+    with pytest.raises(SecretMissing) as error:
+        await missing.start()
+    await missing.close()
+    message = str(error.value)
+    assert f"{AGENTCUBE}/{IDENTITY_SECRET} not found" in message
+    assert "--identity-namespace" in message and "--create-identity" in message
+    assert [w for w in api.writes() if w.plural != "secrets"] == []
+
+    # the Secret in another namespace (ours, say) is not AgentCube's: still refused
+    api.put("secrets", identity().secret(SYSTEM))
+    elsewhere = backends.new()
+    with pytest.raises(SecretMissing):
+        await elsewhere.start()
+    await elsewhere.close()
+
+    # a malformed one: refused with what is wrong
+    broken = identity().secret()
+    broken["data"]["public.pem"] = identity().secret()["data"]["private.pem"]
+    api.put("secrets", broken)
+    malformed = backends.new()
+    with pytest.raises(SecretUnavailable, match="public.pem is not a PEM public key"):
+        await malformed.start()
+    await malformed.close()
+    api.delete("secrets", AGENTCUBE, IDENTITY_SECRET)
+
+    # asked to, it makes one where AgentCube would look for it, and signs with it
+    made = await backends.start(create_identity=True)
+    secret = api.objects["secrets"][(AGENTCUBE, IDENTITY_SECRET)]
+    assert secret["metadata"]["labels"]["app"] == "agentcube"
+    assert made.public_key_pem.encode() != identity().public_pem
+
+
+def kubeconfig(path: Path, url: str) -> Path:
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+    }  # fmt: skip
+    path.write_text(json.dumps(doc))
+    return path
+
+
+async def expect(call: object, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call  # type: ignore[misc]
+    assert error.value.code() is code, error.value.details()
+    return str(error.value.details())
+
+
+async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
+    api = cluster.api
+    kube = kube_settings(kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url),
+                         lifecycle_tls_secret="")  # fmt: skip
+    config = LifecycleSettings(
+        backend="kubernetes", server=ServerSettings(listen="127.0.0.1:0", grace_s=0.5),
+        kubernetes=kube,
+    )  # fmt: skip
+    async with (
+        serving(config) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = pb_grpc.SandboxServiceStub(channel)
+        templates = pb_grpc.TemplateServiceStub(channel)
+        created = await stub.CreateSandbox(pb.CreateSandboxRequest(
+            tenant=TENANT, template_id=COLD, timeout_seconds=60, env_vars={"A": "b"}))  # fmt: skip
+        sid = created.sandbox.sandbox_id
+        assert created.sandbox.endpoint_host.startswith("127.102.")
+        assert created.sandbox.state == pb.SANDBOX_STATE_RUNNING
+        got = await stub.GetSandbox(pb.GetSandboxRequest(tenant=TENANT, sandbox_id=sid))
+        assert got.sandbox.envd_access_token == created.sandbox.envd_access_token
+        metrics = await stub.GetSandboxMetrics(
+            pb.GetSandboxMetricsRequest(tenant=TENANT, sandbox_id=sid))  # fmt: skip
+        assert len(metrics.metrics) == 1 and metrics.metrics[0].mem_total > 0
+
+        not_found = grpc.StatusCode.NOT_FOUND
+        await expect(stub.GetSandbox(pb.GetSandboxRequest(tenant=OTHER, sandbox_id=sid)),
+                     not_found)  # fmt: skip
+        await expect(stub.CreateSandbox(pb.CreateSandboxRequest(tenant=TENANT,
+                     template_id="nope")), not_found)  # fmt: skip
+        await expect(stub.CreateSandbox(pb.CreateSandboxRequest(
+            tenant=TENANT, template_id=COLD, timeout_seconds=7200)),
+            grpc.StatusCode.INVALID_ARGUMENT)  # fmt: skip
+        await expect(stub.CreateSandbox(pb.CreateSandboxRequest(
+            tenant=TENANT, template_id=COLD, secure=True, allow_public_traffic=False)),
+            grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
+        await expect(templates.DeleteTemplate(pb.DeleteTemplateRequest(
+            tenant=TENANT, template_id=COLD)), grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
+
+        paused = await stub.PauseSandbox(pb.PauseSandboxRequest(tenant=TENANT, sandbox_id=sid))
+        assert paused.sandbox.state == pb.SANDBOX_STATE_PAUSED
+        await expect(stub.PauseSandbox(pb.PauseSandboxRequest(tenant=TENANT, sandbox_id=sid)),
+                     grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
+        await expect(stub.SetSandboxTimeout(pb.SetSandboxTimeoutRequest(
+            tenant=TENANT, sandbox_id=sid, timeout_seconds=30)),
+            grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
+        connected = await stub.ConnectSandbox(pb.ConnectSandboxRequest(
+            tenant=TENANT, sandbox_id=sid, timeout_seconds=60))  # fmt: skip
+        assert connected.resumed and connected.sandbox.state == pb.SANDBOX_STATE_RUNNING
+
+        await stub.KillSandbox(pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sid))
+        await expect(stub.KillSandbox(pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sid)),
+                     not_found)  # fmt: skip
+        assert (TENANT, name_of(sid)) not in api.objects["sandboxes"]
+
+
+async def test_the_checks_every_test_ends_with_can_fail(cluster: Cluster) -> None:
+    """What the fixtures assert after each test: a write without Strict, a field the CRD
+    does not have, an invalid stored object are each caught."""
+    api = cluster.api
+    client = ApiClient(Configuration(host=api.url))
+    try:
+        custom = CustomObjectsApi(client)
+        sandbox_api = (cluster.release.sandbox_api_version.split("/")[0],
+                       cluster.release.storage_version)  # fmt: skip
+        body = {
+            "apiVersion": cluster.release.sandbox_api_version, "kind": "Sandbox",
+            "metadata": {"name": "loose"},
+            "spec": {"podTemplate": {"metadata": {}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+                     "lifecycle": {"shutdownTime": "2030-01-01T00:00:00Z"}},
+        }  # fmt: skip
+        await asyncio.to_thread(
+            custom.create_namespaced_custom_object, *sandbox_api, TENANT, "sandboxes", body
+        )
+        assert [line.split(":")[0] for line in unstrict_writes(api)] == ["POST sandboxes "]
+        api.log.clear()  # this test's own loose write
+        # dropped silently without Strict, refused with it (the backend's path)
+        stored = cluster.stored("sandboxes", "loose")
+        assert stored is not None and "lifecycle" not in stored["spec"]
+        resources = Resources(client)
+        kinds = kinds_for(cluster.release.storage_version)
+        with pytest.raises(Unavailable, match="HTTP 400"):
+            await resources.patch(kinds.sandbox, TENANT, "loose", {"spec": {"lifecycle": {}}})
+        resources.close()
+        api.delete("sandboxes", TENANT, "loose")
+    finally:
+        client.close()
+    api.put("sandboxes", {"metadata": {"name": "bad", "namespace": TENANT},
+                          "spec": {"replicas": "one", "lifecycle": {}}})  # fmt: skip
+    problems = invalid_stored_objects(api)
+    assert any("unknown .spec.lifecycle" in p or "spec.lifecycle" in p for p in problems)
+    assert any("spec.podTemplate" in p for p in problems)  # required, absent
+    api.delete("sandboxes", TENANT, "bad")
+    assert invalid_stored_objects(api) == []
