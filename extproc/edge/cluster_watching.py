@@ -72,6 +72,7 @@ def route_from_endpoint(endpoint: SandboxEndpoint) -> Route:
         end_at=endpoint.end_at,
         access_token_sha256=endpoint.access_token_sha256,
         auto_resume=endpoint.auto_resume,
+        open_ports=endpoint.open_ports,
     )
 
 

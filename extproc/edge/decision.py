@@ -141,6 +141,15 @@ def not_found(sandbox_id: str) -> Deny:
     return Deny(502, json.dumps(body), "not_found")
 
 
+@functools.lru_cache(maxsize=4096)
+def port_not_open(sandbox_id: str, port: int) -> Deny:
+    """E2B client-proxy's answer for a port nothing listens on (what Envoy answers for a
+    refused connection too): here, a port the sandbox's template does not open."""
+    body = {"sandboxId": sandbox_id, "message": "The sandbox is running but port is not open",
+            "port": port, "code": 502}  # fmt: skip
+    return Deny(502, json.dumps(body), "port_not_open")
+
+
 _TRAFFIC_MESSAGE = (
     "Sandbox is secured with traffic access token. Token header 'e2b-traffic-access-token' is {}"
 )
@@ -263,8 +272,9 @@ class SandboxDecider:
         """`headers` are lowercase-keyed; `route` is the fallback read's (or a resume's)
         answer after a Miss (or a Resume)."""
         header_id, header_port = headers.get("e2b-sandbox-id"), headers.get("e2b-sandbox-port")
-        if header_id is None and header_port is None and self.is_shared_host(host):
-            located = self._signed_without_id(method, path)
+        # The path first: a host-routed request (the hot path) pays one prefix test.
+        if path.startswith("/files?") and header_id is None and header_port is None:
+            located = self._signed_without_id(host, method, path)
             if located is not None:
                 return located
         target = self.target(host, header_id, header_port)
@@ -291,11 +301,12 @@ class SandboxDecider:
             return False
         return True
 
-    def _signed_without_id(self, method: str, path: str) -> Locate | Deny | None:
-        """A signed `/files` URL's public checks, when the request is one; else None."""
-        path_only, _, query = path.partition("?")
-        if path_only != "/files" or method not in ("GET", "POST"):
+    def _signed_without_id(self, host: str, method: str, path: str) -> Locate | Deny | None:
+        """A signed `/files` URL's public checks, when the request is one on the shared host;
+        else None."""
+        if method not in ("GET", "POST") or not self.is_shared_host(host):
             return None
+        query = path.partition("?")[2]
         try:
             params = signed_urls.parse_query(query)
             check_signature_shape(params, self._clock())
@@ -328,6 +339,8 @@ class SandboxDecider:
                 return not_found(target.sandbox_id)
         elif not route.running or (route.end_at and route.end_at <= self._clock()):
             return not_found(target.sandbox_id)
+        if route.open_ports is not None and target.port not in route.open_ports:
+            return port_not_open(route.sandbox_id, target.port)
         if envd and route.secure:
             denial = self._check_envd_token(route, headers, method, path_only, query)
             if denial is not None:

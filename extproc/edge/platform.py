@@ -20,7 +20,8 @@ answer goes out (`learn`, `forget`), so the SDK's very next request sees it, e.g
 for a sandbox just paused rather than a request hanging on its stopped daemon. The watch
 event that follows carries the same state and changes nothing. A change is answered once this
 edge's own watch stream has shown it too (`settling`, watching.py), so that the sibling edge
-processes, fed by the same fan-out, know it as well when the next request reaches one of them.
+processes, fed by the same fan-out, most likely know it as well when the next request reaches
+one of them (watching.py says how likely).
 A create is learnt the same way, so a request for the new sandbox (a signed URL, which names
 no sandbox, included) finds it without a fallback read.
 """

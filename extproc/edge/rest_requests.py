@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
@@ -259,9 +259,13 @@ def _moment(key: str, text: str) -> datetime:
     if not _DATE_TIME_RE.fullmatch(text):
         raise InvalidArgument(f"{key} must be an RFC 3339 timestamp")
     try:
-        return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError as error:  # a month 13, an hour 24
         raise InvalidArgument(f"{key} must be an RFC 3339 timestamp") from error
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # an offset that takes year 1 or 9999 past the range: its end
+        return (datetime.max if moment.year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 def _page_limit(params: dict[str, list[str]]) -> int | None:

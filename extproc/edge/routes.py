@@ -38,6 +38,9 @@ class Route:
     traffic_access_token: str = ""
     # E2B's autoResume: a request that may reach the sandbox resumes it while it is paused.
     auto_resume: bool = False
+    # Kubernetes mode: the ports E2B traffic may reach (envd's included), from the
+    # CodeInterpreter's `ports`; None: every port, as E2B.
+    open_ports: frozenset[int] | None = None
 
     @property
     def running(self) -> bool:

@@ -120,8 +120,9 @@ class Edge:
                 forget=self.feed.forget,
                 quotas=lambda: self.keys.index.quotas,
                 learn=self.feed.learn,
-                # Informers are one per edge too, but a paused or killed pod refuses
-                # connections (502) rather than hanging: only the local feed needs to wait.
+                # Informers are one per edge too, but a stale route to a paused or killed pod
+                # fails within the 2 s connect timeout (502) instead of hanging on a stopped
+                # daemon: only the local feed's watch is worth waiting for.
                 settling=self.feed.settling if isinstance(self.feed, DirectoryFeed) else unsettled,
             ),
             self.metrics,

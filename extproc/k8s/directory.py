@@ -58,6 +58,9 @@ STATE_ANNOTATION = "e2b.agentcube.io/state"
 PAUSED = "paused"
 # `"true"` when a request to the paused sandbox should resume it (E2B's autoResume).
 AUTO_RESUME_ANNOTATION = "e2b.agentcube.io/auto-resume"
+ENVD_PORT = 49983
+# Comma-separated ports E2B traffic may reach (envd's always); absent: every port.
+PORTS_ANNOTATION = "e2b.agentcube.io/ports"
 # Set by agent-sandbox's controller on every Sandbox: the name of its pod.
 POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 # Never equal to a sha256 digest (32 bytes): an annotation that is present but malformed
@@ -69,6 +72,7 @@ _SANDBOX_ANNOTATIONS = (
     STATE_ANNOTATION,
     AUTO_RESUME_ANNOTATION,
     POD_NAME_ANNOTATION,
+    PORTS_ANNOTATION,
 )
 
 
@@ -85,6 +89,8 @@ class SandboxEndpoint:
     # The lifecycle paused it (scaled to zero); `auto_resume`: traffic should wake it.
     paused: bool = False
     auto_resume: bool = False
+    # The ports E2B traffic may reach; None: every port.
+    open_ports: frozenset[int] | None = None
 
 
 class EndpointSink(Protocol):
@@ -143,6 +149,18 @@ def parse_token_digest(text: str | None) -> bytes:
     except ValueError:
         digest = b""
     return digest if len(digest) == 32 else UNMATCHABLE_DIGEST
+
+
+def parse_ports(text: str | None) -> frozenset[int] | None:
+    """The ports annotation; an unreadable one opens only envd's port (fail closed)."""
+    if text is None:
+        return None
+    try:
+        ports = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        log.warning("unreadable %s annotation %r: only envd's port", PORTS_ANNOTATION, text[:40])
+        return frozenset({ENVD_PORT})
+    return ports | {ENVD_PORT}
 
 
 def _sandbox_id(obj: KubeObject) -> str:
@@ -211,6 +229,7 @@ class SandboxJoin:
                 access_token_sha256=parse_token_digest(annotations.get(ACCESS_TOKEN_ANNOTATION)),
                 paused=annotations.get(STATE_ANNOTATION) == PAUSED,
                 auto_resume=annotations.get(AUTO_RESUME_ANNOTATION) == "true",
+                open_ports=parse_ports(annotations.get(PORTS_ANNOTATION)),
             )
             self._sandboxes.setdefault(sandbox_id, {})[key] = _Claim(facts, pod)
             self._pod_owners.setdefault(pod, set()).add(sandbox_id)

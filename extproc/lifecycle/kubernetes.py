@@ -213,6 +213,7 @@ class KubernetesBackend:
         self.picod = PicodClient(scheme=settings.picod_scheme, port=settings.picod_port)
         self._claims: dict[tuple[str, str], KubeObject] = {}
         self._interpreters: dict[tuple[str, str], KubeObject] = {}
+        self._warned_unauthenticated: set[tuple[str, str]] = set()
         self.sandbox_informer: Informer | None = None
         self.pod_informer: Informer | None = None
         self.claim_informer: Informer | None = None
@@ -403,6 +404,13 @@ class KubernetesBackend:
                 "no key, so a claimed pod cannot be bound to its sandbox; set authMode picod or "
                 "warmPoolSize 0"
             )
+        if not m.jwt_auth(ci) and (ns, spec.template) not in self._warned_unauthenticated:
+            self._warned_unauthenticated.add((ns, spec.template))
+            log.warning(
+                "template %s/%s has authMode none: its pods do not check the gateway's JWT, so "
+                "E2B traffic is guarded only by the envd access token and whatever "
+                "NetworkPolicy keeps other pods away from the sandbox pods", ns, spec.template,
+            )  # fmt: skip
         timeout_s, longest = self._lifetimes(spec, ci)
         sandbox_id = new_sandbox_id()
         token = access_token(self.seed, sandbox_id)
@@ -416,6 +424,9 @@ class KubernetesBackend:
             on_timeout=spec.on_timeout, auto_resume=spec.auto_resume, token=token,
             max_duration_s=longest,
         )  # fmt: skip
+        ports = m.open_ports(ci)
+        if ports is not None:
+            notes[m.PORTS] = ports
         created: list[tuple[Kind, str]] = []  # to roll back, in reverse
         phases = _Phases()
         self._creating.add(sandbox_id)

@@ -53,6 +53,9 @@ STATE = PREFIX + "state"
 AUTO_RESUME = PREFIX + "auto-resume"
 # The longest life the template allows this sandbox, seconds from its start.
 MAX_DURATION = PREFIX + "max-duration-s"
+# The ports E2B traffic may reach, comma-separated (envd's included), when the
+# CodeInterpreter lists `ports`; absent: every port (the edge's directory reads it).
+PORTS = PREFIX + "ports"
 # Not in the contract (the edge does not read them): on a warm-pool Sandbox, the claim to
 # delete on Kill; on any Sandbox, whether it came from a claim.
 CLAIM = PREFIX + "claim"
@@ -145,6 +148,15 @@ def ci_ports(ci: Obj) -> tuple[int, ...]:
         if isinstance(port, int) and port != ENVD_PORT and port not in ports:
             ports.append(port)
     return tuple(ports)
+
+
+def open_ports(ci: Obj) -> str | None:
+    """The PORTS annotation for sandboxes of `ci`: envd's and its `spec.ports`, or None when
+    it lists none (then every port is reachable, as on E2B)."""
+    listed = (ci.get("spec") or {}).get("ports")
+    if not listed:
+        return None
+    return ",".join(str(port) for port in sorted({ENVD_PORT, *ci_ports(ci)}))
 
 
 def template_of(ci: Obj) -> Template:

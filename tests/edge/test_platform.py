@@ -254,10 +254,13 @@ async def test_same_sandbox_visible_to_its_tenant(channel: grpc.aio.Channel) -> 
 async def test_kill_timeout_refresh_are_204(
     channel: grpc.aio.Channel, fake: tuple[FakeLifecycle, str]
 ) -> None:
+    # The spec's minimum is 0, and E2B validates requests against it before its handler.
     reply = await call(channel, "POST", "/sandboxes/sbxrunning/timeout", {"timeout": -5})
+    assert reply.status == 400
+    reply = await call(channel, "POST", "/sandboxes/sbxrunning/timeout", {"timeout": 0})
     assert (reply.status, reply.raw) == (204, b"")
     timeout = [r for name, r in fake[0].calls if name == "SetSandboxTimeout"][-1]
-    assert timeout.timeout_seconds == 0  # E2B clamps negatives to 0
+    assert timeout.timeout_seconds == 0
     assert (await call(channel, "POST", "/sandboxes/sbxrunning/timeout", {})).status == 400
     reply = await call(channel, "POST", "/sandboxes/sbxrunning/refreshes", {"duration": 60})
     assert reply.status == 204

@@ -4,6 +4,7 @@ that verifies them, cached, budgeted, and answered like any wrong signature when
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from typing import Any
@@ -73,6 +74,30 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# --- the signing rule, taken apart -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("expiration", [None, 1_800_000_000])
+@pytest.mark.parametrize("user", ["", "root"])
+def test_the_parts_around_the_token_make_the_sdks_signature(
+    expiration: int | None, user: str
+) -> None:
+    before, after = signed_urls.signed_around_token("dir/ü.txt", "write", user, expiration)
+    digest = hashlib.sha256(before + b"tok" + after).digest()
+    expected = signed_urls.sign("dir/ü.txt", "write", user, "tok", expiration)
+    assert signed_urls.sign_digest(digest) == expected
+    assert signed_urls.signature_digest(expected) == digest
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["", "v1_", "v2_" + "A" * 43, "v1_" + "A" * 42, "v1_" + "A" * 44, "v1_" + "A" * 42 + "B",
+     "v1_" + "A" * 42 + "=", "v1_" + "-" * 43, "V1_" + "A" * 43],
+)  # fmt: skip
+def test_only_a_signature_sign_could_make_has_a_digest(signature: str) -> None:
+    assert signed_urls.signature_digest(signature) is None
 
 
 # --- the router -----------------------------------------------------------------------------

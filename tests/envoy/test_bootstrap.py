@@ -122,7 +122,7 @@ def test_every_sandbox_route_streams_and_skips_ext_proc() -> None:
     routes = [r for vh in hcm["route_config"]["virtual_hosts"] for r in vh["routes"]]
     sandbox = [r for r in routes if "route" in r]
     platform = [r for r in routes if "direct_response" in r]
-    assert len(sandbox) == 3 and len(platform) == 2
+    assert len(sandbox) == 4 and len(platform) == 2  # + the signed-URL route
     for route in sandbox:
         assert route["route"]["timeout"] == "0s"
         per_filter = route["typed_per_filter_config"]

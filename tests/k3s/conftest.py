@@ -49,19 +49,21 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from kubernetes.client import ApiClient, ApiextensionsV1Api, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from e2e_k8s.conftest import (
+    AGENTCUBE_NAMESPACE,
     CODE_INTERPRETER,
     SYSTEM_NAMESPACE,
     TENANT,
     Cluster,
+    agentcube_identity,
     running_gateway,
     wait_until,
 )
 from extproc.k8s.client import api_client
+from support.crds import load_crds
 from support.gateway import sdk_environment
 
 ENABLE_ENV = "AGENTCUBE_E2B_K3S"
@@ -69,7 +71,6 @@ K3S_IMAGE_ENV = "AGENTCUBE_E2B_K3S_IMAGE"
 SANDBOX_IMAGE_ENV = "AGENTCUBE_E2B_SANDBOX_IMAGE"
 DEFAULT_K3S_IMAGE = "rancher/k3s:v1.31.4-k3s1"
 POD_CIDR = "10.42.0.0/16"  # k3s's default cluster CIDR
-CRDS = Path(__file__).resolve().parent / "crds"
 SETUP_TIMEOUT_S = 120.0
 SKIP_DISABLED = f"set {ENABLE_ENV}=1 to run"
 
@@ -139,10 +140,11 @@ class K3s:
 
 
 def apply_crds(client: ApiClient) -> None:
+    """The structural CRDs the fake API enforces too (tests/support/crds): agent-sandbox
+    v0.4.6, AgentCube's CodeInterpreter."""
     api = ApiextensionsV1Api(client)
     names = []
-    for path in sorted(CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
+    for crd in load_crds("agent-sandbox-v0.4.6", "agentcube"):
         api.create_custom_resource_definition(crd)
         names.append(crd["metadata"]["name"])
 
@@ -242,7 +244,9 @@ def k3s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K3s]:
         cluster = K3s(kubeconfig, directory, container, sandbox_image)
         with cluster.client() as client:
             apply_crds(client)
-            create_namespaces(client, SYSTEM_NAMESPACE, TENANT)
+            create_namespaces(client, SYSTEM_NAMESPACE, TENANT, AGENTCUBE_NAMESPACE)
+            # AgentCube's router identity, where AgentCube keeps it: the gateway reads it.
+            CoreV1Api(client).create_namespaced_secret(AGENTCUBE_NAMESPACE, agentcube_identity())
             CustomObjectsApi(client).create_namespaced_custom_object(
                 "runtime.agentcube.volcano.sh",
                 "v1alpha1",

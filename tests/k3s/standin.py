@@ -24,6 +24,7 @@ The lifecycle service and the edge see only what the API server serves them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -234,6 +235,19 @@ class StandInKubelet:
         if pod is not None:
             threading.Thread(target=self._stop_pod, args=(pod,), daemon=True).start()
 
+    def _env_values(self, namespace: str, container: Obj) -> dict[str, str]:
+        """`value`s and `secretKeyRef`s, as a kubelet resolves them (the lifecycle writes a
+        sandbox's Secret before its Sandbox, so it is there)."""
+        values: dict[str, str] = {}
+        for item in container.get("env") or []:
+            if "value" in item:
+                values[item["name"]] = str(item["value"])
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                secret = self.core.read_namespaced_secret(ref["name"], namespace)
+                values[item["name"]] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
+        return values
+
     # -- one pod -------------------------------------------------------------------------
     def _run_pod(self, sandbox: Obj, pod: PodProcess) -> None:
         try:
@@ -278,7 +292,7 @@ class StandInKubelet:
         home = self.root / pod.namespace / pod.name / "home"
         home.mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
-        env.update({v["name"]: str(v["value"]) for v in container.get("env") or [] if "value" in v})
+        env.update(self._env_values(pod.namespace, container))
         if "PYTHONPATH" in os.environ:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         with self._lock:

@@ -5,23 +5,17 @@ paused it is not the one that resumes it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from extproc.core.errors import Conflict
+from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import Sandbox, State
 
-from .conftest import (
-    COLD,
-    POOLED,
-    TENANT,
-    Backends,
-    Cluster,
-    fill_warm_pool,
-    name_of,
-    picod_envs,
-    picod_get,
-    spec,
-)
+from .conftest import COLD, POOLED, WAIT_S, Cluster, name_of, picod_envs, picod_get
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 STATE = "e2b.agentcube.io/state"
 VALUE = "kept-across-the-pause"
@@ -32,63 +26,79 @@ def serving_name(cluster: Cluster, sandbox: Sandbox) -> str:
     return str(claim["status"]["sandbox"]["name"]) if claim else name_of(sandbox.sandbox_id)
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
-async def test_pause_scales_down_and_resume_by_another_lifecycle_binds_again(
-    cluster: Cluster, backends: Backends, warm: bool
-) -> None:
-    if warm:
-        await fill_warm_pool(cluster)
-    first = await backends.start()
-    sandbox = await first.create(spec(POOLED if warm else COLD, env_vars={"KEPT": VALUE}))
-    sid, name = sandbox.sandbox_id, serving_name(cluster, sandbox)
-    old_pod = cluster.stored("pods", name)
-    assert old_pod is not None
-
-    paused = await first.pause(sid, TENANT)
-    assert (paused.state, paused.endpoint_host) == (State.PAUSED, "")
+def check_paused(cluster: Cluster, sandbox: Sandbox) -> None:
+    name = serving_name(cluster, sandbox)
     cr = cluster.stored("sandboxes", name)
     assert cr is not None and cr["metadata"]["annotations"][STATE] == "paused"
     assert cr["spec"] | cluster.release.running_spec(False) == cr["spec"]  # scaled down
     assert "shutdownTime" not in cr["spec"]  # a paused sandbox has no end
-    claim = cluster.stored("sandboxclaims", name_of(sid))
-    if warm:
-        assert claim is not None and "shutdownTime" not in claim["spec"].get("lifecycle", {})
-    await cluster.until(lambda: not cluster.stored("pods", name))
-    with pytest.raises(Conflict, match="already paused"):
-        await first.pause(sid, TENANT)
-    with pytest.raises(Conflict, match="paused"):
-        await first.set_timeout(sid, TENANT, 60)
+    claim = cluster.stored("sandboxclaims", name_of(sandbox.sandbox_id)) or {"spec": {}}
+    assert "shutdownTime" not in claim["spec"].get("lifecycle", {})
 
-    await backends.stop(first)  # the lifecycle service restarts
-    second = await backends.start()
-    assert (await second.get(sid, TENANT)).state is State.PAUSED
-    resumed = await second.resume(sid, TENANT, 120)
+
+async def check_resumed(cluster: Cluster, before: Sandbox, resumed: Sandbox) -> None:
+    """Running again on a new pod that is this sandbox's: its token and its envVars."""
     assert resumed.state is State.RUNNING and resumed.endpoint_host
-    assert resumed.endpoint_host != sandbox.endpoint_host  # a new pod
-    assert resumed.end_at >= resumed.started_at + 1
-    cr = cluster.stored("sandboxes", name)
+    assert resumed.endpoint_host != before.endpoint_host
+    cr = cluster.stored("sandboxes", serving_name(cluster, before))
     assert cr is not None and STATE not in cr["metadata"]["annotations"]
     assert cr["spec"] | cluster.release.running_spec(True) == cr["spec"]
-    new_pod = cluster.stored("pods", name)
-    assert new_pod is not None and new_pod["metadata"]["uid"] != old_pod["metadata"]["uid"]
-    # The new pod is this sandbox's: its token, its envVars (a warm one's from the Secret)
-    envs = await picod_envs(resumed)
-    assert envs["KEPT"] == VALUE
-    other = await picod_get(resumed, "/envs", jwt_for="zz" + sid[2:],
-                            token=resumed.envd_access_token)  # fmt: skip
+    assert (await picod_envs(resumed))["KEPT"] == VALUE
+    sid, token = resumed.sandbox_id, resumed.envd_access_token
+    other = await picod_get(resumed, "/envs", jwt_for="zz" + sid[2:], token=token)
     assert other.status_code == 401
+
+
+async def test_pause_scales_down_and_resume_by_another_lifecycle_binds_again(
+    cluster: Cluster, warm_pool: str
+) -> None:
+    backends = cluster.backends
+    first = await backends.start()
+    made = await asyncio.gather(
+        first.create(cluster.spec(COLD, env_vars={"KEPT": VALUE})),
+        first.create(cluster.spec(POOLED, env_vars={"KEPT": VALUE})),
+    )
+    pods = {s.sandbox_id: cluster.stored("pods", serving_name(cluster, s)) for s in made}
+    for sandbox in made:
+        paused = await first.pause(sandbox.sandbox_id, cluster.tenant)
+        assert (paused.state, paused.endpoint_host) == (State.PAUSED, "")
+        check_paused(cluster, sandbox)
+    names = [serving_name(cluster, s) for s in made]
+    await cluster.until(lambda: not any(cluster.stored("pods", name) for name in names))
+    sid = made[0].sandbox_id
+    with pytest.raises(Conflict, match="already paused"):
+        await first.pause(sid, cluster.tenant)
+    with pytest.raises(Conflict, match="paused"):
+        await first.set_timeout(sid, cluster.tenant, 60)
+
+    await backends.stop(first)  # the lifecycle service restarts: it knows no envVars now
+    second = await backends.start()
+    for sandbox in made:
+        assert (await second.get(sandbox.sandbox_id, cluster.tenant)).state is State.PAUSED
+    resumed = await asyncio.gather(
+        *(second.resume(s.sandbox_id, cluster.tenant, 120) for s in made)
+    )
+    for before, after in zip(made, resumed, strict=True):
+        await check_resumed(cluster, before, after)
+        pod = cluster.stored("pods", serving_name(cluster, before))
+        old = pods[before.sandbox_id]
+        assert pod is not None and old is not None
+        assert pod["metadata"]["uid"] != old["metadata"]["uid"]
     with pytest.raises(Conflict, match="not paused"):
-        await second.resume(sid, TENANT, None)
-    await second.kill(sid, TENANT)
-    await cluster.until(lambda: not cluster.stored("pods", name))
+        await second.resume(sid, cluster.tenant, None)
 
 
-async def test_connect_resumes_a_paused_sandbox(cluster: Cluster, backends: Backends) -> None:
-    backend = await backends.start()
-    sandbox = await backend.create(spec(env_vars={"KEPT": VALUE}))
-    await backend.pause(sandbox.sandbox_id, TENANT)
-    connected, resumed = await backend.connect(sandbox.sandbox_id, TENANT, 60)
-    assert resumed and connected.state is State.RUNNING
-    assert (await picod_envs(connected))["KEPT"] == VALUE
-    again, resumed = await backend.connect(sandbox.sandbox_id, TENANT, 60)
+async def test_connect_resumes_a_paused_sandbox(
+    cluster: Cluster, backend: KubernetesBackend
+) -> None:
+    sandbox = await backend.create(cluster.spec(env_vars={"KEPT": VALUE}))
+    await backend.pause(sandbox.sandbox_id, cluster.tenant)
+    # Its pod is gone, as the lifecycle sees it (a connect at once may find the old pod kept)
+    pods, where = backend.pod_informer, f"{cluster.tenant}/{name_of(sandbox.sandbox_id)}"
+    assert pods is not None
+    await asyncio.wait_for(pods.wait_for(lambda i: where not in i.store), WAIT_S)
+    connected, resumed = await backend.connect(sandbox.sandbox_id, cluster.tenant, 60)
+    assert resumed
+    await check_resumed(cluster, sandbox, connected)
+    again, resumed = await backend.connect(sandbox.sandbox_id, cluster.tenant, 60)
     assert not resumed and again.endpoint_host == connected.endpoint_host

@@ -17,22 +17,20 @@ from extproc.core.tokens import access_token
 from extproc.k8s import object_proof
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import Sandbox, State
-from support.kubeapi import FakeApi, Logged, Obj
+from support.kubeapi import Logged, Obj
 
 from .conftest import (
     COLD,
-    OTHER,
     POOLED,
-    TENANT,
     Cluster,
-    code_interpreter,
     identity,
     name_of,
     picod_envs,
     picod_get,
     serialized,
-    spec,
 )
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ID_LABEL = "e2b.agentcube.io/sandbox-id"
 TEMPLATE_LABEL = "e2b.agentcube.io/template"
@@ -44,10 +42,10 @@ def rfc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def writes_for(api: FakeApi, name: str) -> list[Logged]:
-    """POST, PATCH and DELETE requests about objects named `name`."""
+def writes_for(cluster: Cluster, name: str) -> list[Logged]:
+    """The test's POST, PATCH and DELETE requests about objects named `name`."""
     return [
-        w for w in api.writes()
+        w for w in cluster.writes()
         if name in (w.name, ((w.body or {}).get("metadata") or {}).get("name"))
     ]  # fmt: skip
 
@@ -60,7 +58,7 @@ def no_secret_in_specs(cluster: Cluster, sandbox: Sandbox) -> None:
     """Neither the access token nor an env value is in any Sandbox, claim or Pod, stored or
     as the lifecycle sent it."""
     token = sandbox.envd_access_token
-    sent = [w.body for w in cluster.api.writes() if w.plural != "secrets" and w.body]
+    sent = [w.body for w in cluster.writes() if w.plural != "secrets" and w.body]
     stored = [
         obj for plural in ("sandboxes", "sandboxclaims", "pods")
         for obj in cluster.api.objects[plural].values()
@@ -91,23 +89,24 @@ async def test_cold_create_writes_a_secret_then_a_sandbox_owning_it(
     api = cluster.api
     before = time.time()
     sandbox = await backend.create(
-        spec(env_vars={"GREETING": SECRET_VALUE}, metadata={"user": "ann"})
+        cluster.spec(env_vars={"GREETING": SECRET_VALUE}, metadata={"user": "ann"})
     )
     sid, name = sandbox.sandbox_id, name_of(sandbox.sandbox_id)
     token = access_token(backend.seed, sid)
     assert sandbox.envd_access_token == token
-    assert (sandbox.state, sandbox.tenant, sandbox.template_id) == (State.RUNNING, TENANT, COLD)
+    assert (sandbox.state, sandbox.template_id) == (State.RUNNING, COLD)
+    assert sandbox.tenant == cluster.tenant
     assert sandbox.env_vars == {"GREETING": SECRET_VALUE} and sandbox.metadata == {"user": "ann"}
     assert sandbox.end_at - sandbox.started_at == 300
     assert before - 1 <= sandbox.started_at <= time.time()
 
-    writes = writes_for(api, name)
+    writes = writes_for(cluster, name)
     assert [(w.method, w.plural) for w in writes] == [
         ("POST", "secrets"), ("POST", "sandboxes"), ("PATCH", "secrets")]  # fmt: skip
     assert writes[1].api_version == cluster.release.sandbox_api_version  # found by discovery
     assert writes[2].body == {"metadata": {"ownerReferences": [{
         "apiVersion": cluster.release.sandbox_api_version, "kind": "Sandbox", "name": name,
-        "uid": api.objects["sandboxes"][(TENANT, name)]["metadata"]["uid"]}]}}  # fmt: skip
+        "uid": api.objects["sandboxes"][(cluster.tenant, name)]["metadata"]["uid"]}]}}  # fmt: skip
 
     secret = cluster.stored("secrets", name)
     assert secret is not None
@@ -139,23 +138,27 @@ async def test_cold_create_writes_a_secret_then_a_sandbox_owning_it(
     for variable, key in (("AGENTCUBE_E2B_PICOD_ACCESS_TOKEN", "access-token"),
                           ("AGENTCUBE_E2B_PICOD_ENV_JSON", "env-vars.json")):  # fmt: skip
         assert env[variable] == {
-            "name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": name, "key": key}},
+        }
     no_secret_in_specs(cluster, sandbox)
     await assert_bound(sandbox)
-    assert await backend.get(sid, TENANT) == sandbox
+    assert await backend.get(sid, cluster.tenant) == sandbox
 
-    (metric,) = await backend.metrics(sid, TENANT)  # picod's /metrics wants the JWT
+    (metric,) = await backend.metrics(sid, cluster.tenant)  # picod's /metrics wants the JWT
     assert metric.cpu_count >= 1 and metric.mem_total > 0
 
-    await backend.kill(sid, TENANT)
-    assert [(w.method, w.plural) for w in writes_for(api, name)][3:] == [("DELETE", "sandboxes")]
+    await backend.kill(sid, cluster.tenant)
+    assert [(w.method, w.plural) for w in writes_for(cluster, name)][3:] == [
+        ("DELETE", "sandboxes")
+    ]
     # the garbage collector takes the pod and the Secret with their owner
     await cluster.until(lambda: not cluster.stored("pods", name))
     assert cluster.stored("secrets", name) is None
     with pytest.raises(NotFound):
-        await backend.get(sid, TENANT)
+        await backend.get(sid, cluster.tenant)
     with pytest.raises(NotFound):
-        await backend.kill(sid, TENANT)
+        await backend.kill(sid, cluster.tenant)
 
 
 def claim_source(cluster: Cluster) -> Obj:
@@ -167,15 +170,15 @@ def claim_source(cluster: Cluster) -> Obj:
 async def test_warm_create_adopts_the_ready_pool_sandbox_and_binds_its_picod(
     cluster: Cluster, backend: KubernetesBackend, warm_pool: str
 ) -> None:
-    api = cluster.api
-    sandbox = await backend.create(spec(POOLED, env_vars={"GREETING": SECRET_VALUE}))
+    sandbox = await backend.create(cluster.spec(POOLED, env_vars={"GREETING": SECRET_VALUE}))
     sid, name = sandbox.sandbox_id, name_of(sandbox.sandbox_id)
 
-    writes = writes_for(api, name)
-    assert [(w.method, w.plural) for w in writes] == [("POST", "sandboxclaims"), ("POST", "secrets")]
+    writes = writes_for(cluster, name)
+    assert [(w.method, w.plural) for w in writes] == [
+        ("POST", "sandboxclaims"), ("POST", "secrets")]  # fmt: skip
     assert writes[0].api_version == cluster.release.extensions_api_version
-    adopt = [w for w in api.writes("sandboxes")]
-    assert [(w.method, w.name) for w in adopt] == [("PATCH", warm_pool)]
+    adopt = [(w.method, w.name) for w in cluster.writes("sandboxes")]
+    assert adopt == [("PATCH", warm_pool)]
 
     claim = cluster.stored("sandboxclaims", name)
     assert claim is not None
@@ -185,7 +188,7 @@ async def test_warm_create_adopts_the_ready_pool_sandbox_and_binds_its_picod(
         "additionalPodMetadata": {"labels": labels},
         "lifecycle": {"shutdownTime": rfc(sandbox.end_at), "shutdownPolicy": "Delete"},
     }
-    assert claim["metadata"]["ownerReferences"][0]["uid"] == f"uid-{TENANT}-{POOLED}"
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == f"uid-{cluster.tenant}-{POOLED}"
     assert claim["status"]["sandbox"]["name"] == warm_pool  # the ready one was adopted
 
     cr = cluster.stored("sandboxes", warm_pool)
@@ -210,32 +213,34 @@ async def test_warm_create_adopts_the_ready_pool_sandbox_and_binds_its_picod(
     assert labels.items() <= pod["metadata"]["labels"].items()
     no_secret_in_specs(cluster, sandbox)
     await assert_bound(sandbox)  # POST /init happened: id, token and envVars
-    (metric,) = await backend.metrics(sid, TENANT)
+    (metric,) = await backend.metrics(sid, cluster.tenant)
     assert metric.mem_total > 0
 
-    await backend.kill(sid, TENANT)
-    assert [(w.method, w.plural) for w in writes_for(api, name)][2:] == [
+    await backend.kill(sid, cluster.tenant)
+    assert [(w.method, w.plural) for w in writes_for(cluster, name)][2:] == [
         ("DELETE", "sandboxclaims")]  # fmt: skip
     await cluster.until(lambda: not cluster.stored("sandboxes", warm_pool))
     await cluster.until(lambda: not cluster.stored("pods", warm_pool))
     assert cluster.stored("secrets", name) is None
     with pytest.raises(NotFound):
-        await backend.get(sid, TENANT)
+        await backend.get(sid, cluster.tenant)
 
 
 async def test_warm_create_on_an_empty_pool_waits_for_the_sandbox_named_after_the_claim(
-    cluster: Cluster, backend: KubernetesBackend
+    lone_cluster: Cluster,
 ) -> None:
     """The claim names its new Sandbox before the Sandbox's pod exists: the Create waits for
     the pod (no 404, no rollback)."""
+    cluster = lone_cluster
     api = cluster.api
+    backend = await cluster.backends.start()
     await cluster.stop_warm_pools()
-    api.put("codeinterpreters", code_interpreter(POOLED, warmPoolSize=1))
+    cluster.put_interpreter(POOLED, warmPoolSize=1)
     await cluster.until(lambda: cluster.stored("sandboxwarmpools", POOLED))
     events: list[tuple[str, str, Obj]] = []
     api.listeners.append(lambda plural, kind, obj: events.append((plural, kind, obj)))
 
-    sandbox = await backend.create(spec(POOLED, env_vars={"GREETING": SECRET_VALUE}))
+    sandbox = await backend.create(cluster.spec(POOLED, env_vars={"GREETING": SECRET_VALUE}))
     name = name_of(sandbox.sandbox_id)
     claim = cluster.stored("sandboxclaims", name)
     assert claim is not None and claim["status"]["sandbox"]["name"] == name
@@ -248,28 +253,31 @@ async def test_warm_create_on_an_empty_pool_waits_for_the_sandbox_named_after_th
     pod_made = first(lambda plural, kind, obj: plural == "pods" and kind == "ADDED"
                      and obj["metadata"]["name"] == name)  # fmt: skip
     assert named < pod_made
-    assert [w.method for w in api.writes() if w.method == "DELETE"] == []
-    assert [(w.method, w.plural, w.name) for w in api.writes("sandboxes")] == [
+    assert [w.method for w in cluster.writes() if w.method == "DELETE"] == []  # no rollback
+    refused = [w for r in cluster.backends.resources for w in r.writes if w.status is not None]
+    assert refused == []  # no 404 on the way
+    assert [(w.method, w.plural, w.name) for w in cluster.writes("sandboxes")] == [
         ("PATCH", "sandboxes", name)]  # fmt: skip
     cr = cluster.stored("sandboxes", name)
     assert cr is not None and object_proof.has_valid_proof(backend.proof_key, cr)
     no_secret_in_specs(cluster, sandbox)
     await assert_bound(sandbox)
 
-    await backend.kill(sandbox.sandbox_id, TENANT)
+    await backend.kill(sandbox.sandbox_id, cluster.tenant)
     await cluster.until(lambda: not cluster.stored("pods", name))
     assert cluster.names("sandboxes") == set() and cluster.names("sandboxclaims") == set()
     assert cluster.stored("secrets", name) is None
 
 
 async def test_auth_mode_none_injects_no_key_and_refuses_a_warm_pool(
-    cluster: Cluster, backend: KubernetesBackend
+    lone_cluster: Cluster,
 ) -> None:
-    api = cluster.api
-    await cluster.stop_warm_pools()
-    api.put("codeinterpreters", code_interpreter("open", authMode="none"))
-    api.put("codeinterpreters", code_interpreter("open-pool", authMode="none", warmPoolSize=1))
-    sandbox = await backend.create(spec("open"))
+    cluster = lone_cluster
+    backend = await cluster.backends.start()
+    await cluster.stop_warm_pools()  # the pool's pods would trust no key and hold no token
+    cluster.put_interpreter("open", authMode="none")
+    cluster.put_interpreter("open-pool", authMode="none", warmPoolSize=1)
+    sandbox = await backend.create(cluster.spec("open"))
     pod = cluster.stored("pods", name_of(sandbox.sandbox_id))
     assert pod is not None
     names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
@@ -279,49 +287,47 @@ async def test_auth_mode_none_injects_no_key_and_refuses_a_warm_pool(
     assert (await picod_get(sandbox, "/envs", token=token)).status_code == 200
     assert (await picod_get(sandbox, "/envs", token=token[::-1])).status_code == 401
 
-    claims_before = len(api.writes("sandboxclaims"))
     with pytest.raises(InvalidArgument, match="authMode none"):
-        await backend.create(spec("open-pool"))
-    assert len(api.writes("sandboxclaims")) == claims_before == 0
+        await backend.create(cluster.spec("open-pool"))
+    assert cluster.writes("sandboxclaims") == []
 
 
-async def test_another_tenant_gets_not_found(backend: KubernetesBackend) -> None:
-    sandbox = await backend.create(spec())
+async def test_another_tenant_gets_not_found(cluster: Cluster, backend: KubernetesBackend) -> None:
+    sandbox = await backend.create(cluster.spec())
     sid = sandbox.sandbox_id
-    for call in (backend.get(sid, OTHER), backend.kill(sid, OTHER),
-                 backend.set_timeout(sid, OTHER, 10), backend.pause(sid, OTHER),
-                 backend.metrics(sid, OTHER)):  # fmt: skip
+    for call in (backend.get(sid, cluster.other), backend.kill(sid, cluster.other),
+                 backend.set_timeout(sid, cluster.other, 10), backend.pause(sid, cluster.other),
+                 backend.metrics(sid, cluster.other)):  # fmt: skip
         with pytest.raises(NotFound):
             await call
-    assert (await backend.get(sid, TENANT)).state is State.RUNNING
+    assert (await backend.get(sid, cluster.tenant)).state is State.RUNNING
 
 
 async def test_unknown_template_and_tenant_write_nothing(
-    api: FakeApi, backend: KubernetesBackend
+    cluster: Cluster, backend: KubernetesBackend
 ) -> None:
     with pytest.raises(NotFound, match="template 'nope' not found"):
-        await backend.create(spec("nope"))
+        await backend.create(cluster.spec("nope"))
     with pytest.raises(NotFound):
-        await backend.create(spec(tenant="team-c"))
+        await backend.create(cluster.spec(tenant="nobody"))
     with pytest.raises(InvalidArgument, match="tenant"):
-        await backend.create(spec(tenant=""))
+        await backend.create(cluster.spec(tenant=""))
     with pytest.raises(Unimplemented, match="allowPublicTraffic"):
-        await backend.create(spec(allow_public_traffic=False))
-    assert [w for w in api.writes() if w.plural != "secrets" or w.method != "POST"] == []
+        await backend.create(cluster.spec(allow_public_traffic=False))
+    assert cluster.writes() == []
 
 
 async def test_templates_are_the_tenants_code_interpreters(
-    api: FakeApi, backend: KubernetesBackend
+    cluster: Cluster, backend: KubernetesBackend
 ) -> None:
-    api.put("codeinterpreters", code_interpreter(
-        "jupyter", ports=[{"port": 49983}, {"port": 49999}, {"port": 8080}]))  # fmt: skip
-    templates = {t.template_id: t for t in await backend.list_templates(TENANT)}
+    cluster.put_interpreter("jupyter", ports=[{"port": 49983}, {"port": 49999}, {"port": 8080}])
+    templates = {t.template_id: t for t in await backend.list_templates(cluster.tenant)}
     assert set(templates) == {COLD, "jupyter"}
-    jupyter = await backend.get_template("jupyter", TENANT)
+    jupyter = await backend.get_template("jupyter", cluster.tenant)
     assert (jupyter.ports, jupyter.interpreter) == ((49999, 8080), True)
-    assert (jupyter.cpu_count, jupyter.memory_mb, jupyter.tenant) == (1, 1024, TENANT)
-    assert not (await backend.get_template(COLD, TENANT)).interpreter
+    assert (jupyter.cpu_count, jupyter.memory_mb, jupyter.tenant) == (1, 1024, cluster.tenant)
+    assert not (await backend.get_template(COLD, cluster.tenant)).interpreter
     with pytest.raises(NotFound):
-        await backend.get_template("jupyter", OTHER)
+        await backend.get_template("jupyter", cluster.other)
     with pytest.raises(Unimplemented, match="kubectl"):
-        await backend.delete_template(TENANT, COLD)
+        await backend.delete_template(cluster.tenant, COLD)

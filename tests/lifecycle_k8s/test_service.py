@@ -25,10 +25,7 @@ from .conftest import (
     AGENTCUBE,
     COLD,
     IDENTITY_SECRET,
-    OTHER,
     SYSTEM,
-    TENANT,
-    Backends,
     Cluster,
     identity,
     invalid_stored_objects,
@@ -37,26 +34,21 @@ from .conftest import (
     unstrict_writes,
 )
 
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-async def test_discovery_picks_the_newest_version_served(
-    cluster: Cluster, backends: Backends
+
+async def test_start_up_discovers_the_version_and_needs_agentcubes_identity(
+    lone_cluster: Cluster,
 ) -> None:
-    backend = await backends.start()
-    assert backend.kinds is not None
-    assert backend.kinds.version == cluster.release.storage_version
-    # a version that is not served is refused at start, naming what is
-    unserved = "v1alpha1" if cluster.release.storage_version == "v1beta1" else "v1beta1"
-    if unserved == "v1beta1":
-        refused = backends.new(agent_sandbox_version=unserved)
+    cluster, backends, api = lone_cluster, lone_cluster.backends, lone_cluster.api
+    # the newest version both agent-sandbox groups serve; one that is not served is refused
+    storage = cluster.release.storage_version
+    if storage == "v1alpha1":
+        unserved = backends.new(agent_sandbox_version="v1beta1")
         with pytest.raises(Unavailable, match="v1beta1 is not served"):
-            await refused.start()
-        await refused.close()
+            await unserved.start()
+        await unserved.close()
 
-
-async def test_start_fails_clearly_without_agentcubes_identity(
-    cluster: Cluster, backends: Backends
-) -> None:
-    api = cluster.api
     api.delete("secrets", AGENTCUBE, IDENTITY_SECRET)
     missing = backends.new()
     with pytest.raises(SecretMissing) as error:
@@ -65,7 +57,7 @@ async def test_start_fails_clearly_without_agentcubes_identity(
     message = str(error.value)
     assert f"{AGENTCUBE}/{IDENTITY_SECRET} not found" in message
     assert "--identity-namespace" in message and "--create-identity" in message
-    assert [w for w in api.writes() if w.plural != "secrets"] == []
+    assert [w for w in cluster.writes() if w.plural != "secrets"] == []
 
     # the Secret in another namespace (ours, say) is not AgentCube's: still refused
     api.put("secrets", identity().secret(SYSTEM))
@@ -79,16 +71,28 @@ async def test_start_fails_clearly_without_agentcubes_identity(
     broken["data"]["public.pem"] = identity().secret()["data"]["private.pem"]
     api.put("secrets", broken)
     malformed = backends.new()
-    with pytest.raises(SecretUnavailable, match="public.pem is not a PEM public key"):
+    with pytest.raises(SecretUnavailable, match=r"public\.pem is not a PEM public key"):
         await malformed.start()
     await malformed.close()
     api.delete("secrets", AGENTCUBE, IDENTITY_SECRET)
 
     # asked to, it makes one where AgentCube would look for it, and signs with it
     made = await backends.start(create_identity=True)
+    assert made.kinds is not None and made.kinds.version == storage
     secret = api.objects["secrets"][(AGENTCUBE, IDENTITY_SECRET)]
     assert secret["metadata"]["labels"]["app"] == "agentcube"
     assert made.public_key_pem.encode() != identity().public_pem
+
+    # a second replica reads what the first made: the same token seed and proof key
+    replica = await backends.start()
+    assert (replica.seed, replica.proof_key) == (made.seed, made.proof_key)
+    assert replica.public_key_pem == made.public_key_pem
+    made_secrets = [w.body["metadata"]["name"] for w in cluster.writes("secrets")
+                    if w.method == "POST" and w.namespace == SYSTEM]  # fmt: skip
+    assert made_secrets.count("e2b-envd-token-seed") == 1
+    for name in ("e2b-envd-token-seed", "e2b-object-proof-key"):
+        secret = api.objects["secrets"][(SYSTEM, name)]
+        assert secret["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "agentcube-e2b"}
 
 
 def kubeconfig(path: Path, url: str) -> Path:
@@ -110,7 +114,7 @@ async def expect(call: object, code: grpc.StatusCode) -> str:
 
 
 async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
-    api = cluster.api
+    api, tenant = cluster.api, cluster.tenant
     kube = kube_settings(kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url),
                          lifecycle_tls_secret="")  # fmt: skip
     config = LifecycleSettings(
@@ -124,45 +128,45 @@ async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
         stub = pb_grpc.SandboxServiceStub(channel)
         templates = pb_grpc.TemplateServiceStub(channel)
         created = await stub.CreateSandbox(pb.CreateSandboxRequest(
-            tenant=TENANT, template_id=COLD, timeout_seconds=60, env_vars={"A": "b"}))  # fmt: skip
+            tenant=tenant, template_id=COLD, timeout_seconds=60, env_vars={"A": "b"}))  # fmt: skip
         sid = created.sandbox.sandbox_id
         assert created.sandbox.endpoint_host.startswith("127.102.")
         assert created.sandbox.state == pb.SANDBOX_STATE_RUNNING
-        got = await stub.GetSandbox(pb.GetSandboxRequest(tenant=TENANT, sandbox_id=sid))
+        got = await stub.GetSandbox(pb.GetSandboxRequest(tenant=tenant, sandbox_id=sid))
         assert got.sandbox.envd_access_token == created.sandbox.envd_access_token
         metrics = await stub.GetSandboxMetrics(
-            pb.GetSandboxMetricsRequest(tenant=TENANT, sandbox_id=sid))  # fmt: skip
+            pb.GetSandboxMetricsRequest(tenant=tenant, sandbox_id=sid))  # fmt: skip
         assert len(metrics.metrics) == 1 and metrics.metrics[0].mem_total > 0
 
         not_found = grpc.StatusCode.NOT_FOUND
-        await expect(stub.GetSandbox(pb.GetSandboxRequest(tenant=OTHER, sandbox_id=sid)),
+        await expect(stub.GetSandbox(pb.GetSandboxRequest(tenant=cluster.other, sandbox_id=sid)),
                      not_found)  # fmt: skip
-        await expect(stub.CreateSandbox(pb.CreateSandboxRequest(tenant=TENANT,
+        await expect(stub.CreateSandbox(pb.CreateSandboxRequest(tenant=tenant,
                      template_id="nope")), not_found)  # fmt: skip
         await expect(stub.CreateSandbox(pb.CreateSandboxRequest(
-            tenant=TENANT, template_id=COLD, timeout_seconds=7200)),
+            tenant=tenant, template_id=COLD, timeout_seconds=7200)),
             grpc.StatusCode.INVALID_ARGUMENT)  # fmt: skip
         await expect(stub.CreateSandbox(pb.CreateSandboxRequest(
-            tenant=TENANT, template_id=COLD, secure=True, allow_public_traffic=False)),
+            tenant=tenant, template_id=COLD, secure=True, allow_public_traffic=False)),
             grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
         await expect(templates.DeleteTemplate(pb.DeleteTemplateRequest(
-            tenant=TENANT, template_id=COLD)), grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
+            tenant=tenant, template_id=COLD)), grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
 
-        paused = await stub.PauseSandbox(pb.PauseSandboxRequest(tenant=TENANT, sandbox_id=sid))
+        paused = await stub.PauseSandbox(pb.PauseSandboxRequest(tenant=tenant, sandbox_id=sid))
         assert paused.sandbox.state == pb.SANDBOX_STATE_PAUSED
-        await expect(stub.PauseSandbox(pb.PauseSandboxRequest(tenant=TENANT, sandbox_id=sid)),
+        await expect(stub.PauseSandbox(pb.PauseSandboxRequest(tenant=tenant, sandbox_id=sid)),
                      grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
         await expect(stub.SetSandboxTimeout(pb.SetSandboxTimeoutRequest(
-            tenant=TENANT, sandbox_id=sid, timeout_seconds=30)),
+            tenant=tenant, sandbox_id=sid, timeout_seconds=30)),
             grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
         connected = await stub.ConnectSandbox(pb.ConnectSandboxRequest(
-            tenant=TENANT, sandbox_id=sid, timeout_seconds=60))  # fmt: skip
+            tenant=tenant, sandbox_id=sid, timeout_seconds=60))  # fmt: skip
         assert connected.resumed and connected.sandbox.state == pb.SANDBOX_STATE_RUNNING
 
-        await stub.KillSandbox(pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sid))
-        await expect(stub.KillSandbox(pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sid)),
+        await stub.KillSandbox(pb.KillSandboxRequest(tenant=tenant, sandbox_id=sid))
+        await expect(stub.KillSandbox(pb.KillSandboxRequest(tenant=tenant, sandbox_id=sid)),
                      not_found)  # fmt: skip
-        assert (TENANT, name_of(sid)) not in api.objects["sandboxes"]
+        assert (tenant, name_of(sid)) not in api.objects["sandboxes"]
 
 
 async def test_the_checks_every_test_ends_with_can_fail(cluster: Cluster) -> None:
@@ -174,32 +178,37 @@ async def test_the_checks_every_test_ends_with_can_fail(cluster: Cluster) -> Non
         custom = CustomObjectsApi(client)
         sandbox_api = (cluster.release.sandbox_api_version.split("/")[0],
                        cluster.release.storage_version)  # fmt: skip
+        container = {"name": "c", "image": "i"}
         body = {
             "apiVersion": cluster.release.sandbox_api_version, "kind": "Sandbox",
             "metadata": {"name": "loose"},
-            "spec": {"podTemplate": {"metadata": {}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+            "spec": {**cluster.release.running_spec(False),  # no pod
+                     "podTemplate": {"metadata": {}, "spec": {"containers": [container]}},
                      "lifecycle": {"shutdownTime": "2030-01-01T00:00:00Z"}},
         }  # fmt: skip
         await asyncio.to_thread(
-            custom.create_namespaced_custom_object, *sandbox_api, TENANT, "sandboxes", body
+            custom.create_namespaced_custom_object, *sandbox_api, cluster.tenant, "sandboxes", body
         )
-        assert [line.split(":")[0] for line in unstrict_writes(api)] == ["POST sandboxes "]
-        api.log.clear()  # this test's own loose write
+        assert [line.split(":")[0] for line in unstrict_writes(cluster.log())] == [
+            "POST sandboxes "]  # fmt: skip
+        del api.log[cluster.log_start :]  # this test's own loose write
         # dropped silently without Strict, refused with it (the backend's path)
         stored = cluster.stored("sandboxes", "loose")
         assert stored is not None and "lifecycle" not in stored["spec"]
         resources = Resources(client)
         kinds = kinds_for(cluster.release.storage_version)
         with pytest.raises(Unavailable, match="HTTP 400"):
-            await resources.patch(kinds.sandbox, TENANT, "loose", {"spec": {"lifecycle": {}}})
+            await resources.patch(
+                kinds.sandbox, cluster.tenant, "loose", {"spec": {"lifecycle": {}}}
+            )
         resources.close()
-        api.delete("sandboxes", TENANT, "loose")
+        api.delete("sandboxes", cluster.tenant, "loose")
     finally:
-        client.close()
-    api.put("sandboxes", {"metadata": {"name": "bad", "namespace": TENANT},
+        client.close()  # type: ignore[no-untyped-call]
+    api.put("sandboxes", {"metadata": {"name": "bad", "namespace": cluster.tenant},
                           "spec": {"replicas": "one", "lifecycle": {}}})  # fmt: skip
     problems = invalid_stored_objects(api)
     assert any("unknown .spec.lifecycle" in p or "spec.lifecycle" in p for p in problems)
     assert any("spec.podTemplate" in p for p in problems)  # required, absent
-    api.delete("sandboxes", TENANT, "bad")
+    api.delete("sandboxes", cluster.tenant, "bad")
     assert invalid_stored_objects(api) == []

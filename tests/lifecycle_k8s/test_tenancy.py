@@ -15,7 +15,12 @@ from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import EventType, ListQuery
 from support.kubeapi import Obj
 
-from .conftest import OTHER, TENANT, WAIT_S, Cluster, is_ready, name_of, spec
+from .conftest import WAIT_S, Cluster, is_ready, name_of
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+ID_LABEL = "e2b.agentcube.io/sandbox-id"
 
 
 def copied(victim: Obj, namespace: str, name: str) -> Obj:
@@ -39,52 +44,52 @@ def token_secret(namespace: str, name: str) -> Obj:
             "stringData": {"access-token": "attacker", "env-vars.json": "{}"}}  # fmt: skip
 
 
-@pytest.mark.parametrize("namespace", [OTHER, TENANT], ids=["other-namespace", "same-namespace"])
-async def test_a_copied_sandbox_changes_nothing_for_the_victim(
-    cluster: Cluster, backend: KubernetesBackend, namespace: str
+async def test_copies_of_a_sandbox_change_nothing_for_the_victim(
+    cluster: Cluster, backend: KubernetesBackend
 ) -> None:
-    """In another namespace under the victim's name, or beside the victim under another."""
+    """One in another namespace under the victim's name, one beside the victim under
+    another name: each with a pod that runs and carries the victim's id label."""
     api = cluster.api
-    victim = await backend.create(spec())
+    victim = await backend.create(cluster.spec())
     sid = victim.sandbox_id
     stream = backend.watch()
-    assert (await anext(stream)).type is EventType.EXISTING
-    assert (await anext(stream)).type is EventType.SYNCED
-    revision = backend.hub.revision
+    while (await anext(stream)).type is not EventType.SYNCED:
+        pass
 
     stored = cluster.stored("sandboxes", name_of(sid))
     assert stored is not None
-    name = name_of(sid) if namespace == OTHER else "stolen"
-    api.put("secrets", token_secret(namespace, name))
-    api.put("sandboxes", copied(stored, namespace, name))
-    # Its pod runs, with the victim's id label: the informers see both
-    await cluster.until(lambda: is_ready(cluster.stored("pods", name, namespace)))
-    assert backend.sandbox_informer is not None and backend.pod_informer is not None
-    where = f"{namespace}/{name}"
-    for informer in (backend.sandbox_informer, backend.pod_informer):
-        await asyncio.wait_for(informer.wait_for(lambda i: where in i.store), WAIT_S)
-    attacker_cr = cluster.stored("sandboxes", name, namespace)
-    assert attacker_cr is not None
-    assert attacker_cr["metadata"]["labels"]["e2b.agentcube.io/sandbox-id"] == sid
+    copies = [(cluster.other, name_of(sid)), (cluster.tenant, "stolen")]
+    for namespace, name in copies:
+        api.put("secrets", token_secret(namespace, name))
+        api.put("sandboxes", copied(stored, namespace, name))
+    await cluster.until(lambda: all(is_ready(cluster.stored("pods", m, n)) for n, m in copies))
+    for namespace, name in copies:
+        pod = cluster.stored("pods", name, namespace)
+        assert pod is not None and pod["metadata"]["labels"][ID_LABEL] == sid
+    # the lifecycle's informers have seen them all
+    informers = (backend.sandbox_informer, backend.pod_informer)
+    keys = {f"{namespace}/{name}" for namespace, name in copies}
+    for informer in informers:
+        assert informer is not None
+        await asyncio.wait_for(informer.wait_for(lambda i: keys <= set(i.store)), WAIT_S)
 
-    assert await backend.get(sid, TENANT) == victim
-    assert backend.hub.revision == revision  # nothing was published
+    assert await backend.get(sid, cluster.tenant) == victim
     with pytest.raises(NotFound):
-        await backend.get(sid, OTHER)
-    page = await backend.list_sandboxes(ListQuery(tenant=TENANT))
+        await backend.get(sid, cluster.other)
+    page = await backend.list_sandboxes(ListQuery(tenant=cluster.tenant))
     assert [s.sandbox_id for s in page.sandboxes] == [sid]
-    assert (await backend.list_sandboxes(ListQuery(tenant=OTHER))).sandboxes == []
+    assert (await backend.list_sandboxes(ListQuery(tenant=cluster.other))).sandboxes == []
 
-    # The attacker deletes its copy: the victim is not reported gone
-    api.delete("sandboxes", namespace, name)
-    await asyncio.wait_for(
-        backend.sandbox_informer.wait_for(lambda i: where not in i.store), WAIT_S
-    )
-    assert await backend.get(sid, TENANT) == victim
-    assert backend.hub.revision == revision
-    # ... and the victim's own end is reported once, as its own
-    await backend.kill(sid, TENANT)
+    # The copies go: the victim is not reported gone
+    for namespace, name in copies:
+        api.delete("sandboxes", namespace, name)
+    sandboxes = backend.sandbox_informer
+    assert sandboxes is not None
+    await asyncio.wait_for(sandboxes.wait_for(lambda i: not keys & set(i.store)), WAIT_S)
+    assert await backend.get(sid, cluster.tenant) == victim
+    # ... and the victim's own end is reported once, as its own: nothing came before it
+    await backend.kill(sid, cluster.tenant)
     killed = await asyncio.wait_for(anext(stream), WAIT_S)
-    assert (killed.type, killed.sandbox.sandbox_id) == (EventType.KILLED, sid)  # type: ignore[union-attr]
-    assert killed.sandbox is not None and killed.sandbox.tenant == TENANT
+    assert killed.type is EventType.KILLED and killed.sandbox is not None
+    assert (killed.sandbox.sandbox_id, killed.sandbox.tenant) == (sid, cluster.tenant)
     await stream.aclose()  # type: ignore[attr-defined]

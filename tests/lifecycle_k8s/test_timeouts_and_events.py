@@ -7,24 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+
 import pytest
 
 from extproc.core.errors import InvalidArgument, NotFound
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import Event, EventType, ListQuery, OnTimeout, Sandbox, State
 
-from .conftest import (
-    COLD,
-    OTHER,
-    POOLED,
-    TENANT,
-    Backends,
-    Cluster,
-    code_interpreter,
-    fill_warm_pool,
-    name_of,
-    spec,
-)
+from .conftest import COLD, POOLED, Cluster, fill_warm_pool, name_of
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 END_AT = "e2b.agentcube.io/end-at"
 
@@ -44,9 +36,9 @@ async def next_of(
     changes, which a loaded machine may deliver first)."""
     while True:
         event = await next_event(stream)
-        if event.sandbox is not None and event.sandbox.sandbox_id == sandbox_id:
-            if event.type not in skip:
-                return event
+        about = event.sandbox is not None and event.sandbox.sandbox_id == sandbox_id
+        if about and event.type not in skip:
+            return event
 
 
 def bound_name(cluster: Cluster, sandbox: Sandbox) -> str:
@@ -57,47 +49,37 @@ def bound_name(cluster: Cluster, sandbox: Sandbox) -> str:
     return str(claim["status"]["sandbox"]["name"])
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
-async def test_timeouts_move_end_at_and_the_controllers_deletion_time(
-    cluster: Cluster, backend: KubernetesBackend, warm: bool
-) -> None:
-    """Cold: the Sandbox's own `spec.shutdownTime`. Warm: the claim's `spec.lifecycle` (a
-    claimed Sandbox has no lifecycle of its own that the controller would honour)."""
-    if warm:
-        await fill_warm_pool(cluster)
-    api = cluster.api
-    sandbox = await backend.create(spec(POOLED if warm else COLD))
+async def check_timeouts(cluster: Cluster, backend: KubernetesBackend, sandbox: Sandbox) -> None:
+    """set_timeout shortens, refresh lengthens, connect never shortens; each change is one
+    merge patch of end-at and of the deletion time the controller honours."""
     sid, claim = sandbox.sandbox_id, name_of(sandbox.sandbox_id)
+    warm = cluster.stored("sandboxclaims", claim) is not None
     name = bound_name(cluster, sandbox)
-    start = len(api.log)
+    start = len(cluster.api.log)
     now = time.time()
-
-    after_set = await backend.set_timeout(sid, TENANT, 30)  # shorter
+    after_set = await backend.set_timeout(sid, cluster.tenant, 30)
     assert now + 29 <= after_set.end_at <= time.time() + 30
-    after_refresh = await backend.refresh(sid, TENANT, 600)  # longer
+    after_refresh = await backend.refresh(sid, cluster.tenant, 600)
     assert after_refresh.end_at >= after_set.end_at + 569
-    after_connect, resumed = await backend.connect(sid, TENANT, 10)  # never shortens
+    after_connect, resumed = await backend.connect(sid, cluster.tenant, 10)
     assert not resumed and after_connect.end_at == after_refresh.end_at
-    assert (await backend.get(sid, TENANT)).end_at == after_refresh.end_at
+    assert (await backend.get(sid, cluster.tenant)).end_at == after_refresh.end_at
 
-    patches = [w for w in api.log[start:] if w.method != "GET"]
+    patches = [w for w in cluster.api.log[start:] if w.method != "GET"]
     assert all(w.method == "PATCH" for w in patches)
     assert {w.content_type for w in patches} == {"application/merge-patch+json"}
+    ends = (after_set.end_at, after_refresh.end_at)  # none for the connect
     sandbox_patches = [w for w in patches if w.plural == "sandboxes"]
-    assert [w.name for w in sandbox_patches] == [name, name]  # none for the connect
-    ends = (after_set.end_at, after_refresh.end_at)
-    for patch, end in zip(sandbox_patches, ends, strict=True):
-        assert patch.body["metadata"] == {"annotations": {END_AT: rfc(end)}}
-        shutdown = {"shutdownTime": rfc(end), "shutdownPolicy": "Delete"}
-        assert (patch.body.get("spec") or {}) == ({} if warm else shutdown)
+    assert [w.name for w in sandbox_patches] == [name, name]
     claim_patches = [w for w in patches if w.plural == "sandboxclaims"]
-    if warm:
-        assert [w.name for w in claim_patches] == [claim, claim]
-        for patch, end in zip(claim_patches, ends, strict=True):
-            lifecycle = {"shutdownTime": rfc(end), "shutdownPolicy": "Delete"}
-            assert patch.body == {"spec": {"lifecycle": lifecycle}}
-    else:
-        assert claim_patches == []
+    assert [w.name for w in claim_patches] == ([claim, claim] if warm else [])
+    for end, on_sandbox in zip(ends, sandbox_patches, strict=True):
+        deletion = {"shutdownTime": rfc(end), "shutdownPolicy": "Delete"}
+        assert on_sandbox.body["metadata"] == {"annotations": {END_AT: rfc(end)}}
+        assert (on_sandbox.body.get("spec") or {}) == ({} if warm else deletion)
+    for end, on_claim in zip(ends if warm else (), claim_patches, strict=True):
+        deletion = {"shutdownTime": rfc(end), "shutdownPolicy": "Delete"}
+        assert on_claim.body == {"spec": {"lifecycle": deletion}}
 
     cr = cluster.stored("sandboxes", name)
     assert cr is not None and cr["metadata"]["annotations"][END_AT] == rfc(after_refresh.end_at)
@@ -108,83 +90,99 @@ async def test_timeouts_move_end_at_and_the_controllers_deletion_time(
         assert "shutdownTime" not in cr["spec"]
     else:
         assert cr["spec"]["shutdownTime"] == rfc(after_refresh.end_at)
+
+
+async def test_timeouts_move_end_at_and_the_controllers_deletion_time(
+    cluster: Cluster, backend: KubernetesBackend, warm_pool: str
+) -> None:
+    """Cold: the Sandbox's own `spec.shutdownTime`. Warm: the claim's `spec.lifecycle` (a
+    claimed Sandbox has no lifecycle of its own that the controller would honour)."""
+    cold, warm = await asyncio.gather(
+        backend.create(cluster.spec(COLD)), backend.create(cluster.spec(POOLED))
+    )
+    assert bound_name(cluster, warm) == warm_pool
+    await check_timeouts(cluster, backend, cold)
+    await check_timeouts(cluster, backend, warm)
     with pytest.raises(NotFound):
-        await backend.set_timeout(sid, OTHER, 60)
+        await backend.set_timeout(cold.sandbox_id, cluster.other, 60)
     with pytest.raises(InvalidArgument, match="tenant"):
-        await backend.refresh(sid, "", 60)
+        await backend.refresh(cold.sandbox_id, "", 60)
 
 
 async def test_session_timeout_is_the_default_and_max_session_duration_the_cap(
     cluster: Cluster, backend: KubernetesBackend
 ) -> None:
-    api = cluster.api
-    api.put("codeinterpreters", code_interpreter(
-        "short", sessionTimeout="2m", maxSessionDuration="10m"))  # fmt: skip
-    api.put("codeinterpreters", code_interpreter(
-        "long", sessionTimeout="1h", maxSessionDuration="10m"))  # fmt: skip
+    cluster.put_interpreter("short", sessionTimeout="2m", maxSessionDuration="10m")
+    cluster.put_interpreter("long", sessionTimeout="1h", maxSessionDuration="10m")
     with pytest.raises(InvalidArgument, match="cannot be greater than"):
-        await backend.create(spec("short", timeout_s=601))
-    assert [w for w in api.writes() if w.namespace == TENANT] == []
+        await backend.create(cluster.spec("short", timeout_s=601))
+    assert cluster.writes() == []
 
     # no timeout asked for: the template's sessionTimeout, capped by its maxSessionDuration
     short, long = await asyncio.gather(
-        backend.create(spec("short", timeout_s=300, timeout_requested=False)),
-        backend.create(spec("long", timeout_s=300, timeout_requested=False)),
+        backend.create(cluster.spec("short", timeout_s=300, timeout_requested=False)),
+        backend.create(cluster.spec("long", timeout_s=300, timeout_requested=False)),
     )
     assert short.end_at - short.started_at == 120
     assert long.end_at - long.started_at == 600
     cr = cluster.stored("sandboxes", name_of(short.sandbox_id))
     assert cr is not None and cr["metadata"]["annotations"]["e2b.agentcube.io/max-duration-s"] == (
         "600")  # fmt: skip
-    # asked for: taken as given (the CodeInterpreter's default does not apply)
-    capped = await backend.set_timeout(short.sandbox_id, TENANT, 3600)
+    # and the cap holds for later changes too
+    capped = await backend.set_timeout(short.sandbox_id, cluster.tenant, 3600)
     assert capped.end_at == short.started_at + 600
     cr = cluster.stored("sandboxes", name_of(short.sandbox_id))
     assert cr is not None and cr["spec"]["shutdownTime"] == rfc(short.started_at + 600)
     with pytest.raises(InvalidArgument, match="cannot be greater than"):
-        await backend.refresh(short.sandbox_id, TENANT, 601)
+        await backend.refresh(short.sandbox_id, cluster.tenant, 601)
 
 
 async def test_a_sandbox_that_pauses_on_timeout_has_no_deletion_time_and_is_paused_at_its_end(
     cluster: Cluster, backend: KubernetesBackend, warm_pool: str
 ) -> None:
-    api = cluster.api
     stream = backend.watch()
-    assert (await next_event(stream)).type is EventType.SYNCED
+    while (await next_event(stream)).type is not EventType.SYNCED:
+        pass
     cold, warm = await asyncio.gather(
-        backend.create(spec(COLD, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
-        backend.create(spec(POOLED, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
+        backend.create(cluster.spec(COLD, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
+        backend.create(cluster.spec(POOLED, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
     )
-    (post,) = [w for w in api.writes("sandboxes") if w.method == "POST"]
+    (post,) = [w for w in cluster.writes("sandboxes") if w.method == "POST"]
     assert "shutdownTime" not in post.body["spec"]
     claim = cluster.stored("sandboxclaims", name_of(warm.sandbox_id))
     assert claim is not None and "shutdownTime" not in claim["spec"].get("lifecycle", {})
     waiting = {cold.sandbox_id, warm.sandbox_id}
     while waiting:  # each is paused by the lifecycle at its end
         event = await next_event(stream)
-        if event.type is EventType.UPDATED and event.sandbox is not None:
-            if event.sandbox.state is State.PAUSED:
-                waiting.discard(event.sandbox.sandbox_id)
-    for sandbox in (cold, warm):
-        name = bound_name(cluster, sandbox)
-        await cluster.until(lambda name=name: not cluster.stored("pods", name))
+        paused = event.sandbox if event.type is EventType.UPDATED else None
+        if paused is not None and paused.state is State.PAUSED:
+            waiting.discard(paused.sandbox_id)
+    names = [bound_name(cluster, sandbox) for sandbox in (cold, warm)]
+    await cluster.until(lambda: not any(cluster.stored("pods", name) for name in names))
+    for sandbox, name in zip((cold, warm), names, strict=True):
         cr = cluster.stored("sandboxes", name)
         assert cr is not None  # paused, not deleted
         assert cr["metadata"]["annotations"]["e2b.agentcube.io/state"] == "paused"
         assert not cluster.release.runs(cr) and "shutdownTime" not in cr["spec"]
-        assert (await backend.get(sandbox.sandbox_id, TENANT)).state is State.PAUSED
-    page = await backend.list_sandboxes(ListQuery(tenant=TENANT, states=frozenset({State.PAUSED})))
+        assert (await backend.get(sandbox.sandbox_id, cluster.tenant)).state is State.PAUSED
+    page = await backend.list_sandboxes(
+        ListQuery(tenant=cluster.tenant, states=frozenset({State.PAUSED}))
+    )
     assert {s.sandbox_id for s in page.sandboxes} == {cold.sandbox_id, warm.sandbox_id}
     await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def test_the_controllers_delete_expired_sandboxes_while_the_lifecycle_is_stopped(
-    cluster: Cluster, backends: Backends, warm_pool: str
+    lone_cluster: Cluster,
 ) -> None:
+    cluster, backends = lone_cluster, lone_cluster.backends
+    warm_pool = await fill_warm_pool(cluster)
     backend = await backends.start()
-    cold, warm = await asyncio.gather(backend.create(spec(COLD)), backend.create(spec(POOLED)))
+    cold, warm = await asyncio.gather(
+        backend.create(cluster.spec(COLD)), backend.create(cluster.spec(POOLED))
+    )
     for sandbox in (cold, warm):
-        await backend.set_timeout(sandbox.sandbox_id, TENANT, 1)
+        await backend.set_timeout(sandbox.sandbox_id, cluster.tenant, 1)
     await backends.stop(backend)
     cold_name, claim = name_of(cold.sandbox_id), name_of(warm.sandbox_id)
     await cluster.until(lambda: not cluster.stored("sandboxes", cold_name))
@@ -193,54 +191,58 @@ async def test_the_controllers_delete_expired_sandboxes_while_the_lifecycle_is_s
     assert cluster.stored("sandboxclaims", claim) is None
     for name in (cold_name, claim):
         assert cluster.stored("secrets", name) is None
-    assert [w.method for w in cluster.api.writes() if w.method == "DELETE"] == []
+    assert [w.method for w in cluster.writes() if w.method == "DELETE"] == []
 
     again = await backends.start()
-    assert (await again.list_sandboxes(ListQuery(tenant=TENANT))).sandboxes == []
+    assert (await again.list_sandboxes(ListQuery(tenant=cluster.tenant))).sandboxes == []
 
 
-async def test_list_filters_and_pages(backend: KubernetesBackend) -> None:
-    made = await asyncio.gather(*(backend.create(spec(metadata={"n": str(i)})) for i in range(3)))
-    await backend.pause(made[2].sandbox_id, TENANT)
-    page = await backend.list_sandboxes(ListQuery(tenant=TENANT, page_size=2))
-    assert len(page.sandboxes) == 2 and page.next_page_token and page.total_running == 2
+async def test_list_filters_and_pages(cluster: Cluster, backend: KubernetesBackend) -> None:
+    tenant = cluster.tenant
+    made = await asyncio.gather(
+        *(backend.create(cluster.spec(metadata={"n": str(i)})) for i in range(2))
+    )
+    await backend.pause(made[1].sandbox_id, tenant)
+    page = await backend.list_sandboxes(ListQuery(tenant=tenant, page_size=1))
+    assert len(page.sandboxes) == 1 and page.next_page_token and page.total_running == 1
     rest = await backend.list_sandboxes(
-        ListQuery(tenant=TENANT, page_size=2, page_token=page.next_page_token)
+        ListQuery(tenant=tenant, page_size=1, page_token=page.next_page_token)
     )
     assert {s.sandbox_id for s in page.sandboxes + rest.sandboxes} == {s.sandbox_id for s in made}
     assert not rest.next_page_token
-    only = await backend.list_sandboxes(ListQuery(tenant=TENANT, metadata={"n": "1"}))
+    only = await backend.list_sandboxes(ListQuery(tenant=tenant, metadata={"n": "1"}))
     assert [s.sandbox_id for s in only.sandboxes] == [made[1].sandbox_id]
     running = await backend.list_sandboxes(
-        ListQuery(tenant=TENANT, states=frozenset({State.RUNNING}))
+        ListQuery(tenant=tenant, states=frozenset({State.RUNNING}))
     )
-    assert {s.sandbox_id for s in running.sandboxes} == {made[0].sandbox_id, made[1].sandbox_id}
-    assert (await backend.list_sandboxes(ListQuery(tenant=OTHER))).sandboxes == []
-    assert (await backend.list_sandboxes(ListQuery(tenant=TENANT, template="x"))).sandboxes == []
+    assert [s.sandbox_id for s in running.sandboxes] == [made[0].sandbox_id]
+    assert (await backend.list_sandboxes(ListQuery(tenant=cluster.other))).sandboxes == []
+    assert (await backend.list_sandboxes(ListQuery(tenant=tenant, template="x"))).sandboxes == []
     with pytest.raises(InvalidArgument, match="page token"):
-        await backend.list_sandboxes(ListQuery(tenant=TENANT, page_token="garbage"))
+        await backend.list_sandboxes(ListQuery(tenant=tenant, page_token="garbage"))
 
 
 async def test_watch_order_and_expiry(cluster: Cluster, backend: KubernetesBackend) -> None:
-    existing = await backend.create(spec())
+    existing = await backend.create(cluster.spec())
     stream = backend.watch()
-    first = await next_event(stream)
-    assert (first.type, first.sandbox) == (EventType.EXISTING, existing)
-    assert (await next_event(stream)).type is EventType.SYNCED
-    await backend.set_timeout(existing.sandbox_id, TENANT, 120)
+    snapshot = []
+    while (event := await next_event(stream)).type is EventType.EXISTING:
+        snapshot.append(event.sandbox)
+    assert event.type is EventType.SYNCED and existing in snapshot
+    await backend.set_timeout(existing.sandbox_id, cluster.tenant, 120)
     updated = await next_event(stream)
     assert (updated.type, updated.sandbox.sandbox_id) == (  # type: ignore[union-attr]
         EventType.UPDATED, existing.sandbox_id)  # fmt: skip
-    short = await backend.create(spec())
+    short = await backend.create(cluster.spec())
     created = await next_of(stream, short.sandbox_id)
     assert created.type is EventType.CREATED
-    await backend.set_timeout(short.sandbox_id, TENANT, 1)
+    await backend.set_timeout(short.sandbox_id, cluster.tenant, 1)
     assert (await next_of(stream, short.sandbox_id)).type is EventType.UPDATED
     expired = await next_of(stream, short.sandbox_id, skip=(EventType.UPDATED,))
     assert expired.type is EventType.EXPIRED
     assert expired.sandbox is not None and expired.sandbox.state is State.ENDED
     await cluster.until(lambda: not cluster.stored("sandboxes", name_of(short.sandbox_id)))
-    await backend.kill(existing.sandbox_id, TENANT)
+    await backend.kill(existing.sandbox_id, cluster.tenant)
     killed = await next_of(stream, existing.sandbox_id, skip=(EventType.UPDATED,))
     assert killed.type is EventType.KILLED
     revisions = [e.revision for e in (updated, created, expired, killed)]  # in order
@@ -259,25 +261,28 @@ class SteppedClock:
 
 
 async def test_an_external_deletion_is_killed_before_the_end_and_expired_after_it(
-    cluster: Cluster, backends: Backends
+    cluster: Cluster,
 ) -> None:
     clock = SteppedClock()
-    backend = await backends.start(clock)
-    early, late = await asyncio.gather(backend.create(spec()), backend.create(spec()))
+    backend = await cluster.backends.start(clock)
+    early, late = await asyncio.gather(
+        backend.create(cluster.spec()), backend.create(cluster.spec())
+    )
     stream = backend.watch()
     while (await next_event(stream)).type is not EventType.SYNCED:
         pass
-    cluster.api.delete("sandboxes", TENANT, name_of(early.sandbox_id))  # someone else's hand
+    # someone else's hand
+    cluster.api.delete("sandboxes", cluster.tenant, name_of(early.sandbox_id))
     killed = await next_of(stream, early.sandbox_id, skip=(EventType.UPDATED,))
     assert killed.type is EventType.KILLED
     assert killed.sandbox is not None and killed.sandbox.end_reason == "killed"
 
     clock.offset = 400.0  # past the 300 s end of `late`, as the controller would find it
-    cluster.api.delete("sandboxes", TENANT, name_of(late.sandbox_id))
+    cluster.api.delete("sandboxes", cluster.tenant, name_of(late.sandbox_id))
     expired = await next_of(stream, late.sandbox_id, skip=(EventType.UPDATED,))
     assert expired.type is EventType.EXPIRED
     assert expired.sandbox is not None and expired.sandbox.end_at == late.end_at
-    assert [w for w in cluster.api.writes() if w.method == "DELETE"] == []  # not ours
+    assert [w for w in cluster.writes() if w.method == "DELETE"] == []  # not ours
     await stream.aclose()  # type: ignore[attr-defined]
     await cluster.until(lambda: not cluster.names("pods"))
     for sandbox in (early, late):

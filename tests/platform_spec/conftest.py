@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -79,12 +80,24 @@ def find_spec(repo_root: Path) -> Path:
     return path
 
 
+def shared_absent() -> bool:
+    """No ../shared beside the clone at all: a user's own clone, where shared/specs/README.md
+    says spec-reading tests skip. CI lays ../shared out, so a missing spec there fails."""
+    return not (REPO_ROOT.parent / "shared").is_dir()
+
+
+def fail_or_skip(message: str) -> NoReturn:
+    if shared_absent():
+        pytest.skip(f"../shared is not beside the clone: {message}")
+    pytest.fail(message, pytrace=False)
+
+
 @pytest.fixture(scope="package")
 def spec_path() -> Path:
     try:
         return find_spec(REPO_ROOT)
     except SpecMissing as error:
-        pytest.fail(str(error), pytrace=False)
+        fail_or_skip(str(error))
 
 
 @pytest.fixture(scope="package")

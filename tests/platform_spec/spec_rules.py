@@ -127,6 +127,18 @@ SEMANTIC_400: dict[str, tuple[str, ...]] = {
         "Timeout must be greater than 0",
         _TOO_LONG,
         _NOT_AN_OBJECT,
+        # The spec's own description of autoPauseMemory: "cannot be combined with autoResume".
+        "autoResume cannot be combined",
+        # v1 only (v2 is always secure): E2B hands the traffic token to secured sandboxes.
+        "allowPublicTraffic: false requires a secure sandbox",
+        # What a process environment can hold, and the lifecycle's bounds on user maps
+        # (extproc/lifecycle/validation.py).
+        "invalid env var name",
+        "env var ",
+        "envVars too large",
+        "metadata has",
+        "metadata is",
+        "metadata keys must not be empty",
     ),
     "POST /sandboxes/{sandboxID}/resume": (_NOT_AN_OBJECT, _TOO_LONG),
     "POST /sandboxes/{sandboxID}/connect": (_TOO_LONG,),
@@ -226,7 +238,7 @@ def unknown_ids_are_not_found(
     """A well-formed request naming a sandbox id that is not live is 404, unless its body
     breaks a rule of SEMANTIC_400 (read before the sandbox is looked up, as E2B does)."""
 
-    def check(ctx: CheckContext, response: Response, case: Case) -> None:
+    def unknown_id_is_404(ctx: CheckContext, response: Response, case: Case) -> None:
         sandbox_id = (case.path_parameters or {}).get(SANDBOX_ID)
         if sandbox_id is None or sandbox_id in live or sandbox_id in DOT_SEGMENTS:
             return
@@ -236,4 +248,4 @@ def unknown_ids_are_not_found(
             f"sandbox id {sandbox_id!r} is not live: expected 404, got {response.status_code}"
         )
 
-    return check
+    return unknown_id_is_404

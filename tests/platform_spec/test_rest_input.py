@@ -144,6 +144,19 @@ def test_list_refuses_malformed_queries(query: str) -> None:
         rest_requests.list_request(query, "default", v2=True)
 
 
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        # An offset that takes the moment past Timestamp's range was an OverflowError, a 500.
+        ("9999-12-31T23:59:59-23:59", 253402300799),
+        ("0001-01-01T00:00:00%2B23:59", -62135596800),
+    ],
+)
+def test_list_clamps_moments_past_the_timestamp_range(value: str, seconds: int) -> None:
+    request = rest_requests.list_request(f"startedBefore={value}", "default", v2=True)
+    assert request.started_before.seconds == seconds
+
+
 def test_list_reads_rfc3339_and_an_empty_state_list() -> None:
     request = rest_requests.list_request(
         "startedAfter=2024-01-02t03:04:05.5z&state=", "default", v2=True
