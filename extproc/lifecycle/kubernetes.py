@@ -92,8 +92,20 @@ log = logging.getLogger(__name__)
 _NO_PRIVATE_TRAFFIC = (
     "network.allowPublicTraffic: false is not supported by the kubernetes backend yet"
 )
+# How long past its end a Create waits for the pod before it gives up (the controller's
+# deletion and the informers' news of it take a moment).
+_END_GRACE_S = 1.0
 _NO_TEMPLATE_WRITES = ("templates are CodeInterpreter resources in Kubernetes mode; create, "
                        "change or delete them with kubectl in the tenant's namespace")  # fmt: skip
+
+
+def _revision(obj: KubeObject) -> int:
+    """The resourceVersion as a number (etcd's revision, which grows with every write; a
+    server whose versions are not numbers gets 0, which disables the staleness check)."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _label_id(obj: KubeObject) -> str:
@@ -212,6 +224,8 @@ class KubernetesBackend:
         self.reaper = Reaper(clock, self._end_at_of, self._timed_out)
         self.picod = PicodClient(scheme=settings.picod_scheme, port=settings.picod_port)
         self._claims: dict[tuple[str, str], KubeObject] = {}
+        # id -> resourceVersion of our last write of its Sandbox, until the informer has it
+        self._written: dict[str, int] = {}
         self._interpreters: dict[tuple[str, str], KubeObject] = {}
         self._warned_unauthenticated: set[tuple[str, str]] = set()
         self.sandbox_informer: Informer | None = None
@@ -318,6 +332,14 @@ class KubernetesBackend:
             if sandbox_id not in self._crs:
                 self._ending.discard(sandbox_id)
             return
+        written = self._written.get(sandbox_id)
+        if written is not None:
+            cr = self._crs.get(sandbox_id)
+            if cr is not None and _revision(cr) < written:
+                # The informer has not yet seen our last write (a pod event came first): its
+                # view of the Sandbox is older than what we published, so it changes nothing.
+                return
+            del self._written[sandbox_id]
         old = self._sandboxes.get(sandbox_id)
         view = self._view(sandbox_id)
         if view is None:
@@ -430,8 +452,11 @@ class KubernetesBackend:
         created: list[tuple[Kind, str]] = []  # to roll back, in reverse
         phases = _Phases()
         self._creating.add(sandbox_id)
+        # The controller deletes the sandbox at its end (shutdownTime), pod ready or not: a
+        # Create still waiting then has nothing left to wait for.
+        wait_s = min(self.settings.ready_timeout_s, max(end_at - self.clock(), 0.0) + _END_GRACE_S)
         try:
-            async with asyncio.timeout(self.settings.ready_timeout_s):
+            async with asyncio.timeout(wait_s):
                 if warm:
                     claim = m.claim_object(ci, kinds, sandbox_id=sandbox_id, namespace=ns,
                                            end_at=shutdown_at)  # fmt: skip
@@ -463,6 +488,12 @@ class KubernetesBackend:
                 phases.mark("healthy")
         except TimeoutError:
             await self._roll_back(ns, sandbox_id, created)
+            if wait_s < self.settings.ready_timeout_s:
+                raise DeadlineExceeded(
+                    f"sandbox {sandbox_id} from template {spec.template!r} reached the end of "
+                    f"its {timeout_s} s timeout before its pod was Ready and picod answered; it "
+                    "was deleted (give it a longer timeout)"
+                ) from None
             raise DeadlineExceeded(
                 f"sandbox {sandbox_id} from template {spec.template!r} was not ready within "
                 f"{self.settings.ready_timeout_s:g} s (pod Ready with an IP, then picod's "
@@ -667,8 +698,9 @@ class KubernetesBackend:
         if not claim:
             spec.update(m.expiry(shutdown))
         try:
-            await self.api.patch(kinds.sandbox, sandbox.tenant, name,
-                                 {"metadata": {"annotations": notes}, "spec": spec})  # fmt: skip
+            patch = {"metadata": {"annotations": notes}, "spec": spec}
+            patched = await self.api.patch(kinds.sandbox, sandbox.tenant, name, patch)
+            self._written[sandbox.sandbox_id] = _revision(patched)
             if claim:
                 await self.api.patch(kinds.claim, sandbox.tenant, claim,
                                      {"spec": {"lifecycle": m.expiry(shutdown)}})  # fmt: skip

@@ -135,9 +135,6 @@ class KubernetesSettings:
     # "http"; tests point them at local stand-ins).
     picod_port: int = 49983
     picod_scheme: str = "http"
-    # Longest wait between reads of a SandboxClaim while waiting for the warm pool to bind
-    # it; the reads start 20 ms apart and back off to this (default 0.5).
-    claim_poll_s: float = 0.5
 
 
 @dataclass(frozen=True)

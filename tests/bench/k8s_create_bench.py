@@ -27,7 +27,7 @@ from _measure import pct
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from e2e_k8s.conftest import (  # noqa: E402
+from e2e_k8s.conftest import (
     CODE_INTERPRETER,
     TENANT,
     agentcube_identity,
@@ -36,7 +36,7 @@ from e2e_k8s.conftest import (  # noqa: E402
     start_cluster,
     stop_cluster,
 )
-from support.gateway import sdk_environment  # noqa: E402
+from support.gateway import sdk_environment
 
 CONTROLLER_DELAY_S = 0.05  # cluster.py's default
 

@@ -765,8 +765,9 @@ def cluster_process(directory: Path, *flags: str) -> Iterator[Cluster]:
     assert process.stdout is not None
     line = process.stdout.readline().decode().split()
     url = f"http://127.0.0.1:{line[1]}" if line[:1] == ["listening"] else ""
+    release = flags[flags.index("--agent-sandbox") + 1] if "--agent-sandbox" in flags else "0.4.6"
     running_cluster = Cluster(
-        url, write_kubeconfig(directory / "kubeconfig", url), root, log, process
+        url, write_kubeconfig(directory / "kubeconfig", url), root, log, process, release
     )
     try:
         assert url, log.read_text()[-4000:]

@@ -220,8 +220,11 @@ async def test_list_filters_and_order(lifecycle: Client) -> None:
     assert [s.sandbox_id for s in after.sandboxes] == [second.sandbox_id]
     before = await list_(pb.ListSandboxesRequest(tenant=TENANT, started_before=first.started_at))
     assert [s.sandbox_id for s in before.sandboxes] == [first.sandbox_id]
-    both = await list_(pb.ListSandboxesRequest(
-        tenant=TENANT, started_after=first.started_at, started_before=second.started_at))  # fmt: skip
+    both = await list_(
+        pb.ListSandboxesRequest(
+            tenant=TENANT, started_after=first.started_at, started_before=second.started_at
+        )
+    )
     assert {s.sandbox_id for s in both.sandboxes} == {first.sandbox_id, second.sandbox_id}
     by_template = await list_(pb.ListSandboxesRequest(tenant=TENANT, template_id="base"))
     assert len(by_template.sandboxes) == 2

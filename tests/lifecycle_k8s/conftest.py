@@ -1,9 +1,10 @@
 """The kubernetes backend in process, against the fake cluster of tests/e2e_k8s: the strict fake
 API (tests/support/kubeapi.py) with the CRDs of one agent-sandbox release and AgentCube's,
 agent-sandbox's and AgentCube's controllers as fakes, and a kubelet running a real picod per
-pod. Every test runs once per release (the module-scoped `release` is parametrized).
+pod. Every test runs once per release (the package-scoped `release` is parametrized).
 
-Sharing: one cluster and one lifecycle backend per module and release (`cluster`, `backend`);
+Sharing: one cluster and one lifecycle backend per release for the whole directory
+(`cluster`, `backend`; the tests run on the package's event loop for that);
 each test gets two namespaces of its own (`cluster.tenant`, `cluster.other`), each with the
 CodeInterpreter COLD, emptied after the test (the pods' picods stopped) and forgotten by the
 shared backend before the next test starts. Tests that change the cluster itself (stop its
@@ -227,7 +228,7 @@ class RecordingResources(Resources):
 
 def kube_settings(**overrides: Any) -> KubernetesSettings:
     values: dict[str, Any] = {"namespace": SYSTEM, "identity_namespace": AGENTCUBE,
-                              "ready_timeout_s": 10.0, "claim_poll_s": 0.02}  # fmt: skip
+                              "ready_timeout_s": 10.0}  # fmt: skip
     values.update(overrides)
     return KubernetesSettings(**values)
 
@@ -264,6 +265,17 @@ class Backends:
                 del self.started[index]
                 await _stop(backend, tasks)
                 return
+
+    async def stop_reaping(self, backend: KubernetesBackend) -> None:
+        """Stop `backend`'s own expiry (its reaper task), leaving the rest running."""
+        for started, tasks in self.started:
+            if started is backend:
+                for task in tasks:
+                    if task.get_name() == "lifecycle-reaper":
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                        return
+        raise AssertionError("no reaper task: was the backend started here?")
 
     async def stop_all(self) -> None:
         while self.started:
@@ -312,6 +324,11 @@ def free_pod_addresses() -> Iterator[str]:
             yield address
 
 
+# One sequence for every cluster of the run: a lone cluster's kubelet must not pick an
+# address the shared one has given a pod whose picod is not listening yet.
+POD_ADDRESSES = free_pod_addresses()
+
+
 @dataclass
 class Running:
     """One fake cluster and the backends started on it for its whole life."""
@@ -337,7 +354,7 @@ async def running_cluster(root: Path, release: str) -> AsyncIterator[Running]:
     async with served(setup) as api:
         fake = FakeCluster(api, settings)
         # The kubelet's own addresses (127.101.x.y) are those of the other suites' clusters.
-        fake.kubelet._addresses = free_pod_addresses()
+        fake.kubelet._addresses = POD_ADDRESSES
         fake.start()
         backends = Backends(api)
         try:
@@ -460,22 +477,22 @@ async def check_test(view: Cluster, refused_before: int, running: Running) -> No
     assert invalid_stored_objects(view.api) == []
 
 
-@pytest.fixture(scope="module", params=sorted(RELEASES), ids=lambda r: f"agent-sandbox-{r}")
+@pytest.fixture(scope="package", params=sorted(RELEASES), ids=lambda r: f"agent-sandbox-{r}")
 def release(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def running(release: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     async with running_cluster(tmp_path_factory.mktemp("cluster"), release) as started:
-        await started.backends.start()  # the module's lifecycle service
+        await started.backends.start()  # the lifecycle service every test shares
         yield started
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="package")
 async def cluster(running: Running) -> AsyncIterator[Cluster]:
-    """The module's cluster, seen through two namespaces of this test's own."""
+    """The shared cluster, seen through two namespaces of this test's own."""
     view = view_of(running)
     refused_before = len(running.backends.refused())
     try:
@@ -486,7 +503,7 @@ async def cluster(running: Running) -> AsyncIterator[Cluster]:
     await check_test(view, refused_before, running)
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="package")
 async def lone_cluster(release: str, tmp_path: Path) -> AsyncIterator[Cluster]:
     """A cluster of this test's own, with no lifecycle service running."""
     async with running_cluster(tmp_path / "pods", release) as started:
@@ -495,9 +512,9 @@ async def lone_cluster(release: str, tmp_path: Path) -> AsyncIterator[Cluster]:
         yield view
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="package")
 async def backend(cluster: Cluster, running: Running) -> KubernetesBackend:
-    """The module's lifecycle service."""
+    """The shared lifecycle service."""
     return running.backends.started[0][0]
 
 
@@ -528,7 +545,7 @@ async def fill_warm_pool(cluster: Cluster) -> str:
     return await cluster.until(ready_member)
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="package")
 async def warm_pool(cluster: Cluster) -> str:
     return await fill_warm_pool(cluster)
 

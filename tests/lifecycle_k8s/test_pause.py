@@ -6,6 +6,8 @@ paused it is not the one that resumes it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from extproc.lifecycle.sandboxes import Sandbox, State
 
 from .conftest import COLD, POOLED, WAIT_S, Cluster, name_of, picod_envs, picod_get
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 STATE = "e2b.agentcube.io/state"
 VALUE = "kept-across-the-pause"
@@ -49,35 +51,51 @@ async def check_resumed(cluster: Cluster, before: Sandbox, resumed: Sandbox) -> 
     assert other.status_code == 401
 
 
-async def test_pause_scales_down_and_resume_by_another_lifecycle_binds_again(
-    cluster: Cluster, warm_pool: str
+def notes_of(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return dict((obj or {}).get("metadata", {}).get("annotations") or {})
+
+
+async def seen_paused(backend: KubernetesBackend, where: str) -> None:
+    """Until the backend's informers show the Sandbox at `where` paused and its pod gone (a
+    connect before that may find the old pod kept, or meet the race below)."""
+    pods, sandboxes = backend.pod_informer, backend.sandbox_informer
+    assert pods is not None and sandboxes is not None
+    await asyncio.wait_for(pods.wait_for(lambda i: where not in i.store), WAIT_S)
+    paused = sandboxes.wait_for(lambda i: STATE in notes_of(i.store.get(where)))
+    await asyncio.wait_for(paused, WAIT_S)
+
+
+async def test_pause_scales_down_and_a_lifecycle_started_since_resumes_and_binds_again(
+    cluster: Cluster, backend: KubernetesBackend, warm_pool: str
 ) -> None:
-    backends = cluster.backends
-    first = await backends.start()
     made = await asyncio.gather(
-        first.create(cluster.spec(COLD, env_vars={"KEPT": VALUE})),
-        first.create(cluster.spec(POOLED, env_vars={"KEPT": VALUE})),
+        backend.create(cluster.spec(COLD, env_vars={"KEPT": VALUE})),
+        backend.create(cluster.spec(POOLED, env_vars={"KEPT": VALUE})),
     )
     pods = {s.sandbox_id: cluster.stored("pods", serving_name(cluster, s)) for s in made}
     for sandbox in made:
-        paused = await first.pause(sandbox.sandbox_id, cluster.tenant)
+        paused = await backend.pause(sandbox.sandbox_id, cluster.tenant)
         assert (paused.state, paused.endpoint_host) == (State.PAUSED, "")
         check_paused(cluster, sandbox)
-    names = [serving_name(cluster, s) for s in made]
-    await cluster.until(lambda: not any(cluster.stored("pods", name) for name in names))
+    for sandbox in made:
+        await seen_paused(backend, f"{cluster.tenant}/{serving_name(cluster, sandbox)}")
     sid = made[0].sandbox_id
     with pytest.raises(Conflict, match="already paused"):
-        await first.pause(sid, cluster.tenant)
+        await backend.pause(sid, cluster.tenant)
     with pytest.raises(Conflict, match="paused"):
-        await first.set_timeout(sid, cluster.tenant, 60)
+        await backend.set_timeout(sid, cluster.tenant, 60)
 
-    await backends.stop(first)  # the lifecycle service restarts: it knows no envVars now
-    second = await backends.start()
+    # A lifecycle service started since (a restart, another replica) knows no envVars.
+    # Resume, or Connect (which resumes a paused sandbox).
+    later = await cluster.backends.start()
     for sandbox in made:
-        assert (await second.get(sandbox.sandbox_id, cluster.tenant)).state is State.PAUSED
-    resumed = await asyncio.gather(
-        *(second.resume(s.sandbox_id, cluster.tenant, 120) for s in made)
+        assert (await later.get(sandbox.sandbox_id, cluster.tenant)).state is State.PAUSED
+    (cold, connected), warm = await asyncio.gather(
+        later.connect(made[0].sandbox_id, cluster.tenant, 120),
+        later.resume(made[1].sandbox_id, cluster.tenant, 120),
     )
+    assert connected
+    resumed = [cold, warm]
     for before, after in zip(made, resumed, strict=True):
         await check_resumed(cluster, before, after)
         pod = cluster.stored("pods", serving_name(cluster, before))
@@ -85,20 +103,32 @@ async def test_pause_scales_down_and_resume_by_another_lifecycle_binds_again(
         assert pod is not None and old is not None
         assert pod["metadata"]["uid"] != old["metadata"]["uid"]
     with pytest.raises(Conflict, match="not paused"):
-        await second.resume(sid, cluster.tenant, None)
+        await later.resume(sid, cluster.tenant, None)
+    again, connected = await later.connect(sid, cluster.tenant, 60)
+    assert not connected and again.endpoint_host == cold.endpoint_host
 
 
-async def test_connect_resumes_a_paused_sandbox(
-    cluster: Cluster, backend: KubernetesBackend
+async def test_a_paused_sandbox_stays_paused_when_its_pods_deletion_is_seen_first(
+    lone_cluster: Cluster,
 ) -> None:
-    sandbox = await backend.create(cluster.spec(env_vars={"KEPT": VALUE}))
-    await backend.pause(sandbox.sandbox_id, cluster.tenant)
-    # Its pod is gone, as the lifecycle sees it (a connect at once may find the old pod kept)
-    pods, where = backend.pod_informer, f"{cluster.tenant}/{name_of(sandbox.sandbox_id)}"
-    assert pods is not None
+    """The lifecycle reads Sandboxes and pods through two watches, so the pod's deletion (the
+    controller acting on the pause) may reach it before the Sandbox's own change does. That
+    older Sandbox must not undo the pause the lifecycle itself just wrote."""
+    cluster = lone_cluster
+    backend = await cluster.backends.start()
+    sandbox = await backend.create(cluster.spec())
+    sid, tenant = sandbox.sandbox_id, cluster.tenant
+    where = f"{tenant}/{name_of(sid)}"
+    pods, sandboxes = backend.pod_informer, backend.sandbox_informer
+    assert pods is not None and sandboxes is not None
+
+    cluster.api.hold_watches("sandboxes")  # the Sandbox watch lags behind the pod watch
+    await backend.pause(sid, tenant)
     await asyncio.wait_for(pods.wait_for(lambda i: where not in i.store), WAIT_S)
-    connected, resumed = await backend.connect(sandbox.sandbox_id, cluster.tenant, 60)
-    assert resumed
-    await check_resumed(cluster, sandbox, connected)
-    again, resumed = await backend.connect(sandbox.sandbox_id, cluster.tenant, 60)
-    assert not resumed and again.endpoint_host == connected.endpoint_host
+    assert (await backend.get(sid, tenant)).state is State.PAUSED
+
+    cluster.api.end_watches("sandboxes")  # it catches up
+    await seen_paused(backend, where)
+    assert (await backend.get(sid, tenant)).state is State.PAUSED
+    connected, resumed = await backend.connect(sid, tenant, 60)
+    assert resumed and connected.state is State.RUNNING

@@ -13,7 +13,7 @@ from extproc.core.errors import DeadlineExceeded, DomainError, Unavailable
 
 from .conftest import COLD, POOLED, Cluster
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 
 def leftovers(cluster: Cluster) -> dict[str, set[str]]:
@@ -38,11 +38,11 @@ async def test_a_pod_that_never_becomes_ready_is_rolled_back(lone_cluster: Clust
         broken["spec"]["template"]["args"] = ["--no-such-flag"]
         cluster.api.put("codeinterpreters", broken)
     await cluster.until(lambda: cluster.stored("sandboxwarmpools", "broken-pool"))
-    backend = await cluster.backends.start(ready_timeout_s=1.5)
+    backend = await cluster.backends.start(ready_timeout_s=0.8)
     for template, made in (("broken", ["secrets", "sandboxes"]),
                            ("broken-pool", ["sandboxclaims", "secrets"])):  # fmt: skip
         start = len(cluster.api.log)
-        with pytest.raises(DeadlineExceeded, match=r"not ready within 1.5 s .* it was deleted"):
+        with pytest.raises(DeadlineExceeded, match=r"not ready within 0.8 s .* it was deleted"):
             await backend.create(cluster.spec(template, env_vars={"A": "b"}))
         writes = [w for w in cluster.api.log[start:] if w.method in ("POST", "DELETE")]
         assert [w.plural for w in writes if w.method == "POST"] == made
@@ -55,7 +55,7 @@ async def test_a_picod_that_never_answers_is_rolled_back(cluster: Cluster) -> No
     with socket.socket() as closed:  # a port nothing listens on: the pod is Ready, picod is not
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    backend = await cluster.backends.start(ready_timeout_s=1.5, picod_port=port)
+    backend = await cluster.backends.start(ready_timeout_s=0.8, picod_port=port)
     with pytest.raises(DeadlineExceeded):
         await backend.create(cluster.spec())
     assert [w.method for w in cluster.writes("sandboxes")] == ["POST", "DELETE"]

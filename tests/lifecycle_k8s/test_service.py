@@ -34,7 +34,7 @@ from .conftest import (
     unstrict_writes,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 
 async def test_start_up_discovers_the_version_and_needs_agentcubes_identity(
@@ -152,6 +152,8 @@ async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
         await expect(templates.DeleteTemplate(pb.DeleteTemplateRequest(
             tenant=tenant, template_id=COLD)), grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
 
+        await expect(stub.ResumeSandbox(pb.ResumeSandboxRequest(tenant=tenant, sandbox_id=sid)),
+                     grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
         paused = await stub.PauseSandbox(pb.PauseSandboxRequest(tenant=tenant, sandbox_id=sid))
         assert paused.sandbox.state == pb.SANDBOX_STATE_PAUSED
         await expect(stub.PauseSandbox(pb.PauseSandboxRequest(tenant=tenant, sandbox_id=sid)),
@@ -159,10 +161,6 @@ async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
         await expect(stub.SetSandboxTimeout(pb.SetSandboxTimeoutRequest(
             tenant=tenant, sandbox_id=sid, timeout_seconds=30)),
             grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
-        connected = await stub.ConnectSandbox(pb.ConnectSandboxRequest(
-            tenant=tenant, sandbox_id=sid, timeout_seconds=60))  # fmt: skip
-        assert connected.resumed and connected.sandbox.state == pb.SANDBOX_STATE_RUNNING
-
         await stub.KillSandbox(pb.KillSandboxRequest(tenant=tenant, sandbox_id=sid))
         await expect(stub.KillSandbox(pb.KillSandboxRequest(tenant=tenant, sandbox_id=sid)),
                      not_found)  # fmt: skip

@@ -17,7 +17,7 @@ from support.kubeapi import Obj
 
 from .conftest import WAIT_S, Cluster, is_ready, name_of
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 
 ID_LABEL = "e2b.agentcube.io/sandbox-id"

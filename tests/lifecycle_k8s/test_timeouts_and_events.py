@@ -14,9 +14,9 @@ from extproc.core.errors import InvalidArgument, NotFound
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import Event, EventType, ListQuery, OnTimeout, Sandbox, State
 
-from .conftest import COLD, POOLED, Cluster, fill_warm_pool, name_of
+from .conftest import COLD, POOLED, Cluster, fill_warm_pool, name_of, warm_members
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 END_AT = "e2b.agentcube.io/end-at"
 
@@ -39,6 +39,17 @@ async def next_of(
         about = event.sandbox is not None and event.sandbox.sandbox_id == sandbox_id
         if about and event.type not in skip:
             return event
+
+
+async def ends_of(stream: AsyncIterator[Event], sandbox_ids: set[str]) -> dict[str, Event]:
+    """The first event other than UPDATED about each of `sandbox_ids`, in any order."""
+    ends: dict[str, Event] = {}
+    while set(ends) != sandbox_ids:
+        event = await next_event(stream)
+        about = event.sandbox.sandbox_id if event.sandbox is not None else ""
+        if about in sandbox_ids - set(ends) and event.type is not EventType.UPDATED:
+            ends[about] = event
+    return ends
 
 
 def bound_name(cluster: Cluster, sandbox: Sandbox) -> str:
@@ -144,13 +155,19 @@ async def test_a_sandbox_that_pauses_on_timeout_has_no_deletion_time_and_is_paus
     while (await next_event(stream)).type is not EventType.SYNCED:
         pass
     cold, warm = await asyncio.gather(
-        backend.create(cluster.spec(COLD, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
-        backend.create(cluster.spec(POOLED, timeout_s=2, on_timeout=OnTimeout.PAUSE)),
+        backend.create(cluster.spec(COLD, on_timeout=OnTimeout.PAUSE)),
+        backend.create(cluster.spec(POOLED, on_timeout=OnTimeout.PAUSE)),
     )
     (post,) = [w for w in cluster.writes("sandboxes") if w.method == "POST"]
     assert "shutdownTime" not in post.body["spec"]
     claim = cluster.stored("sandboxclaims", name_of(warm.sandbox_id))
     assert claim is not None and "shutdownTime" not in claim["spec"].get("lifecycle", {})
+    for sandbox in (cold, warm):  # no deletion time when the end moves either
+        await backend.set_timeout(sandbox.sandbox_id, cluster.tenant, 1)
+    claim = cluster.stored("sandboxclaims", name_of(warm.sandbox_id))
+    assert claim is not None and "shutdownTime" not in claim["spec"].get("lifecycle", {})
+    cr = cluster.stored("sandboxes", name_of(cold.sandbox_id))
+    assert cr is not None and "shutdownTime" not in cr["spec"]
     waiting = {cold.sandbox_id, warm.sandbox_id}
     while waiting:  # each is paused by the lifecycle at its end
         event = await next_event(stream)
@@ -172,29 +189,48 @@ async def test_a_sandbox_that_pauses_on_timeout_has_no_deletion_time_and_is_paus
     await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def test_the_controllers_delete_expired_sandboxes_while_the_lifecycle_is_stopped(
+async def test_the_controllers_expire_sandboxes_the_lifecycle_does_not_and_it_tells_who_ended_them(
     lone_cluster: Cluster,
 ) -> None:
+    """With the lifecycle's own expiry stopped, agent-sandbox's controllers delete a cold
+    sandbox (its Sandbox's shutdownTime) and a warm one (its claim's lifecycle) at their end,
+    and the garbage collector takes their pods and Secrets. The lifecycle, which only
+    watched, reports them EXPIRED; a sandbox deleted by someone else before its end, KILLED."""
     cluster, backends = lone_cluster, lone_cluster.backends
     warm_pool = await fill_warm_pool(cluster)
     backend = await backends.start()
-    cold, warm = await asyncio.gather(
-        backend.create(cluster.spec(COLD)), backend.create(cluster.spec(POOLED))
+    cold, warm, early = await asyncio.gather(
+        backend.create(cluster.spec(COLD)),
+        backend.create(cluster.spec(POOLED)),
+        backend.create(cluster.spec(COLD)),
     )
+    await backends.stop_reaping(backend)  # from here on the lifecycle deletes nothing itself
+    stream = backend.watch()
+    while (await next_event(stream)).type is not EventType.SYNCED:
+        pass
+
+    # someone else's hand, long before the end
+    cluster.api.delete("sandboxes", cluster.tenant, name_of(early.sandbox_id))
+    killed = await next_of(stream, early.sandbox_id, skip=(EventType.UPDATED,))
+    assert killed.type is EventType.KILLED
+    assert killed.sandbox is not None and killed.sandbox.end_reason == "killed"
+
     for sandbox in (cold, warm):
         await backend.set_timeout(sandbox.sandbox_id, cluster.tenant, 1)
-    await backends.stop(backend)
+    ended = await ends_of(stream, {cold.sandbox_id, warm.sandbox_id})
+    assert {e.type for e in ended.values()} == {EventType.EXPIRED}
+    assert {e.sandbox.end_reason for e in ended.values() if e.sandbox} == {"expired"}
     cold_name, claim = name_of(cold.sandbox_id), name_of(warm.sandbox_id)
-    await cluster.until(lambda: not cluster.stored("sandboxes", cold_name))
-    await cluster.until(lambda: not cluster.stored("sandboxes", warm_pool))
-    await cluster.until(lambda: not cluster.stored("pods", cold_name))
+    assert cluster.stored("sandboxes", cold_name) is None
     assert cluster.stored("sandboxclaims", claim) is None
-    for name in (cold_name, claim):
+    await cluster.until(lambda: not cluster.stored("sandboxes", warm_pool))
+    await cluster.until(
+        lambda: not cluster.names("pods") - {m["metadata"]["name"] for m in warm_members(cluster)}
+    )
+    for name in (cold_name, claim, name_of(early.sandbox_id)):
         assert cluster.stored("secrets", name) is None
-    assert [w.method for w in cluster.writes() if w.method == "DELETE"] == []
-
-    again = await backends.start()
-    assert (await again.list_sandboxes(ListQuery(tenant=cluster.tenant))).sandboxes == []
+    assert [w for w in cluster.writes() if w.method == "DELETE"] == []  # none was the lifecycle's
+    await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def test_list_filters_and_pages(cluster: Cluster, backend: KubernetesBackend) -> None:
@@ -230,9 +266,9 @@ async def test_watch_order_and_expiry(cluster: Cluster, backend: KubernetesBacke
         snapshot.append(event.sandbox)
     assert event.type is EventType.SYNCED and existing in snapshot
     await backend.set_timeout(existing.sandbox_id, cluster.tenant, 120)
-    updated = await next_event(stream)
-    assert (updated.type, updated.sandbox.sandbox_id) == (  # type: ignore[union-attr]
-        EventType.UPDATED, existing.sandbox_id)  # fmt: skip
+    updated = await next_of(stream, existing.sandbox_id)
+    assert updated.type is EventType.UPDATED
+    assert updated.sandbox is not None and updated.sandbox.end_at <= time.time() + 120
     short = await backend.create(cluster.spec())
     created = await next_of(stream, short.sandbox_id)
     assert created.type is EventType.CREATED
@@ -248,42 +284,3 @@ async def test_watch_order_and_expiry(cluster: Cluster, backend: KubernetesBacke
     revisions = [e.revision for e in (updated, created, expired, killed)]  # in order
     assert revisions == sorted(revisions) and len(set(revisions)) == 4
     await stream.aclose()  # type: ignore[attr-defined]
-
-
-class SteppedClock:
-    """Wall time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-async def test_an_external_deletion_is_killed_before_the_end_and_expired_after_it(
-    cluster: Cluster,
-) -> None:
-    clock = SteppedClock()
-    backend = await cluster.backends.start(clock)
-    early, late = await asyncio.gather(
-        backend.create(cluster.spec()), backend.create(cluster.spec())
-    )
-    stream = backend.watch()
-    while (await next_event(stream)).type is not EventType.SYNCED:
-        pass
-    # someone else's hand
-    cluster.api.delete("sandboxes", cluster.tenant, name_of(early.sandbox_id))
-    killed = await next_of(stream, early.sandbox_id, skip=(EventType.UPDATED,))
-    assert killed.type is EventType.KILLED
-    assert killed.sandbox is not None and killed.sandbox.end_reason == "killed"
-
-    clock.offset = 400.0  # past the 300 s end of `late`, as the controller would find it
-    cluster.api.delete("sandboxes", cluster.tenant, name_of(late.sandbox_id))
-    expired = await next_of(stream, late.sandbox_id, skip=(EventType.UPDATED,))
-    assert expired.type is EventType.EXPIRED
-    assert expired.sandbox is not None and expired.sandbox.end_at == late.end_at
-    assert [w for w in cluster.writes() if w.method == "DELETE"] == []  # not ours
-    await stream.aclose()  # type: ignore[attr-defined]
-    await cluster.until(lambda: not cluster.names("pods"))
-    for sandbox in (early, late):
-        assert cluster.stored("secrets", name_of(sandbox.sandbox_id)) is None
