@@ -69,7 +69,7 @@ AGENTCUBE = "agentcube"  # AgentCube's namespace: its router identity Secret
 IDENTITY_SECRET = "picod-router-identity"
 COLD = "base"  # a CodeInterpreter without a warm pool, in both namespaces of every test
 POOLED = "pooled"  # one with a warm pool of one (`warm_pool`, `fill_warm_pool`)
-WAIT_S = 15.0
+WAIT_S = 30.0  # the longest wait for anything; generous, for a loaded machine
 FAST = InformerSettings(
     watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
 )
@@ -228,7 +228,7 @@ class RecordingResources(Resources):
 
 def kube_settings(**overrides: Any) -> KubernetesSettings:
     values: dict[str, Any] = {"namespace": SYSTEM, "identity_namespace": AGENTCUBE,
-                              "ready_timeout_s": 10.0}  # fmt: skip
+                              "ready_timeout_s": 20.0}  # fmt: skip
     values.update(overrides)
     return KubernetesSettings(**values)
 
@@ -414,9 +414,11 @@ class Cluster:
             if isinstance(controller, WarmPoolController):
                 await controller.stop()
 
-    async def until(self, predicate: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
+    async def until(
+        self, predicate: Callable[[], T | None], what: str = "", timeout_s: float = WAIT_S
+    ) -> T:
         """The first true value of `predicate`, checked after every change of the API (and
-        every 0.1 s, for what the kubelet keeps to itself)."""
+        every 0.1 s, for what the kubelet keeps to itself); `what` names it in the failure."""
         changed = asyncio.Event()
 
         def listener(*_: object) -> None:
@@ -431,7 +433,7 @@ class Cluster:
                 if result := predicate():
                     return result
                 if loop.time() > deadline:
-                    raise AssertionError(f"not true within {timeout_s} s")
+                    raise AssertionError(f"not true within {timeout_s} s: {what or predicate}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), 0.1)
         finally:
@@ -446,7 +448,9 @@ class Cluster:
                 if key in self.api.objects[plural]:  # not collected with its owner yet
                     self.api.delete(plural, *key)
         kubelet = self.fake.kubelet
-        await self.until(lambda: not any(ns in namespaces for ns, _ in kubelet.pods))
+        await self.until(
+            lambda: not any(ns in namespaces for ns, _ in kubelet.pods), "the test's pods stopped"
+        )
         if shared is not None:
             for namespace in namespaces:
                 query = ListQuery(tenant=namespace, states=ALL_STATES)
@@ -542,7 +546,7 @@ async def fill_warm_pool(cluster: Cluster) -> str:
         members = [m for m in warm_members(cluster) if is_ready(m)]
         return str(members[0]["metadata"]["name"]) if members else None
 
-    return await cluster.until(ready_member)
+    return await cluster.until(ready_member, "a Ready warm-pool sandbox")
 
 
 @pytest_asyncio.fixture(loop_scope="package")

@@ -14,7 +14,7 @@ from extproc.core.errors import InvalidArgument, NotFound
 from extproc.lifecycle.kubernetes import KubernetesBackend
 from extproc.lifecycle.sandboxes import Event, EventType, ListQuery, OnTimeout, Sandbox, State
 
-from .conftest import COLD, POOLED, Cluster, fill_warm_pool, name_of, warm_members
+from .conftest import COLD, POOLED, WAIT_S, Cluster, fill_warm_pool, name_of, warm_members
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -25,7 +25,7 @@ def rfc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-async def next_event(stream: AsyncIterator[Event], timeout_s: float = 10.0) -> Event:
+async def next_event(stream: AsyncIterator[Event], timeout_s: float = WAIT_S) -> Event:
     return await asyncio.wait_for(anext(stream), timeout_s)
 
 
