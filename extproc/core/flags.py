@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from extproc.core.api_keys import validate_namespace
+from extproc.core.errors import InvalidArgument
 
 # No run-time `typing` import (~3 ms) before picod's own imports need it; type checkers
 # take this name as True.
@@ -179,3 +183,21 @@ def grpc_address(text: str, flag: str, *, optional: bool = False) -> str:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{flag}: expected unix:/PATH or HOST:PORT, got {text!r}")
     return text
+
+
+def namespace_arg(args: argparse.Namespace, dest: str) -> str:
+    """A Kubernetes namespace flag, checked as the API server checks one."""
+    try:
+        return validate_namespace(str(getattr(args, dest)))
+    except InvalidArgument as error:
+        raise ValueError(f"--{dest.replace('_', '-')}: {error.message}") from error
+
+
+def secret_name_arg(args: argparse.Namespace, dest: str, *, optional: bool = False) -> str:
+    """A Secret's name flag (a DNS subdomain); '' only when `optional`."""
+    name = str(getattr(args, dest))
+    if optional and not name:
+        return name
+    if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
+        raise ValueError(f"--{dest.replace('_', '-')}: expected a Secret name, got {name!r}")
+    return name

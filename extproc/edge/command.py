@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,10 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from extproc.core.api_keys import validate_namespace
 from extproc.core.caller_token import read_token_file
-from extproc.core.errors import DomainError, InvalidArgument
-from extproc.core.flags import EnvDefaults, grpc_address, number_arg
+from extproc.core.errors import DomainError
+from extproc.core.flags import (
+    EnvDefaults,
+    grpc_address,
+    namespace_arg,
+    number_arg,
+    secret_name_arg,
+)
 from extproc.core.identity import TlsIdentity
 from extproc.edge.settings import (
     DirectorySettings,
@@ -267,7 +271,7 @@ def _kubernetes_settings(args: argparse.Namespace) -> KubernetesSettings:
         if getattr(args, dest) not in allowed:  # reachable through the environment variable
             flag = "--" + dest.replace("_", "-")
             raise ValueError(f"{flag}: expected one of {', '.join(allowed)}")
-    namespace = _namespace(args, "keys_namespace")
+    namespace = namespace_arg(args, "keys_namespace")
     defaults = KubernetesSettings()
     miss_wait = number_arg(args, "miss_wait", 0)
     if miss_wait >= 0.25:
@@ -278,30 +282,15 @@ def _kubernetes_settings(args: argparse.Namespace) -> KubernetesSettings:
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         keys=replace(defaults.keys, namespace=namespace),
         miss_wait_s=miss_wait,
-        namespace=_namespace(args, "namespace"),
-        identity_namespace=_namespace(args, "identity_namespace"),
-        identity_secret=_secret_name(args, "identity_secret"),
-        lifecycle_tls_secret=_secret_name(args, "lifecycle_tls_secret", optional=True),
-        proof_secret=_secret_name(args, "proof_secret"),
+        namespace=namespace_arg(args, "namespace"),
+        identity_namespace=namespace_arg(args, "identity_namespace"),
+        identity_secret=secret_name_arg(args, "identity_secret"),
+        lifecycle_tls_secret=secret_name_arg(args, "lifecycle_tls_secret", optional=True),
+        proof_secret=secret_name_arg(args, "proof_secret"),
         secret_wait_s=number_arg(args, "secret_wait", 0),
     )
 
 
-def _namespace(args: argparse.Namespace, dest: str) -> str:
-    try:
-        return validate_namespace(str(getattr(args, dest)))
-    except InvalidArgument as error:
-        raise ValueError(f"--{dest.replace('_', '-')}: {error.message}") from error
-
-
-def _secret_name(args: argparse.Namespace, dest: str, *, optional: bool = False) -> str:
-    """A Secret's name (a DNS subdomain); '' only when `optional`."""
-    name = str(getattr(args, dest))
-    if optional and not name:
-        return name
-    if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
-        raise ValueError(f"--{dest.replace('_', '-')}: expected a Secret name, got {name!r}")
-    return name
 
 
 def _tls_from_directory(directory: str | None) -> TlsIdentity | None:

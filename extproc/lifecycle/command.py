@@ -8,21 +8,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
 
-from extproc.core.api_keys import validate_namespace
 from extproc.core.caller_token import read_token_file
-from extproc.core.errors import DomainError, InvalidArgument
+from extproc.core.errors import DomainError
 from extproc.core.flags import (
     FALSE_WORDS,
     TRUE_WORDS,
     EnvDefaults,
     grpc_address,
     integer_arg,
+    namespace_arg,
     number_arg,
+    secret_name_arg,
 )
 from extproc.lifecycle.settings import (
     KubernetesSettings,
@@ -178,21 +178,6 @@ def _egress(raw: str) -> str:
     raise ValueError(f"--egress: expected pasta, none or netns:NAME, got {raw!r}")
 
 
-def _namespace(args: argparse.Namespace, dest: str) -> str:
-    try:
-        return validate_namespace(str(getattr(args, dest)))
-    except InvalidArgument as error:
-        raise ValueError(f"--{dest.replace('_', '-')}: {error.message}") from error
-
-
-def _secret_name(args: argparse.Namespace, dest: str, *, optional: bool = False) -> str:
-    """A Secret's name (a DNS subdomain); '' only when `optional`."""
-    name = str(getattr(args, dest))
-    if optional and not name:
-        return name
-    if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
-        raise ValueError(f"--{dest.replace('_', '-')}: expected a Secret name, got {name!r}")
-    return name
 
 
 def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
@@ -234,13 +219,13 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         raise ValueError(f"--agent-sandbox-version: expected one of "
                          f"{', '.join(AGENT_SANDBOX_VERSIONS)}, got {args.agent_sandbox_version!r}")
     kubernetes = KubernetesSettings(
-        namespace=_namespace(args, "namespace"),
-        identity_namespace=_namespace(args, "identity_namespace"),
-        identity_secret=_secret_name(args, "identity_secret"),
+        namespace=namespace_arg(args, "namespace"),
+        identity_namespace=namespace_arg(args, "identity_namespace"),
+        identity_secret=secret_name_arg(args, "identity_secret"),
         create_identity=bool(args.create_identity),
-        seed_secret=_secret_name(args, "seed_secret"),
-        proof_secret=_secret_name(args, "proof_secret"),
-        lifecycle_tls_secret=_secret_name(args, "lifecycle_tls_secret", optional=True),
+        seed_secret=secret_name_arg(args, "seed_secret"),
+        proof_secret=secret_name_arg(args, "proof_secret"),
+        lifecycle_tls_secret=secret_name_arg(args, "lifecycle_tls_secret", optional=True),
         agent_sandbox_version=str(args.agent_sandbox_version),
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         context=args.context or None,
