@@ -73,7 +73,8 @@ async def test_copies_of_a_sandbox_change_nothing_for_the_victim(
         assert informer is not None
         await asyncio.wait_for(informer.wait_for(lambda i: keys <= set(i.store)), WAIT_S)
 
-    assert await backend.get(sid, cluster.tenant) == victim
+    got = await backend.get(sid, cluster.tenant)
+    assert got == victim, cluster.stored("pods", name_of(sid))
     with pytest.raises(NotFound):
         await backend.get(sid, cluster.other)
     page = await backend.list_sandboxes(ListQuery(tenant=cluster.tenant))
@@ -86,10 +87,15 @@ async def test_copies_of_a_sandbox_change_nothing_for_the_victim(
     sandboxes = backend.sandbox_informer
     assert sandboxes is not None
     await asyncio.wait_for(sandboxes.wait_for(lambda i: not keys & set(i.store)), WAIT_S)
-    assert await backend.get(sid, cluster.tenant) == victim
-    # ... and the victim's own end is reported once, as its own: nothing came before it
+    got = await backend.get(sid, cluster.tenant)
+    assert got == victim, cluster.stored("pods", name_of(sid))
+    # ... and the victim's own end is reported, as its own: nothing was published about the
+    # copies (its pod's deletion may be seen before the Sandbox's, as a change of it)
     await backend.kill(sid, cluster.tenant)
     killed = await asyncio.wait_for(anext(stream), WAIT_S)
+    while killed.type is EventType.UPDATED and killed.sandbox is not None:
+        assert (killed.sandbox.sandbox_id, killed.sandbox.tenant) == (sid, cluster.tenant)
+        killed = await asyncio.wait_for(anext(stream), WAIT_S)
     assert killed.type is EventType.KILLED and killed.sandbox is not None
     assert (killed.sandbox.sandbox_id, killed.sandbox.tenant) == (sid, cluster.tenant)
     await stream.aclose()  # type: ignore[attr-defined]

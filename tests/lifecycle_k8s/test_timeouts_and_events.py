@@ -215,8 +215,10 @@ async def test_the_controllers_expire_sandboxes_the_lifecycle_does_not_and_it_te
     assert killed.type is EventType.KILLED
     assert killed.sandbox is not None and killed.sandbox.end_reason == "killed"
 
+    # 2 s, not 1: the end is whole seconds, and a controller deleting the Sandbox before
+    # the lifecycle has the answer to its own patch makes that patch's sandbox unknown
     for sandbox in (cold, warm):
-        await backend.set_timeout(sandbox.sandbox_id, cluster.tenant, 1)
+        await backend.set_timeout(sandbox.sandbox_id, cluster.tenant, 2)
     ended = await ends_of(stream, {cold.sandbox_id, warm.sandbox_id})
     assert {e.type for e in ended.values()} == {EventType.EXPIRED}
     assert {e.sandbox.end_reason for e in ended.values() if e.sandbox} == {"expired"}
@@ -272,7 +274,7 @@ async def test_watch_order_and_expiry(cluster: Cluster, backend: KubernetesBacke
     short = await backend.create(cluster.spec())
     created = await next_of(stream, short.sandbox_id)
     assert created.type is EventType.CREATED
-    await backend.set_timeout(short.sandbox_id, cluster.tenant, 1)
+    await backend.set_timeout(short.sandbox_id, cluster.tenant, 2)  # 2, not 1: as above
     assert (await next_of(stream, short.sandbox_id)).type is EventType.UPDATED
     expired = await next_of(stream, short.sandbox_id, skip=(EventType.UPDATED,))
     assert expired.type is EventType.EXPIRED
