@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api
 
 from extproc.k8s.client import api_client
 from support.gateway import CLI, envoy_argv, sdk_environment
@@ -261,18 +261,9 @@ def kube(cluster: Cluster) -> Iterator[ApiClient]:
 
 
 def get_sandbox_cr(kube: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    from kubernetes.client.exceptions import ApiException
+    from e2e_k8s.objects_api import SANDBOXES, get_object
 
-    try:
-        obj = CustomObjectsApi(kube).get_namespaced_custom_object(
-            *SANDBOX_API[:2], namespace, SANDBOX_API[2], name
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    assert isinstance(obj, dict)
-    return obj
+    return get_object(kube, SANDBOXES, namespace, name)
 
 
 def pod_ip(kube: ApiClient, namespace: str, name: str) -> str | None:
