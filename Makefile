@@ -32,13 +32,15 @@ host-packages:
 	sh packaging/install-host-packages
 
 # Building needs root, as sandbox isolation does; as another user the tests that need the
-# base skip and say so.
+# base skip and say so. The code interpreter's data stack (numpy, pandas, ...; a layer of
+# its own, extproc/lifecycle/data_stack.py) is built beside it, as any user.
 rootfs: $(VENV)/.installed host-packages
 	@if [ "$$(id -u)" = 0 ]; then \
 	  $(VENV)/bin/agentcube-e2b rootfs build --cache-dir $(ROOTFS_CACHE); \
 	else \
 	  echo "not root: not building the base rootfs (sandbox isolation needs root)"; \
 	fi
+	$(PY) -m extproc.lifecycle.data_stack build --cache-dir $(ROOTFS_CACHE)
 
 # The E2B SDK version matrix (tests/sdk_matrix): a venv or npm prefix per SDK release, each
 # installed from its committed lock into .cache/sdk-matrix/; unchanged locks install nothing.

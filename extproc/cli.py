@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "build the base root filesystem of local sandboxes",
     ),
     "up": ("extproc.up", "run the whole gateway on this machine with local sandboxes"),
+    "loadtest": (
+        "extproc.loadtest.command",
+        "load a running gateway with E2B clients and report from Envoy's admin stats",
+    ),
 }
 
 

@@ -2,7 +2,8 @@
 
 Each child runs in its own session and process group, so that one signal reaches everything
 it started (its own helpers; sandboxes have sessions of their own and outlive it). Its output
-is copied to stderr, each line prefixed with its name.
+is copied to stderr: in text, each line prefixed with its name; in JSON, each line a JSON
+object (core/logs.py `child_line`).
 
 One crash is not an outage: a child that exits while `up` is not stopping is logged and
 started again alone, after a delay that doubles from `RestartPolicy.first_delay_s` to
@@ -28,6 +29,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+
+from extproc.core.logs import child_line
 
 
 @dataclass(frozen=True)
@@ -81,15 +84,36 @@ class Child:
     started: float
 
 
-async def _pump(name: str, stream: asyncio.StreamReader) -> None:
-    prefix = f"[{name}] ".encode()
+# The longest line of a child's output passed on. A JSON log line holds a whole traceback.
+MAX_LINE_BYTES = 1 << 20
+
+
+async def _pump(name: str, stream: asyncio.StreamReader, log_format: str) -> None:
     out = sys.stderr.buffer
-    while line := await stream.readline():
-        out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+    dropping = False
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:
+            # Longer than MAX_LINE_BYTES: asyncio dropped what it had of it. Drop the rest
+            # too, say so, and keep reading: a pump that stopped would leave the child
+            # blocked on a full pipe.
+            if not dropping:
+                line = f"(a line of over {MAX_LINE_BYTES} bytes was dropped)\n".encode()
+                out.write(child_line(name, line, log_format))
+            dropping = True
+            continue
+        if not line:
+            return
+        if dropping:  # the dropped line's end
+            dropping = False
+            continue
+        out.write(child_line(name, line, log_format))
         out.flush()
 
 
-async def start_child(name: str, argv: list[str]) -> Child:
+async def start_child(name: str, argv: list[str], log_format: str = "text") -> Child:
+    """Start `argv`; its output goes to stderr as `log_format` lines (core/logs.py)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -97,13 +121,14 @@ async def start_child(name: str, argv: list[str]) -> Child:
         stderr=asyncio.subprocess.STDOUT,
         # its own session and process group: one signal reaches everything it started
         start_new_session=True,
+        limit=MAX_LINE_BYTES,
     )
     assert process.stdout is not None
     return Child(
         name=name,
         process=process,
         exited=asyncio.create_task(process.wait(), name=f"up-wait-{name}"),
-        pump=asyncio.create_task(_pump(name, process.stdout), name=f"up-output-{name}"),
+        pump=asyncio.create_task(_pump(name, process.stdout, log_format), name=f"up-output-{name}"),
         started=time.monotonic(),
     )
 
@@ -161,8 +186,11 @@ class Supervisor:
         *,
         before_restart: Mapping[str, Callable[[], None]] | None = None,
         serving: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
+        log_format: str = "text",
     ) -> None:
         self.commands = dict(commands)
+        # how the children's output is passed on (core/logs.py child_line)
+        self.log_format = log_format
         self.policy = policy
         self.say = say
         self.before_restart = dict(before_restart or {})
@@ -176,7 +204,7 @@ class Supervisor:
 
     async def start_all(self) -> None:
         for name, argv in self.commands.items():
-            self.children[name] = await start_child(name, argv)
+            self.children[name] = await start_child(name, argv, self.log_format)
 
     async def supervise(self, stop: asyncio.Event) -> int:
         """Until `stop` is set (0) or a child keeps crashing (1, after naming it)."""
@@ -226,7 +254,7 @@ class Supervisor:
                 return False
             if (prepare := self.before_restart.get(name)) is not None:
                 prepare()
-            starting = asyncio.create_task(start_child(name, self.commands[name]))
+            starting = asyncio.create_task(start_child(name, self.commands[name], self.log_format))
             try:
                 restarted = await asyncio.shield(starting)
             except asyncio.CancelledError:

@@ -3,8 +3,10 @@
 It prepares the state directory (router identity, a first API key), then runs the lifecycle
 service, the edge and Envoy as child processes, each in its own process group so that a
 sandbox or worker a child started is stopped with it. Their output is copied to stderr, each
-line prefixed with the child's name. When all of them are ready it prints `export ...` lines
-and `ready` on stdout, so a script can `eval` the exports and wait for the word.
+line prefixed with the child's name, or, with `--log-format json` (the default when stderr is
+not a terminal), as JSON lines: `up` gives its children its log format and level. When all
+of them are ready it prints `export ...` lines and `ready` on stdout, so a script can `eval`
+the exports and wait for the word.
 
 Nothing of the control plane listens where a sandbox could connect. Only the public listener
 is TCP; the lifecycle gRPC, each edge's gRPC and metrics, and Envoy's admin are unix sockets
@@ -19,6 +21,10 @@ With `--isolation namespaces` (the default) sandboxes live in network namespaces
 hub namespace the lifecycle service owns; `up` makes sure the hub exists before Envoy starts,
 and Envoy opens its connections to sandboxes inside it. `--isolation none` runs sandboxes
 unisolated (unsafe: a tenant's code then shares the host's network and files).
+
+With `--fast-path` (the default) Envoy takes its routes from the edges over xDS: `up` writes
+the static routes to `<state>/envoy-routes.pb` for the edges to serve with a fast route per
+running sandbox added, and requests those routes match skip the Check (edge/fast_path.py).
 
 The edge runs as `--edge-processes` processes (`edge-1`, `edge-2`, ...; just `edge` when there
 is one). One Python process keeps about one core busy, and Envoy keeps one HTTP/2 connection
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -59,6 +66,13 @@ import httpx
 
 from extproc.core.caller_token import new_token, write_token_file
 from extproc.core.flags import EnvDefaults, integer_arg
+from extproc.core.logs import (
+    ENVOY_JSON_LOG_FORMAT,
+    add_log_flags,
+    log_argv,
+    log_options,
+    setup_logging,
+)
 from extproc.envoy_config.clusters import EDGE_CLUSTER
 from extproc.envoy_config.settings import (
     DEFAULT_DOMAIN,
@@ -71,12 +85,14 @@ from extproc.envoy_config.settings import (
 from extproc.supervising import Child, RestartPolicy, Supervisor, exit_text
 
 ENV = EnvDefaults("AGENTCUBE_E2B_UP_")
+log = logging.getLogger(__name__)
 ISOLATIONS = ("namespaces", "none")
 # in <state>/run/
 LIFECYCLE_SOCKET = "lifecycle.sock"
 EDGE_SOCKET = "edge.sock"
 METRICS_SOCKET = "metrics.sock"
 ADMIN_SOCKET = "envoy-admin.sock"
+VOLUME_CONTENT_SOCKET = "volumes.sock"
 TOKEN_FILE = "lifecycle-token"  # noqa: S105 (a file name)
 
 
@@ -111,8 +127,19 @@ class UpSettings:
     # sandbox isolation: "namespaces" (own network namespace each, behind the lifecycle
     # service's hub) or "none" (unsafe: shares the host's). Default namespaces.
     isolation: str = "namespaces"
+    # the fast path: Envoy takes its routes from the edges over xDS and serves requests for
+    # running sandboxes that the Check would allow without asking it (edge/fast_path.py).
+    # Default True.
+    fast_path: bool = True
     # when and how often a child that exits after `ready` is restarted
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    # the lifecycle service's volume content API (HTTP), which Envoy routes
+    # `/volumecontent/...` to. Default <state>/run/volumes.sock.
+    volume_content: Endpoint | None = None
+    # log lines of `up` and of every child (Envoy's included): "text" or "json", and the
+    # least severe level logged. Default: text on a terminal, else json; INFO.
+    log_format: str = "text"
+    log_level: str = "INFO"
 
     @property
     def run_dir(self) -> Path:
@@ -145,6 +172,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--edge-listen", "edge gRPC", EDGE_SOCKET),
         ("--metrics-listen", "edge Prometheus metrics", METRICS_SOCKET),
         ("--lifecycle-listen", "lifecycle gRPC", LIFECYCLE_SOCKET),
+        ("--volume-content-listen", "the lifecycle's volume content API", VOLUME_CONTENT_SOCKET),
     ):
         env = flag.removeprefix("--").replace("-", "_").upper()
         parser.add_argument(
@@ -192,6 +220,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"SIGTERM-to-SIGKILL grace per child (env {ENV.var('GRACE')}; default %(default)s)",
     )
+    ENV.switch(
+        parser,
+        "--fast-path",
+        True,
+        "serve requests for running sandboxes from Envoy alone where the edge's answer is "
+        "known (Envoy takes its routes from the edges over xDS); --no-fast-path checks "
+        "every request",
+    )
+    add_log_flags(parser, ENV)
     parser.set_defaults(run=run)
 
 
@@ -209,6 +246,7 @@ def settings_from(args: argparse.Namespace) -> UpSettings:
 
     if args.isolation not in ISOLATIONS:  # reachable through the environment variable
         raise ValueError(f"--isolation: expected one of {', '.join(ISOLATIONS)}")
+    log_format, log_level = log_options(args)
     return UpSettings(
         listen=HostPort.parse(args.listen),
         domain=args.domain.lower(),
@@ -217,11 +255,15 @@ def settings_from(args: argparse.Namespace) -> UpSettings:
         edge=endpoint("--edge-listen", EDGE_SOCKET),
         metrics=endpoint("--metrics-listen", METRICS_SOCKET),
         lifecycle=endpoint("--lifecycle-listen", LIFECYCLE_SOCKET),
+        volume_content=endpoint("--volume-content-listen", VOLUME_CONTENT_SOCKET),
         edge_processes=integer_arg(args, "edge_processes", 1),
         envoy_concurrency=args.envoy_concurrency,
         ready_timeout_s=args.ready_timeout,
         grace_s=args.grace,
         isolation=args.isolation,
+        fast_path=args.fast_path,
+        log_format=log_format,
+        log_level=log_level,
     )
 
 
@@ -302,12 +344,31 @@ def run(args: argparse.Namespace) -> int:
             domain=settings.domain,
             edges=tuple(edge.listen for edge in edges),
             sandbox_netns=_hub(settings),
+            fast_path=settings.fast_path,
+            volume_content=settings.volume_content,
+            template_files=_template_files(settings),
         )
         prepare_run_dir(settings.run_dir)
     except (ValueError, OSError) as error:
         print(f"agentcube-e2b up: {error}", file=sys.stderr)
         return 2
+    setup_logging("up", settings.log_format, settings.log_level)
     return asyncio.run(serve(settings, edges, envoy))
+
+
+def routes_file(settings: UpSettings) -> Path:
+    """The static routes (a serialized RouteConfiguration) the edges serve with the fast path."""
+    return settings.state_dir / "envoy-routes.pb"
+
+
+def _template_files(settings: UpSettings) -> UnixSocket | None:
+    """The lifecycle's upload server for template build files (it builds only with
+    isolation): a socket in its state directory (lifecycle/uploads.py)."""
+    if settings.isolation == "none":
+        return None
+    from extproc.lifecycle.uploads import socket_path
+
+    return UnixSocket(socket_path(settings.state_dir / "lifecycle"))
 
 
 def _hub(settings: UpSettings) -> Path | None:
@@ -320,7 +381,7 @@ def _hub(settings: UpSettings) -> Path | None:
 
 
 def _say(text: str) -> None:
-    print(f"[up] {text}", file=sys.stderr, flush=True)
+    log.info("%s", text)
 
 
 def _commands(
@@ -330,6 +391,7 @@ def _commands(
     state = settings.state_dir
     token = settings.run_dir / TOKEN_FILE
     envoy = Path(sys.executable).parent / "envoy"
+    logging_flags = log_argv(settings.log_format, settings.log_level)
     edge_commands = {
         edge.name: [
             *cli,
@@ -346,6 +408,8 @@ def _commands(
             settings.domain,
             "--metrics-listen",
             str(edge.metrics),
+            *(["--fast-path-routes", str(routes_file(settings))] if settings.fast_path else []),
+            *logging_flags,
         ]
         for edge in edges
     }
@@ -370,6 +434,12 @@ def _commands(
             # `up` promises to leave nothing behind
             "--kill-on-exit",
             "on",
+            *(
+                ["--volume-content-listen", str(settings.volume_content)]
+                if settings.volume_content is not None
+                else []
+            ),
+            *logging_flags,
         ],
         **edge_commands,
         "envoy": [
@@ -382,6 +452,7 @@ def _commands(
             "--disable-hot-restart",
             "-l",
             "warning",
+            *(["--log-format", ENVOY_JSON_LOG_FORMAT] if settings.log_format == "json" else []),
         ],
     }
 
@@ -405,6 +476,18 @@ async def _prepare_isolation(settings: UpSettings, hub: Path) -> str:
     return ""
 
 
+async def _prepare_data_stack(settings: UpSettings) -> None:
+    """Build the code interpreter's data stack (numpy, pandas, ...) in the rootfs cache
+    unless it is there, progress on stderr like the base's. Not fatal: without it
+    code-interpreter sandboxes start and say what is missing when code imports it."""
+    from extproc.lifecycle import data_stack
+
+    try:
+        await asyncio.to_thread(data_stack.ensure, rootfs_cache_dir(settings), _say)
+    except Exception as error:
+        _say(f"code-interpreter sandboxes will run without the data stack: {error}")
+
+
 def rootfs_cache_dir(settings: UpSettings) -> Path:
     """$AGENTCUBE_E2B_ROOTFS_CACHE_DIR (shared with `rootfs build`), else <state>/rootfs."""
     shared = os.environ.get("AGENTCUBE_E2B_ROOTFS_CACHE_DIR")
@@ -420,10 +503,16 @@ async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: Env
         if refused:
             _say(refused)
             return 1
+    await _prepare_data_stack(settings)
     # fresh each run: the lifecycle service and the edges start (and stop) with `up`
     write_token_file(settings.run_dir / TOKEN_FILE, new_token())
     config = settings.state_dir / "envoy.yaml"
     config.write_text(render_yaml(envoy))
+    if envoy.fast_path:
+        from extproc.envoy_config.routes import route_configuration
+
+        # the static routes the edges serve Envoy, fast routes added (edge/xds_routes.py)
+        routes_file(settings).write_bytes(bytes(route_configuration(envoy)))
     if settings.isolation == "none":
         _say("--isolation none: sandboxes share this host's network and files (unsafe)")
     stop = asyncio.Event()
@@ -441,6 +530,7 @@ async def serve(settings: UpSettings, edges: tuple[EdgeProcess, ...], envoy: Env
             **{edge.name: _serving(str(edge.listen)) for edge in edges},
             "envoy": lambda: wait_envoy_ready(settings.admin, len(edges)),
         },
+        log_format=settings.log_format,
     )
     code = 0
     try:
@@ -512,7 +602,13 @@ async def _until_ready(
 def _print_exports(settings: UpSettings, first_key: str | None) -> None:
     url = f"http://{settings.listen}"
     values = MappingProxyType(
-        {"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_DOMAIN": settings.domain}
+        {
+            "E2B_API_URL": url,
+            "E2B_SANDBOX_URL": url,
+            # the SDKs send volume content calls here (else to https://api.<domain>)
+            "E2B_VOLUME_API_URL": url,
+            "E2B_DOMAIN": settings.domain,
+        }
     )
     exports = " ".join(f"{name}={value}" for name, value in values.items())
     if first_key is not None:

@@ -50,6 +50,32 @@ class EnvDefaults:
         """True when the variable is one of TRUE_WORDS (any case); anything else is false."""
         return (self.text(name) or "").lower() in TRUE_WORDS
 
+    def boolean(self, name: str, default: bool) -> bool:
+        """The variable as one of TRUE_WORDS or FALSE_WORDS (any case), else `default`;
+        ValueError naming the variable for anything else."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in TRUE_WORDS:
+            return True
+        if raw.lower() in FALSE_WORDS:
+            return False
+        words = "/".join(sorted(TRUE_WORDS | FALSE_WORDS))
+        raise ValueError(f"{self.var(name)}: expected one of {words}, got {raw!r}")
+
+    def switch(
+        self, parser: argparse.ArgumentParser, flag: str, default: bool, help_text: str
+    ) -> None:
+        """`--flag` / `--no-flag`, defaulting to the variable named after the flag
+        (`--fast-path` -> `<prefix>FAST_PATH`, see `boolean`)."""
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=self.boolean(name, default),
+            help=f"{help_text} (env {self.var(name)}; default %(default)s)",
+        )
+
     def integer(self, name: str, default: int) -> int:
         return int(self._parse(name, default, int, "an integer"))
 

@@ -35,6 +35,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from extproc.core.api_keys import KeyIndex
 from extproc.core.errors import DomainError, ResourceExhausted
 from extproc.core.hosts import ENVD_PORT, Target
+from extproc.core.request_context import REQUEST_ID_HEADER, clean_request_id, serving_request
 from extproc.edge.decision import (
     UNROUTABLE_SIGNATURE,
     UNVERIFIED_SIGNATURE,
@@ -164,7 +165,8 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             if isinstance(decision, Miss):
                 decision = await self._after_miss(decision, http, headers, started)
             if isinstance(decision, Resume):
-                task = self._feed.resume(decision.route)
+                with serving_request(headers, decision.target.sandbox_id):  # the task copies it
+                    task = self._feed.resume(decision.route)
                 decision = await self._after_resume(task, decision, http, headers, started)
         elif surface == "platform":
             decision = decide_platform(self._keys.index, headers.get("x-api-key"))
@@ -178,6 +180,15 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             assert not isinstance(decision, Miss | Resume | Locate)  # followed up above
             response = self._denied(decision)
             outcome = decision.reason
+            if log.isEnabledFor(logging.DEBUG):  # off by default: a denial can be a flood
+                log.debug(
+                    "denied a %s request for %s: %d %s",
+                    surface,
+                    http.host,
+                    decision.status,
+                    decision.reason,
+                    extra={"request_id": clean_request_id(headers.get(REQUEST_ID_HEADER))},
+                )
         counter = self._counters.get((surface, outcome))
         if counter is None:
             counter = self._metrics.decisions.labels(surface or "none", outcome)
@@ -214,7 +225,8 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         if self._feed.known_missing(sandbox_id):
             return not_found(sandbox_id)
         try:
-            route = await self._feed.fetch(sandbox_id)
+            with serving_request(headers, sandbox_id):
+                route = await self._feed.fetch(sandbox_id)
         except DomainError as error:
             return unavailable_denial(error.message)
         if route is None:

@@ -26,9 +26,11 @@ from extproc.core.flags import (
     secret_name_arg,
 )
 from extproc.core.identity import TlsIdentity
+from extproc.core.logs import add_log_flags, log_options, setup_logging
 from extproc.edge.settings import (
     DirectorySettings,
     EdgeSettings,
+    FastPathSettings,
     KeyStoreSettings,
     KubernetesSettings,
     TokenSettings,
@@ -122,6 +124,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"re-sign a cached JWT when fewer seconds remain (default {tokens.refresh_margin_s})",
     )
+    add(
+        "--fast-path-routes",
+        default=ENV.text("FAST_PATH_ROUTES", ""),
+        metavar="FILE",
+        help="the fast path: serve Envoy these static routes (a serialized RouteConfiguration, "
+        "as `up` writes) over xDS with a route per running sandbox that skips the Check; the "
+        "bootstrap must take its routes from the edges (default: off)",
+    )
     kube = KubernetesSettings()
     add(
         "--keys-source",
@@ -210,12 +220,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="Kubernetes mode: seconds start-up waits for those Secrets to be created "
         f"(default {kube.secret_wait_s:g})",
     )
-    add(
-        "--log-level",
-        default=ENV.text("LOG_LEVEL", "INFO"),
-        metavar="LEVEL",
-        help="logging level (default INFO)",
-    )
+    add_log_flags(parser, ENV)
     parser.set_defaults(run=run, parser=parser)  # fmt: skip
 
 
@@ -236,6 +241,15 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         raise ValueError("--domain: expected a domain name")
     kube = _kubernetes_settings(args)
     token_file = Path(args.lifecycle_token_file) if args.lifecycle_token_file else None
+    routes_file = Path(args.fast_path_routes) if args.fast_path_routes else None
+    if routes_file is not None:
+        if kube.directory_source == "kubernetes":
+            raise ValueError(
+                "--fast-path-routes: the fast path needs the lifecycle directory (the "
+                "Kubernetes one holds only token digests)"
+            )
+        if not routes_file.is_file():
+            raise ValueError(f"--fast-path-routes: no such file {routes_file}")
     if token_file is not None:
         read_token_file(token_file, "--lifecycle-token-file")  # fail now, naming the flag
     return EdgeSettings(
@@ -260,6 +274,7 @@ def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
         metrics_listen=_address(args, "metrics_listen", optional=True),
         shutdown_grace_s=number_arg(args, "grace", 0),
         kubernetes=kube,
+        fast_path=FastPathSettings(routes_file=routes_file),
     )
 
 
@@ -289,8 +304,6 @@ def _kubernetes_settings(args: argparse.Namespace) -> KubernetesSettings:
         proof_secret=secret_name_arg(args, "proof_secret"),
         secret_wait_s=number_arg(args, "secret_wait", 0),
     )
-
-
 
 
 def _tls_from_directory(directory: str | None) -> TlsIdentity | None:
@@ -392,13 +405,10 @@ async def with_cluster_secrets(settings: EdgeSettings) -> EdgeSettings:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
+        log_format, log_level = log_options(args)
     except ValueError as error:
         args.parser.error(str(error))
-    logging.basicConfig(
-        level=str(args.log_level).upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging("edge", log_format, log_level)
     import uvloop
 
     return uvloop.run(_serve(settings))

@@ -1,7 +1,9 @@
 """`agentcube-e2b envoy-config`: write the Envoy bootstrap for a deployment.
 
 Every option is a flag and an `AGENTCUBE_E2B_ENVOY_*` environment variable (the flag wins).
-Without `-o` the YAML goes to stdout.
+Without `-o` the YAML goes to stdout. `--fragment` writes the pieces to merge into an Envoy
+you already run instead (extproc/envoy_config/fragment.py, docs/envoy.md); `--listen` and
+`--admin` are the team's there and do not apply.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     ENV.add(parser, "--admin", str(defaults.admin), "admin interface, loopback IP:PORT only")
     parser.add_argument(
+        "--fragment",
+        action="store_true",
+        help="print filters, clusters, virtual hosts and connection manager settings to merge "
+        "into an existing Envoy (docs/envoy.md) instead of a whole bootstrap",
+    )
+    parser.add_argument(
         "-o", "--output", type=Path, default=None, help="write here instead of stdout"
     )
     parser.set_defaults(run=run)
@@ -52,13 +60,14 @@ def settings_from(args: argparse.Namespace) -> EnvoySettings:
 def run(args: argparse.Namespace) -> int:
     # imported here: envoy-data-plane takes about a second to import
     from extproc.envoy_config.bootstrap import render_yaml
+    from extproc.envoy_config.fragment import render_fragment_yaml
 
     try:
         settings = settings_from(args)
     except ValueError as error:
         print(f"agentcube-e2b envoy-config: {error}", file=sys.stderr)
         return 2
-    text = render_yaml(settings)
+    text = render_fragment_yaml(settings) if args.fragment else render_yaml(settings)
     if args.output is None:
         sys.stdout.write(text)
     else:

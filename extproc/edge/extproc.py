@@ -10,6 +10,7 @@ never from a client header; a request without one is refused (ext_authz did not 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+from extproc.core.request_context import REQUEST_ID_HEADER, begin_request, end_request
 from extproc.edge.metrics import EdgeMetrics
 from extproc.edge.platform import PlatformApi, PlatformRequest
 from extproc.edge.rest_wire import Answer, json_answer
@@ -24,6 +26,9 @@ from extproc.edge.rest_wire import Answer, json_answer
 log = logging.getLogger(__name__)
 
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+EXT_PROC_NAMESPACE = "envoy.filters.http.ext_proc"
+# As envoy_config/filters.py's LISTENER_PORT_ATTRIBUTE (the edge imports no Envoy config).
+LISTENER_PORT_ATTRIBUTE = "destination.port"
 _OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 NO_TENANT = json_answer(401, {"code": 401, "message": "request was not authenticated"})
 
@@ -59,6 +64,16 @@ def tenant_of(request: ep.ProcessingRequest) -> str:
     return tenant
 
 
+def _listener_port(request: ep.ProcessingRequest) -> int:
+    """The `destination.port` attribute Envoy sends (envoy_config/filters.py); 0 if none."""
+    attributes = request.attributes.get(EXT_PROC_NAMESPACE)
+    if attributes is None or LISTENER_PORT_ATTRIBUTE not in attributes.fields:
+        return 0
+    value = attributes.fields[LISTENER_PORT_ATTRIBUTE]
+    number: float = value.number_value
+    return int(number) if 0 < number < 65536 else 0
+
+
 class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, api: PlatformApi, metrics: EdgeMetrics, max_body_bytes: int) -> None:
         self._api = api
@@ -70,6 +85,7 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):  # type: ign
     ) -> AsyncIterator[ep.ProcessingResponse]:
         headers: dict[str, str] | None = None
         tenant = ""
+        listener_port = 0
         body = bytearray()
         async for message in request_iterator:
             phase = message.WhichOneof("request")
@@ -78,6 +94,7 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):  # type: ign
                     h.key.lower(): _header_text(h) for h in message.request_headers.headers.headers
                 }
                 tenant = tenant_of(message)
+                listener_port = _listener_port(message)
                 if not message.request_headers.end_of_stream:
                     yield ep.ProcessingResponse(request_headers=ep.HeadersResponse())
                     continue
@@ -97,10 +114,12 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):  # type: ign
             else:
                 log.warning("ext_proc: unexpected %s message; ignoring the stream", phase)
                 return
-            yield immediate(await self._answer(headers, bytes(body), tenant))
+            yield immediate(await self._answer(headers, bytes(body), tenant, listener_port))
             return
 
-    async def _answer(self, headers: dict[str, str], body: bytes, tenant: str) -> Answer:
+    async def _answer(
+        self, headers: dict[str, str], body: bytes, tenant: str, listener_port: int = 0
+    ) -> Answer:
         if not tenant:
             self._metrics.platform_requests.labels("none", "401").inc()
             return NO_TENANT
@@ -110,7 +129,24 @@ class ExternalProcessorServicer(ep_grpc.ExternalProcessorServicer):  # type: ign
             headers=headers,
             body=body,
             tenant=tenant,
+            listener_port=listener_port,
         )
-        operation, answer = await self._api.handle(request)
-        self._metrics.platform_requests.labels(operation, str(answer.status)).inc()
+        started = time.perf_counter()
+        # The lifecycle calls and log lines this request causes carry Envoy's id.
+        context = begin_request(headers.get(REQUEST_ID_HEADER), tenant)
+        try:
+            operation, answer = await self._api.handle(request)
+            elapsed = time.perf_counter() - started
+            self._metrics.platform_requests.labels(operation, str(answer.status)).inc()
+            self._metrics.platform_seconds.labels(operation).observe(elapsed)
+            # One line per platform request: each costs a lifecycle call anyway.
+            log.info(
+                "platform %s answered %d in %.1f ms",
+                operation,
+                answer.status,
+                elapsed * 1000,
+                extra={"operation": operation, "status": answer.status},
+            )
+        finally:
+            end_request(context)
         return answer

@@ -223,9 +223,7 @@ def _quota(args: argparse.Namespace) -> int:
         document.setdefault(namespace, {}).update(changes)
         source = json.dumps(document, sort_keys=True)
         table = parse_quotas(source)  # validates before anything is written
-        write_key_index(
-            directory, dataclasses.replace(index, quotas=table, quotas_source=source)
-        )
+        write_key_index(directory, dataclasses.replace(index, quotas=table, quotas_source=source))
     else:
         table = index.quotas
     effective = table.default if namespace == DEFAULT_ENTRY else table.for_namespace(namespace)

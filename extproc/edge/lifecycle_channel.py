@@ -3,7 +3,9 @@
 Locally the channel is a unix socket and every call carries the caller token, added by a
 channel interceptor rather than per call, so no lifecycle call of the platform API or the
 directory can forget it. The token is read from a 0600 file once, at start-up (`up` writes a
-fresh one per run, and restarts the edge with the lifecycle service).
+fresh one per run, and restarts the edge with the lifecycle service). The same interceptor
+adds the `x-request-id` of the request a call serves (core/request_context.py), so the
+lifecycle service logs under the id Envoy's access log has.
 
 In Kubernetes mode the channel is mutual TLS (extproc.k8s.lifecycle_tls): the edge presents
 its client certificate and accepts only a server certificate from the lifecycle's own CA. A
@@ -22,12 +24,18 @@ import grpc
 
 from extproc.core.caller_token import AUTHORIZATION, BEARER, read_token_file
 from extproc.core.identity import LIFECYCLE_TLS_NAME, TlsIdentity
+from extproc.core.request_context import REQUEST_ID_HEADER, current_request_id
+
+Pairs = tuple[tuple[str, str], ...]
 
 
-def _with_token(
-    details: grpc.aio.ClientCallDetails, pair: tuple[str, str]
-) -> grpc.aio.ClientCallDetails:
-    metadata = grpc.aio.Metadata(*(details.metadata or ()), pair)
+def _with_metadata(details: grpc.aio.ClientCallDetails, pairs: Pairs) -> grpc.aio.ClientCallDetails:
+    request_id = current_request_id()
+    if request_id:
+        pairs = (*pairs, (REQUEST_ID_HEADER, request_id))
+    if not pairs:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *pairs)
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )
@@ -35,24 +43,24 @@ def _with_token(
 
 # grpc.aio files an interceptor under the first call shape it implements, so each shape the
 # edge uses (unary: the platform API, GetSandbox; unary-stream: WatchSandboxes) has its own.
-class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, pair: tuple[str, str]) -> None:
-        self._pair = pair
+class _UnaryMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: Pairs) -> None:
+        self._pairs = pairs
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        return await continuation(_with_token(client_call_details, self._pair), request)
+        return await continuation(_with_metadata(client_call_details, self._pairs), request)
 
 
-class _StreamToken(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, pair: tuple[str, str]) -> None:
-        self._pair = pair
+class _StreamMetadata(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: Pairs) -> None:
+        self._pairs = pairs
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        return await continuation(_with_token(client_call_details, self._pair), request)
+        return await continuation(_with_metadata(client_call_details, self._pairs), request)
 
 
 def is_ip_target(target: str) -> bool:
@@ -78,16 +86,17 @@ def lifecycle_channel(
 ) -> grpc.aio.Channel:
     """A channel to `target` (unix:/PATH or HOST:PORT): plaintext, or mutual TLS with `tls`
     (the edge's certificate and the lifecycle's CA); with `token_file`, every call carries
-    `authorization: Bearer <token>`. ValueError when the file is unusable."""
-    interceptors: list[Any] = []
+    `authorization: Bearer <token>`; and each call its request's `x-request-id`. ValueError
+    when the file is unusable."""
+    pairs: Pairs = ()
     if token_file is not None:
-        pair = (AUTHORIZATION, BEARER + read_token_file(token_file, "--lifecycle-token-file"))
-        interceptors = [_UnaryToken(pair), _StreamToken(pair)]
+        pairs = ((AUTHORIZATION, BEARER + read_token_file(token_file, "--lifecycle-token-file")),)
+    interceptors: list[Any] = [_UnaryMetadata(pairs), _StreamMetadata(pairs)]
     if tls is None:
-        return grpc.aio.insecure_channel(target, interceptors=interceptors or None)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
     )
     return grpc.aio.secure_channel(
-        target, credentials, options=tls_options(target), interceptors=interceptors or None
+        target, credentials, options=tls_options(target), interceptors=interceptors
     )

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # Check takes tens of microseconds when it only looks things up, milliseconds when it
 # signs a JWT or reads through to lifecycle; the buckets resolve both.
 _CHECK_BUCKETS = (2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.25)
+# An xDS push lands in milliseconds at a few sandboxes, in about a second at 10 000.
+_XDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# A platform request is a lifecycle call: milliseconds for a read or a warm create, seconds
+# for a cold create or a resume (the lifecycle's deadline for those is 120 s).
+_PLATFORM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class EdgeMetrics:
@@ -48,6 +53,57 @@ class EdgeMetrics:
             "agentcube_e2b_edge_platform_requests",
             "Platform API requests answered by ext_proc, by operation and HTTP status.",
             ["operation", "status"],
+            registry=self.registry,
+        )
+        self.platform_seconds = Histogram(
+            "agentcube_e2b_edge_platform_seconds",
+            "Wall time of a platform API request in the edge, lifecycle call included, by "
+            "operation.",
+            ["operation"],
+            buckets=_PLATFORM_BUCKETS,
+            registry=self.registry,
+        )
+        # the fast path's xDS (fast_path.py, xds_server.py), by type: rds or rtds
+        self.xds_pushes = Counter(
+            "agentcube_e2b_edge_xds_pushes",
+            "xDS responses sent to Envoy, by type (rds: routes, rtds: the runtime layer).",
+            ["type"],
+            registry=self.registry,
+        )
+        self.xds_rejections = Counter(
+            "agentcube_e2b_edge_xds_rejections",
+            "xDS responses Envoy rejected (NACK), by type; it keeps what it had.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.xds_apply_seconds = Histogram(
+            "agentcube_e2b_edge_xds_apply_seconds",
+            "Seconds from sending an xDS response to Envoy's acknowledgement, by type.",
+            ["type"],
+            buckets=_XDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.xds_landed_seconds = Histogram(
+            "agentcube_e2b_edge_xds_landed_seconds",
+            "Seconds a platform change waited for Envoy to stop serving the sandbox's stale "
+            "fast route.",
+            buckets=_XDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.xds_bytes = Gauge(
+            "agentcube_e2b_edge_xds_bytes",
+            "Size of the last routes sent to Envoy, bytes.",
+            ["type"],
+            registry=self.registry,
+        )
+        self._fast_routes = Gauge(
+            "agentcube_e2b_edge_fast_path_sandboxes",
+            "Sandboxes Envoy may serve without a Check (fast routes in the last routes built).",
+            registry=self.registry,
+        )
+        self._gated = Gauge(
+            "agentcube_e2b_edge_fast_path_gated",
+            "Sandboxes whose fast routes are switched off until routes without them land.",
             registry=self.registry,
         )
         self._directory = Gauge(
@@ -74,6 +130,10 @@ class EdgeMetrics:
         self._directory.set_function(directory)
         self._keys.set_function(keys)
         self._jwts.set_function(jwts)
+
+    def watch_fast_path(self, routes: Callable[[], float], gated: Callable[[], float]) -> None:
+        self._fast_routes.set_function(routes)
+        self._gated.set_function(gated)
 
     def watch_informers(self, statuses: Callable[[], Mapping[str, Any]]) -> None:
         """Kubernetes mode: expose each informer's status (InformerStatus, by informer name)."""

@@ -43,16 +43,31 @@ from extproc.core.api_keys import hash_api_key
 from extproc.core.errors import Conflict, DomainError, NotFound
 from extproc.core.hosts import is_sandbox_id
 from extproc.core.quotas import DEFAULT_TABLE, QuotaTable, RateLimiter
+from extproc.core.request_context import note_request
 from extproc.edge import rest_json, rest_requests
 from extproc.edge.rest_routes import NoRoute, Operation, resolve
 from extproc.edge.rest_wire import Answer, error_answer, from_grpc, json_answer, no_content
 from extproc.edge.routes import route_from_proto
+from extproc.edge.template_api import TemplateApi
+from extproc.edge.volume_api import VolumeApi
 from extproc.edge.watching import Settling, unsettled
 
 log = logging.getLogger(__name__)
 
 # Not safe to repeat blindly: a retry after an unseen success would act twice.
-_NOT_RETRYABLE = frozenset({"create_v1", "create_v2", "pause", "resume"})
+_NOT_RETRYABLE = frozenset(
+    {
+        "create_v1",
+        "create_v2",
+        "pause",
+        "resume",
+        "create_volume",
+        "build_template",
+        "start_template_build",
+        "create_snapshot",
+        "fork",
+    }
+)
 # Deadline for one lifecycle call, seconds; create waits for the sandbox to boot.
 _CALL_TIMEOUT_S = {"create_v1": 120.0, "create_v2": 120.0, "resume": 120.0}
 _DEFAULT_CALL_TIMEOUT_S = 30.0
@@ -65,6 +80,9 @@ class PlatformRequest:
     headers: dict[str, str]  # lowercase keys
     body: bytes
     tenant: str
+    # The port of the listener the request came in on (Envoy strips it from the host);
+    # 0 when unknown. Upload links are built from it (template_api.py).
+    listener_port: int = 0
 
     @property
     def query(self) -> str:
@@ -116,7 +134,10 @@ class PlatformApi:
             "health": self._health,
             "list_templates": self._list_templates,
             "get_template": self._get_template,
+            **self._volume_handlers(VolumeApi(channel)),
         }
+        # Operations that need the whole route (several ids): template builds, snapshots.
+        self._route_handlers = TemplateApi(channel, learn, domain).handlers()
 
     async def handle(self, request: PlatformRequest) -> tuple[str, Answer]:
         """(operation name for metrics, answer). Never raises for a request's fault."""
@@ -128,10 +149,13 @@ class PlatformApi:
             body = {"code": route.status, "message": route.message}
             allow = (("allow", ", ".join(route.allowed)),) if route.allowed else ()
             return "none", json_answer(route.status, body, allow)
-        handler = self._handlers[route.name]
         retryable = route.name not in _NOT_RETRYABLE or bool(request.headers.get("idempotency-key"))
         try:
-            return route.name, await handler(request, self._resource(route))
+            with_route = self._route_handlers.get(route.name)
+            if with_route is not None:
+                self._resource(route)  # a sandbox id is checked as for any other operation
+                return route.name, await with_route(request, route)
+            return route.name, await self._handlers[route.name](request, self._resource(route))
         except grpc.aio.AioRpcError as error:
             return route.name, error_answer(from_grpc(error), retryable)
         except DomainError as error:
@@ -154,12 +178,24 @@ class PlatformApi:
         return json_answer(429, {"code": 429, "message": message}, (("retry-after", "1"),))
 
     def _resource(self, route: Operation) -> str:
-        if route.name.endswith("template") or not route.resource_id:
+        if "template" in route.name or route.name.endswith("volume") or not route.resource_id:
             return route.resource_id
         if not is_sandbox_id(route.resource_id):
             # No sandbox can have this id (hosts split on '-'), so it does not exist.
             raise NotFound(f"sandbox {route.resource_id!r} not found")
+        note_request(sandbox_id=route.resource_id)
         return route.resource_id
+
+    @staticmethod
+    def _volume_handlers(
+        volumes: VolumeApi,
+    ) -> dict[str, Callable[[PlatformRequest, str], Awaitable[Answer]]]:
+        return {
+            "create_volume": volumes.create,
+            "list_volumes": volumes.list,
+            "get_volume": volumes.get,
+            "delete_volume": volumes.delete,
+        }
 
     def _timeout(self, operation: str) -> float:
         return _CALL_TIMEOUT_S.get(operation, _DEFAULT_CALL_TIMEOUT_S)
@@ -187,6 +223,7 @@ class PlatformApi:
         create.quota.max_sandboxes = quota.max_sandboxes
         create.quota.creates_per_minute = quota.creates_per_minute
         reply = await self._sandboxes.CreateSandbox(create, timeout=self._timeout("create_v2"))
+        note_request(sandbox_id=reply.sandbox.sandbox_id)
         self._learn(reply.sandbox)
         return json_answer(201, rest_json.sandbox_json(reply.sandbox, self._domain))
 
@@ -307,6 +344,7 @@ class PlatformApi:
     # --- templates ----------------------------------------------------------------------
 
     async def _list_templates(self, request: PlatformRequest, _: str) -> Answer:
+        rest_requests.check_template_query(request.query)  # v2's `limit`; one page is all
         reply = await self._templates.ListTemplates(
             pb.ListTemplatesRequest(tenant=request.tenant), timeout=self._timeout("")
         )

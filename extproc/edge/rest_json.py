@@ -66,6 +66,8 @@ def _listed(sandbox: pb.Sandbox) -> dict[str, Any]:
     }
     if sandbox.alias:
         body["alias"] = sandbox.alias
+    if sandbox.volume_mounts:
+        body["volumeMounts"] = [{"name": m.name, "path": m.path} for m in sandbox.volume_mounts]
     # What the pause kept, for a paused sandbox only (as E2B). A lifecycle from before the
     # field sends none: its pauses were all full ones.
     if sandbox.state == pb.SANDBOX_STATE_PAUSED:
@@ -109,8 +111,12 @@ def metric_json(metric: pb.SandboxMetric) -> dict[str, Any]:
 
 
 def _build_id(template: pb.Template) -> str:
-    # Templates here are not built by us, but the SDK wants a build UUID; derive a stable one.
-    return str(uuid.uuid5(_BUILD_NAMESPACE, template.template_id))
+    # An operator's template has no builds, but the SDK wants a build UUID: a stable one.
+    return template.build_id or str(uuid.uuid5(_BUILD_NAMESPACE, template.template_id))
+
+
+_BUILD_STATUS = {pb.BUILD_STATUS_WAITING: "waiting", pb.BUILD_STATUS_BUILDING: "building",
+                 pb.BUILD_STATUS_ERROR: "error"}  # fmt: skip
 
 
 def template_json(template: pb.Template) -> dict[str, Any]:
@@ -130,15 +136,37 @@ def template_json(template: pb.Template) -> dict[str, Any]:
         "createdBy": None,
         "lastSpawnedAt": None,
         "spawnCount": 0,
-        "buildCount": 1,
+        "buildCount": len(template.builds) or 1,
         "envdVersion": template.envd_version or DEFAULT_ENVD_VERSION,
-        "buildStatus": "ready",
+        "buildStatus": _BUILD_STATUS.get(template.build_status, "ready"),
     }
 
 
+def _build_json(build: pb.TemplateBuild, template: pb.Template, envd: str) -> dict[str, Any]:
+    created = rfc3339(build.created_at)
+    body: dict[str, Any] = {
+        "buildID": build.build_id,
+        "status": _BUILD_STATUS.get(build.status, "ready"),
+        "createdAt": created,
+        "updatedAt": rfc3339(build.finished_at) if build.HasField("finished_at") else created,
+        "cpuCount": build.cpu_count or template.cpu_count,
+        "memoryMB": build.memory_mb or template.memory_mb,
+        "diskSizeMB": template.disk_size_mb,
+        "envdVersion": envd,
+    }
+    if build.HasField("finished_at"):
+        body["finishedAt"] = rfc3339(build.finished_at)
+    return body
+
+
 def template_with_builds_json(template: pb.Template) -> dict[str, Any]:
-    """E2B `TemplateWithBuilds` (GET /templates/{id}): one ready build standing for the image."""
+    """E2B `TemplateWithBuilds` (GET /templates/{id}): its builds, newest first; an
+    operator's template has one ready build standing for its image."""
     body = template_json(template)
+    if template.builds:
+        envd = body["envdVersion"]
+        body["builds"] = [_build_json(b, template, envd) for b in reversed(template.builds)]
+        return body
     body["builds"] = [
         {
             "buildID": body["buildID"],

@@ -35,7 +35,6 @@ _ORDERS = {"asc": pb.LIST_ORDER_ASC, "desc": pb.LIST_ORDER_DESC}
 # is a 501 naming it; malformed, a 400. What lies deeper is never read, so never checked.
 _UNSUPPORTED_CREATE: dict[str, tuple[type, type | None, str]] = {
     "mcp": (dict, None, "the MCP gateway"),
-    "volumeMounts": (list, dict, "volume mounts"),
     "iam": (dict, None, "IAM tokens"),
 }
 # network's options other than allowPublicTraffic, typed the same way: all refused (501).
@@ -196,10 +195,26 @@ def create_request(
         allow_internet_access=_bool(body, "allow_internet_access") is not False,
         idempotency_key=idempotency_key or "",
         auto_pause_memory=auto_pause_memory,  # None leaves the optional field unset
+        volume_mounts=_volume_mounts(body),
     )
     if public_traffic is not None:
         request.allow_public_traffic = public_traffic
     return request
+
+
+def _volume_mounts(body: dict[str, Any]) -> list[pb.VolumeMount]:
+    """E2B's volumeMounts, `[{"name", "path"}]`: typed here, checked by lifecycle."""
+    value = body.get("volumeMounts")
+    if value is None:
+        return []
+    _typed(value, list, dict, "volumeMounts")
+    mounts = []
+    for index, item in enumerate(value):
+        name, path = item.get("name"), item.get("path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            raise InvalidArgument(f"volumeMounts[{index}] needs a string name and path")
+        mounts.append(pb.VolumeMount(name=name, path=path))
+    return mounts
 
 
 def pause_request(body: dict[str, Any], sandbox_id: str, tenant: str) -> pb.PauseSandboxRequest:

@@ -16,13 +16,15 @@ from urllib.parse import unquote
 @dataclass(frozen=True, slots=True)
 class Operation:
     name: str
-    # The `{id}` segment, when the pattern has one.
+    # The first `{id}` segment, when the pattern has one.
     resource_id: str = ""
+    # Every `{id}` segment, in order (a build's template and build ids).
+    ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class NoRoute:
-    status: int  # 404, 405 or 501
+    status: int  # 401 (volume content without its token), 404, 405 or 501
     message: str
     # 405 only: the methods the path has, for the `Allow` header.
     allowed: tuple[str, ...] = ()
@@ -43,34 +45,39 @@ ROUTES: tuple[tuple[str, dict[str, str]], ...] = (
     ("/sandboxes/{id}/pause", {"POST": "pause"}),
     ("/sandboxes/{id}/resume", {"POST": "resume"}),
     ("/sandboxes/{id}/metrics", {"GET": "metrics"}),
-    ("/sandboxes/{id}/fork", {"POST": "unsupported:forking sandboxes"}),
-    ("/sandboxes/{id}/snapshots", {"POST": "unsupported:sandbox snapshots"}),
+    ("/sandboxes/{id}/fork", {"POST": "fork"}),
+    ("/sandboxes/{id}/snapshots", {"POST": "create_snapshot"}),
+    ("/snapshots", {"GET": "list_snapshots"}),
     ("/sandboxes/{id}/network", {"PUT": "unsupported:updating the sandbox network"}),
     ("/sandboxes/{id}/logs", {"GET": "unsupported:sandbox logs"}),
     ("/v2/sandboxes/{id}/logs", {"GET": "unsupported:sandbox logs"}),
-    ("/templates", {"GET": "list_templates", "POST": "unsupported:building templates"}),
+    ("/templates", {"GET": "list_templates", "POST": "unsupported:v1 template builds (use v3)"}),
+    ("/v2/templates", {"GET": "list_templates", "POST": "unsupported:v2 template builds (use v3)"}),
+    ("/v3/templates", {"POST": "build_template"}),
     ("/templates/default", {"GET": "unsupported:default templates"}),
-    (
-        "/templates/tags",
-        {"POST": "unsupported:template tags", "DELETE": "unsupported:template tags"},
-    ),
+    ("/templates/tags", {"POST": "tag_template", "DELETE": "untag_template"}),
+    ("/templates/aliases/{id}", {"GET": "template_alias"}),
     (
         "/templates/{id}",
         {
             "GET": "get_template",
-            "DELETE": "unsupported:deleting templates",
-            "PATCH": "unsupported:updating templates",
-            "POST": "unsupported:building templates",
+            "DELETE": "delete_template",
+            "PATCH": "update_template",
+            "POST": "unsupported:v1 template builds (use v3)",
         },
     ),
+    ("/v2/templates/{id}", {"PATCH": "update_template_v2"}),
+    ("/templates/{id}/tags", {"GET": "template_tags"}),
+    ("/templates/{id}/files/{id}", {"GET": "template_files"}),
+    ("/templates/{id}/builds/{id}", {"POST": "unsupported:v1 template builds (use v3)"}),
+    ("/v2/templates/{id}/builds/{id}", {"POST": "start_template_build"}),
+    ("/templates/{id}/builds/{id}/status", {"GET": "template_build_status"}),
+    ("/templates/{id}/builds/{id}/logs", {"GET": "template_build_logs"}),
+    ("/volumes", {"GET": "list_volumes", "POST": "create_volume"}),
+    ("/volumes/{id}", {"GET": "get_volume", "DELETE": "delete_volume"}),
 )
 # Whole feature areas with no operation here: any method, any depth.
 UNSUPPORTED_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("/snapshots", "sandbox snapshots"),
-    ("/templates/", "template builds"),
-    ("/v2/templates", "template builds"),
-    ("/v3/templates", "template builds"),
-    ("/volumes", "volumes"),
     ("/teams", "teams"),
     ("/secrets", "secrets"),
     ("/tags", "template tags"),
@@ -84,6 +91,16 @@ _COMPILED = tuple((tuple(pattern.split("/")[1:]), methods) for pattern, methods 
 # What a segment after /templates/ names when it is not (part of) a template's name.
 _TEMPLATE_ENDPOINTS = frozenset({"aliases", "tags", "default"})
 _TEMPLATE_PARTS = frozenset({"builds", "files", "tags"})
+
+
+# Envoy sends a content request with a well-formed volume token to the content server
+# (envoy_config/routes.py); one that reaches the platform API had none.
+VOLUME_CONTENT_PREFIX = "/volumecontent/"
+VOLUME_CONTENT_UNAUTHENTICATED = NoRoute(
+    401,
+    "the volume content API needs `Authorization: Bearer <the volume's token>` (from "
+    "Volume.create or Volume.get_info), on a gateway that serves volume content (local mode)",
+)
 
 
 def unsupported(what: str) -> NoRoute:
@@ -108,12 +125,12 @@ def resolve(method: str, path: str) -> Operation | NoRoute:
     for pattern, methods in _COMPILED:
         if len(pattern) != len(segments):
             continue
-        resource_id = ""
+        ids: list[str] = []
         for want, got in zip(pattern, segments, strict=True):
             if want == _ID:
                 if not got:
                     break
-                resource_id = got
+                ids.append(got)
             elif want != got:
                 break
         else:
@@ -125,10 +142,12 @@ def resolve(method: str, path: str) -> Operation | NoRoute:
                 return NoRoute(405, message, allowed)
             if name.startswith("unsupported:"):
                 return unsupported(name.removeprefix("unsupported:"))
-            return Operation(name, resource_id)
+            return Operation(name, ids[0] if ids else "", tuple(ids))
     template = _template_name(method, segments)
     if template is not None:
         return Operation("get_template", template)
+    if raw_path.startswith(VOLUME_CONTENT_PREFIX):
+        return VOLUME_CONTENT_UNAUTHENTICATED
     for prefix, what in UNSUPPORTED_PREFIXES:
         if raw_path == prefix or raw_path.startswith(prefix.rstrip("/") + "/"):
             return unsupported(what)

@@ -4,7 +4,8 @@ Pure data, fed by the lifecycle watcher (watching.py) or, in Kubernetes mode, by
 cluster informers (cluster_watching.py), corrected at once by the platform API's own replies
 (a pause, a kill, a new timeout: platform.py), and read by the Check decision. Paused
 sandboxes stay in the map, so a request to one is answered as paused (or resumes it), never
-routed to a stopped daemon. The
+routed to a stopped daemon. Observers (the fast path) hear of every change, synchronously,
+so nothing can read the new state before they do. The
 map is mutated in place: all readers and the one writer run on the same event loop, and
 Check never awaits between reading a route and using it, so no reader sees a half-applied
 event, and copying a 10k-entry map per event would cost far more than it protects.
@@ -12,6 +13,7 @@ event, and copying a 10k-entry map per event would cost far more than it protect
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
@@ -75,6 +77,15 @@ def route_from_proto(sandbox: pb.Sandbox) -> Route:
 class Directory:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        # called after each change with the sandbox id, or None when everything was replaced
+        self._observers: list[Callable[[str | None], None]] = []
+
+    def observe(self, observer: Callable[[str | None], None]) -> None:
+        self._observers.append(observer)
+
+    def _changed(self, sandbox_id: str | None) -> None:
+        for observer in self._observers:
+            observer(sandbox_id)
 
     def get(self, sandbox_id: str) -> Route | None:
         return self._routes.get(sandbox_id)
@@ -84,9 +95,11 @@ class Directory:
             self._routes.pop(route.sandbox_id, None)
         else:
             self._routes[route.sandbox_id] = route
+        self._changed(route.sandbox_id)
 
     def remove(self, sandbox_id: str) -> None:
         self._routes.pop(sandbox_id, None)
+        self._changed(sandbox_id)
 
     def routes(self) -> list[Route]:
         """Every route, as a list the directory's later changes leave alone."""
@@ -94,6 +107,10 @@ class Directory:
 
     def replace_all(self, routes: dict[str, Route]) -> None:
         self._routes = routes
+        self._changed(None)
+
+    def ids(self) -> list[str]:
+        return list(self._routes)
 
     def __len__(self) -> int:
         return len(self._routes)

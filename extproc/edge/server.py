@@ -19,6 +19,10 @@ full data-plane outage. The staleness is reported instead: health service
 probes it for readiness), and the `agentcube_e2b_edge_informer_*` metrics carry each
 informer's connected / last sync / relists / last error. The cost is that a key revoked during
 the outage is honoured until the API server is back.
+
+With `fast_path.routes_file` set (`up` does), the same server also speaks ADS to Envoy
+(xds_server.py) and the fast path (fast_path.py) keeps Envoy's routes in step with the
+directory; a platform change then also waits for Envoy to drop what it made stale.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Callable
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -41,6 +46,7 @@ from extproc.edge.authz import AuthorizationServicer
 from extproc.edge.cluster_watching import ClusterDirectoryFeed
 from extproc.edge.decision import SandboxDecider
 from extproc.edge.extproc import ExternalProcessorServicer
+from extproc.edge.fast_path import FastPath
 from extproc.edge.keystore import KeyStore
 from extproc.edge.lifecycle_channel import lifecycle_channel
 from extproc.edge.metrics import EdgeMetrics, start_metrics_server
@@ -50,6 +56,8 @@ from extproc.edge.settings import EdgeSettings
 from extproc.edge.signed_routing import SignatureRouter
 from extproc.edge.tokens import TokenSigner
 from extproc.edge.watching import DirectoryFeed, unsettled
+from extproc.edge.xds_routes import FastRoutes
+from extproc.edge.xds_server import XdsServer
 
 # The Kubernetes client takes about half a second to import: only Kubernetes mode pays it.
 TYPE_CHECKING = False
@@ -64,6 +72,7 @@ log = logging.getLogger(__name__)
 SERVICES = (
     "envoy.service.auth.v3.Authorization",
     "envoy.service.ext_proc.v3.ExternalProcessor",
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
     "",  # the whole server
 )
 # Kubernetes mode: SERVING while every informer is connected; reported, never probed.
@@ -128,6 +137,10 @@ class Edge:
             self.metrics,
             settings.max_body_bytes,
         )
+        self.xds: XdsServer | None = None
+        self.fast_path: FastPath | None = None
+        if settings.fast_path.routes_file is not None:
+            self._use_fast_path()
         auth_grpc.add_AuthorizationServicer_to_server(self.authz, self.server)
         ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -143,6 +156,30 @@ class Edge:
         self.watchers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
+
+    def _use_fast_path(self) -> None:
+        """Serve Envoy its routes with a fast route per running sandbox (local mode only)."""
+        if not isinstance(self.feed, DirectoryFeed):
+            raise ValueError(
+                "the fast path needs the lifecycle directory: the Kubernetes one holds only "
+                "token digests, which Envoy cannot check a request's token against"
+            )
+        routes_file = self.settings.fast_path.routes_file
+        assert routes_file is not None
+        self.xds = XdsServer(self.metrics)
+        self.fast_path = FastPath(
+            self.directory,
+            self.signer,
+            FastRoutes(routes_file.read_bytes(), self.settings.domain),
+            self.xds,
+            self.settings.fast_path,
+        )
+        xds = self.xds
+        wait_s = self.settings.fast_path.landed_wait_s
+        self.feed.landed = lambda sandbox_id: xds.landed(sandbox_id, wait_s)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, self.server)
+        fast_path = self.fast_path
+        self.metrics.watch_fast_path(lambda: len(fast_path), lambda: len(xds.gated))
 
     def _use_kubernetes(self) -> None:
         """Swap in the informer-backed key index and/or directory feed."""
@@ -216,6 +253,11 @@ class Edge:
             *self.watchers,
             asyncio.create_task(self._serve_when_ready(), name="edge-readiness"),
         ]
+        if self.fast_path is not None:
+            # a crash of the fast path is a crash of the edge (`run` watches `watchers`)
+            fast = asyncio.create_task(self.fast_path.run(self.feed.synced), name="edge-fast-path")
+            self.watchers.append(fast)
+            self._tasks.append(fast)
         if self.informers:
             self._tasks.append(
                 asyncio.create_task(self._report_connection(), name="edge-kubernetes-health")
@@ -272,8 +314,12 @@ class Edge:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self.xds is not None:
+            self.xds.close()  # its streams never end by themselves
         await self.server.stop(grace)
         await self.feed.resumes.close()
+        if self.fast_path is not None:
+            self.fast_path.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -110,6 +110,28 @@ class TokenSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FastPathSettings:
+    # The static routes (a serialized RouteConfiguration, written by `up`) to serve Envoy
+    # over xDS with a fast route per running sandbox added (fast_path.py). Default None: no
+    # fast path, Envoy's routes are static and every request is checked.
+    routes_file: Path | None = None
+    # Seconds a change waits for others to come with it before the routes are rebuilt and
+    # pushed (a burst of creates is one push). Default 0.005.
+    coalesce_s: float = 0.005
+    # Seconds before its end that a sandbox leaves the fast path, so the Check (which ends
+    # it to the second) answers its last requests. Default 1.0.
+    expiry_margin_s: float = 1.0
+    # Fraction of a JWT's lifetime after which the fast path re-signs and re-pushes it.
+    # Default 0.6.
+    refresh_fraction: float = 0.6
+    # Seconds a platform call that killed, paused or otherwise changed a sandbox waits for
+    # Envoy to stop serving the sandbox's old fast route before answering. Default 2.0.
+    landed_wait_s: float = 2.0
+    # JWTs signed per batch off the event loop (a batch is then pushed). Default 256.
+    sign_batch: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeSettings:
     # gRPC listen address for ext_authz, ext_proc and health: unix:/PATH (made 0600) or
     # HOST:PORT. Default 127.0.0.1:9001.
@@ -128,6 +150,8 @@ class EdgeSettings:
     max_body_bytes: int = field(default=1 << 20)
     # Kubernetes mode: key and directory sources, informer settings.
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    # The fast path (xDS to Envoy); off unless `fast_path.routes_file` is set.
+    fast_path: FastPathSettings = field(default_factory=FastPathSettings)
 
     @staticmethod
     def for_state_dir(state_dir: Path, **overrides: object) -> EdgeSettings:

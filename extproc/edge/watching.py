@@ -85,10 +85,18 @@ class Settling:
     shows nothing, so there is nothing to wait for).
     """
 
-    def __init__(self, sandbox_id: str, before: Route | None, live: bool) -> None:
+    def __init__(
+        self,
+        sandbox_id: str,
+        before: Route | None,
+        live: bool,
+        landed: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
         self.sandbox_id = sandbox_id
         self._before = before
         self._live = live
+        # the fast path: until Envoy can no longer serve the sandbox's old fast route
+        self._landed = landed
         self._seen: list[Route | None] = []
         self._changed = asyncio.Event()
 
@@ -99,7 +107,14 @@ class Settling:
 
     async def until_shows(self, expected: Route | None) -> bool:
         """Wait until the stream has shown `expected`'s state and end time (None: gone), or
-        had it already before the call; False after SETTLE_WAIT_S without it."""
+        had it already before the call, and Envoy has dropped what the change made stale;
+        False after SETTLE_WAIT_S without the stream showing it."""
+        shown = await self._shown(expected)
+        if self._landed is not None:
+            await self._landed(self.sandbox_id)
+        return shown
+
+    async def _shown(self, expected: Route | None) -> bool:
         if not self._live or _same(self._before, expected):
             return True
         try:
@@ -222,6 +237,8 @@ class DirectoryFeed:
         # True between SYNCED and the stream breaking: changes reach us as they happen.
         self._live = False
         self._settlings: dict[str, list[Settling]] = {}
+        # The fast path's wait for Envoy, added to every settling (server.py sets it).
+        self.landed: Callable[[str], Awaitable[object]] | None = None
 
     # --- the stream ---------------------------------------------------------------------
 
@@ -302,7 +319,9 @@ class DirectoryFeed:
     def settling(self, sandbox_id: str) -> Iterator[Settling]:
         """Record what the stream shows of `sandbox_id` while a platform call that may change
         it runs; enter before the call, so an event that beats the reply is seen too."""
-        settling = Settling(sandbox_id, self._directory.get(sandbox_id), self._live)
+        settling = Settling(
+            sandbox_id, self._directory.get(sandbox_id), self._live, landed=self.landed
+        )
         settlings = self._settlings.setdefault(sandbox_id, [])
         settlings.append(settling)
         try:

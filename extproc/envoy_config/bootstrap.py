@@ -14,8 +14,29 @@ from datetime import timedelta
 
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; only safe_dump is used
 from betterproto2 import Casing
-from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
-from envoy_data_plane.envoy.config.core.v3 import Http2ProtocolOptions, Node
+from envoy_data_plane.envoy.config.bootstrap.v3 import (
+    Admin,
+    Bootstrap,
+    BootstrapDynamicResources,
+    BootstrapStaticResources,
+    LayeredRuntime,
+    RuntimeLayer,
+    RuntimeLayerAdminLayer,
+    RuntimeLayerRtdsLayer,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    AggregatedConfigSource,
+    ApiConfigSource,
+    ApiConfigSourceApiType,
+    ApiVersion,
+    BackoffStrategy,
+    ConfigSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    Http2ProtocolOptions,
+    Node,
+    RetryPolicy,
+)
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -23,13 +44,23 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerCodecType,
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpConnectionManagerUpgradeConfig,
+    Rds,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
 )
 from envoy_data_plane.google.protobuf import Any
 
-from extproc.envoy_config.clusters import edge_cluster, sandbox_cluster, socket_address
+from extproc.core.xds_contract import ROUTE_CONFIG, RUNTIME_LAYER
+from extproc.envoy_config.clusters import (
+    EDGE_CLUSTER,
+    edge_cluster,
+    fast_sandbox_cluster,
+    sandbox_cluster,
+    socket_address,
+    template_files_clusters,
+    volume_content_clusters,
+)
 from extproc.envoy_config.filters import http_filters
 from extproc.envoy_config.replies import access_log, local_reply_config
 from extproc.envoy_config.routes import route_configuration
@@ -49,7 +80,11 @@ def connection_manager(settings: EnvoySettings) -> HttpConnectionManager:
         stat_prefix=STAT_PREFIX,
         # HTTP/1.1 and h2c (prior knowledge) on one plaintext port
         codec_type=HttpConnectionManagerCodecType.AUTO,
-        route_config=route_configuration(settings),
+        # the fast path: the edges serve the routes (extproc/edge/xds_routes.py)
+        route_config=None if settings.fast_path else route_configuration(settings),
+        rds=Rds(route_config_name=ROUTE_CONFIG, config_source=_from_edges())
+        if settings.fast_path
+        else None,
         http_filters=http_filters(),
         use_remote_address=True,
         # the edge parses `{port}-{id}.<domain>`; it never has to deal with `:port`
@@ -71,8 +106,8 @@ def connection_manager(settings: EnvoySettings) -> HttpConnectionManager:
             # RFC 8441 websockets over h2
             HttpConnectionManagerUpgradeConfig(upgrade_type="CONNECT"),
         ],
-        access_log=[access_log()],
-        local_reply_config=local_reply_config(),
+        access_log=[access_log(fast_path=settings.fast_path)],
+        local_reply_config=local_reply_config(fast_path=settings.fast_path),
     )
 
 
@@ -88,15 +123,70 @@ def listener(settings: EnvoySettings) -> Listener:
     )
 
 
+def _from_edges() -> ConfigSource:
+    """Over the one ADS stream to an edge, waiting for the first answer however long it takes:
+    an Envoy without the edges' routes must not serve at all (fail closed)."""
+    return ConfigSource(
+        ads=AggregatedConfigSource(),
+        resource_api_version=ApiVersion.V3,
+        initial_fetch_timeout=timedelta(0),
+    )
+
+
+def _ads() -> BootstrapDynamicResources:
+    """ADS from the edge cluster (any edge: each one serves the same state from its own
+    directory). A restarted edge is reconnected to within a second, not Envoy's default
+    backoff of up to 30 s, since Envoy holds stale fast routes until it is."""
+    edge = GrpcServiceEnvoyGrpc(
+        cluster_name=EDGE_CLUSTER,
+        retry_policy=RetryPolicy(
+            retry_back_off=BackoffStrategy(
+                base_interval=timedelta(milliseconds=100), max_interval=timedelta(seconds=1)
+            )
+        ),
+    )
+    return BootstrapDynamicResources(
+        ads_config=ApiConfigSource(
+            api_type=ApiConfigSourceApiType.GRPC,
+            transport_api_version=ApiVersion.V3,
+            grpc_services=[GrpcService(envoy_grpc=edge)],
+            set_node_on_first_message_only=True,
+        )
+    )
+
+
+def _runtime() -> LayeredRuntime:
+    """The edges' layer, whose keys switch single fast routes off at once (a small update,
+    where removing a route means resending all of them), then the admin layer."""
+    return LayeredRuntime(
+        layers=[
+            RuntimeLayer(
+                name=RUNTIME_LAYER,
+                rtds_layer=RuntimeLayerRtdsLayer(name=RUNTIME_LAYER, rtds_config=_from_edges()),
+            ),
+            RuntimeLayer(name="admin", admin_layer=RuntimeLayerAdminLayer()),
+        ]
+    )
+
+
 def bootstrap(settings: EnvoySettings) -> Bootstrap:
     connections = DownstreamConnectionsConfig(max_active_downstream_connections=_MAX_CONNECTIONS)
+    fast_path = settings.fast_path
     return Bootstrap(
         node=Node(id="agentcube-e2b", cluster="agentcube-e2b"),
         admin=Admin(address=socket_address(settings.admin, owner_only=True)),
         static_resources=BootstrapStaticResources(
             listeners=[listener(settings)],
-            clusters=[edge_cluster(settings), sandbox_cluster(settings)],
+            clusters=[
+                edge_cluster(settings),
+                sandbox_cluster(settings),
+                *([fast_sandbox_cluster(settings)] if fast_path else []),
+                *volume_content_clusters(settings),
+                *template_files_clusters(settings),
+            ],
         ),
+        dynamic_resources=_ads() if fast_path else None,
+        layered_runtime=_runtime() if fast_path else None,
         overload_manager=OverloadManager(
             resource_monitors=[
                 ResourceMonitor(

@@ -5,6 +5,10 @@ host, so extra edge processes must be extra endpoints (distinct ports), not SO_R
 siblings, or one process gets all the RPCs. Short connect timeout and gRPC health checks make a
 dead edge fail fast (503) rather than hang requests.
 
+`sandbox_fast` (fast path only): the same, but keyed on the `x-envoy-original-dst-host` request
+header, which only a fast route sets: the first filter strips it from every client request,
+and a fast route exists only for a sandbox the edge holds as running (extproc/edge/fast_path.py).
+
 `sandbox`: ORIGINAL_DST keyed on the ext_authz dynamic metadata `upstream_host`. A client cannot
 write dynamic metadata, and when authz did not run there is no host at all (503), so this can
 never become an open proxy. picod and user servers are plain HTTP/1.1, so the upstream protocol
@@ -52,11 +56,14 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.metadata.v3 import MetadataKey, MetadataKeyPathSegment
 from envoy_data_plane.google.protobuf import Any
 
+from extproc.core.xds_contract import FAST_CLUSTER, ORIGINAL_DST_HEADER
 from extproc.envoy_config.settings import Endpoint as Listening
 from extproc.envoy_config.settings import EnvoySettings, HostPort
 
 EDGE_CLUSTER = "edge"
 SANDBOX_CLUSTER = "sandbox"
+VOLUME_CONTENT_CLUSTER = "volume_content"
+TEMPLATE_FILES_CLUSTER = "template_files"
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # The default thresholds (1024) are per cluster; one cluster fronts every sandbox.
@@ -133,7 +140,55 @@ def edge_cluster(settings: EnvoySettings) -> Cluster:
     )
 
 
+def _lifecycle_http_cluster(name: str, listening: Listening) -> Cluster:
+    """One HTTP/1.1 endpoint of the lifecycle service's."""
+    endpoint = LbEndpoint(endpoint=Endpoint(address=socket_address(listening)))
+    return Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=timedelta(seconds=1),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        ),
+        typed_extension_protocol_options=_http_options(http2=False, idle=timedelta(seconds=60)),
+        circuit_breakers=_breakers(),
+    )
+
+
+def volume_content_clusters(settings: EnvoySettings) -> list[Cluster]:
+    """The lifecycle service's volume content API (one HTTP/1.1 endpoint), when it has one."""
+    if settings.volume_content is None:
+        return []
+    return [_lifecycle_http_cluster(VOLUME_CONTENT_CLUSTER, settings.volume_content)]
+
+
+def template_files_clusters(settings: EnvoySettings) -> list[Cluster]:
+    """The lifecycle service's upload server for template build files, when it has one."""
+    if settings.template_files is None:
+        return []
+    return [_lifecycle_http_cluster(TEMPLATE_FILES_CLUSTER, settings.template_files)]
+
+
 def sandbox_cluster(settings: EnvoySettings) -> Cluster:
+    by_metadata = ClusterOriginalDstLbConfig(
+        metadata_key=MetadataKey(
+            key=EXT_AUTHZ_NAMESPACE, path=[MetadataKeyPathSegment(key="upstream_host")]
+        )
+    )
+    return _original_destination(settings, SANDBOX_CLUSTER, by_metadata)
+
+
+def fast_sandbox_cluster(settings: EnvoySettings) -> Cluster:
+    """The fast routes' cluster: the sandbox cluster with the host from the route's header."""
+    by_header = ClusterOriginalDstLbConfig(
+        use_http_header=True, http_header_name=ORIGINAL_DST_HEADER
+    )
+    return _original_destination(settings, FAST_CLUSTER, by_header)
+
+
+def _original_destination(
+    settings: EnvoySettings, name: str, lb_config: ClusterOriginalDstLbConfig
+) -> Cluster:
     bind = (
         BindConfig(
             source_address=SocketAddress(
@@ -146,17 +201,13 @@ def sandbox_cluster(settings: EnvoySettings) -> Cluster:
         else None
     )
     return Cluster(
-        name=SANDBOX_CLUSTER,
+        name=name,
         type=ClusterDiscoveryType.ORIGINAL_DST,
         lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
         # a refused port fails at once; this bounds a black-holed (dead pod) address
         connect_timeout=timedelta(seconds=2),
         cleanup_interval=timedelta(seconds=60),
-        original_dst_lb_config=ClusterOriginalDstLbConfig(
-            metadata_key=MetadataKey(
-                key=EXT_AUTHZ_NAMESPACE, path=[MetadataKeyPathSegment(key="upstream_host")]
-            )
-        ),
+        original_dst_lb_config=lb_config,
         typed_extension_protocol_options=_http_options(http2=False, idle=timedelta(seconds=60)),
         circuit_breakers=_breakers(per_host=_PER_SANDBOX_CONNECTIONS),
         upstream_bind_config=bind,

@@ -42,6 +42,8 @@ HEADER_MUTATION = "envoy.filters.http.header_mutation"
 EXT_AUTHZ = EXT_AUTHZ_NAMESPACE
 EXT_PROC = "envoy.filters.http.ext_proc"
 ROUTER = "envoy.filters.http.router"
+# The ext_proc attribute with the port the request's connection was accepted on.
+LISTENER_PORT_ATTRIBUTE = "destination.port"
 
 # Headers only the gateway may set (docs/contracts: Envoy <-> edge).
 STRIPPED_REQUEST_HEADERS = (
@@ -60,6 +62,7 @@ AUTHZ_HEADERS = (
     "e2b-traffic-access-token",
     "accept",
     "user-agent",
+    "x-request-id",  # read only off the hot path: lifecycle calls and denials (core/logs.py)
 )
 # The edge answers from its in-memory indexes in microseconds, but a burst queues: 1000
 # command streams opened at once on 2 cores kept Checks waiting past 250 ms, and each of
@@ -119,6 +122,9 @@ def ext_proc() -> HttpFilter:
         metadata_options=MetadataOptions(
             forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=[EXT_AUTHZ_NAMESPACE])
         ),
+        # the listener's port, which the Host loses (strip_any_host_port): template upload
+        # links must name it (edge/template_api.py)
+        request_attributes=[LISTENER_PORT_ATTRIBUTE],
     )
     return HttpFilter(name=EXT_PROC, typed_config=Any.pack(config))
 

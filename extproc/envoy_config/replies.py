@@ -14,6 +14,10 @@ plain text, so each one the SDK can meet is rewritten here:
 
 Matching is on `response.code_details`, which names the filter that produced the reply, so the
 edge's own denials (which already carry E2B JSON) are never rewritten.
+
+A fast route (extproc/edge/xds_routes.py) has no ext_authz verdict to read the sandbox id
+from: it is named after its sandbox, always envd's port, and the access log gains a `route`
+field, so a line shows which requests took it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from envoy_data_plane.envoy.config.accesslog.v3 import (
     AccessLog,
     AccessLogFilter,
+    AndFilter,
     ExtensionFilter,
     ResponseFlagFilter,
 )
@@ -33,6 +38,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.google.protobuf import Any, Struct
 
+from extproc.core.hosts import ENVD_PORT
+from extproc.core.xds_contract import FAST_CLUSTER
 from extproc.envoy_config.clusters import EXT_AUTHZ_NAMESPACE
 
 _CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
@@ -75,7 +82,25 @@ def _json(fields: dict[str, object]) -> SubstitutionFormatString:
     return SubstitutionFormatString(json_format=Struct.from_dict(fields))
 
 
-def local_reply_config() -> LocalReplyConfig:
+def _refused_fast_route() -> ResponseMapper:
+    """`port_not_open` for a fast route: the sandbox id is the route's name."""
+    refused = AccessLogFilter(response_flag_filter=ResponseFlagFilter(flags=["UF"]))
+    fast = _when(f"xds.cluster_name == '{FAST_CLUSTER}'")
+    return ResponseMapper(
+        filter=AccessLogFilter(and_filter=AndFilter(filters=[refused, fast])),
+        status_code=502,
+        body_format_override=_json(
+            {
+                "sandboxId": "%ROUTE_NAME%",
+                "message": "The sandbox is running but port is not open",
+                "port": ENVD_PORT,
+                "code": 502,
+            }
+        ),
+    )
+
+
+def local_reply_config(*, fast_path: bool = False) -> LocalReplyConfig:
     authz_unavailable = ResponseMapper(
         filter=_when("response.code_details == 'ext_authz_error'"),
         status_code=503,
@@ -120,11 +145,20 @@ def local_reply_config() -> LocalReplyConfig:
             {"code": 400, "message": "malformed request path: it cannot be normalised"}
         ),
     )
+    fast = [_refused_fast_route()] if fast_path else []
     return LocalReplyConfig(
-        mappers=[authz_unavailable, port_not_open, platform_failed, unknown_sandbox, bad_path]
+        mappers=[
+            authz_unavailable,
+            *fast,
+            port_not_open,
+            platform_failed,
+            unknown_sandbox,
+            bad_path,
+        ]
     )
 
 
-def access_log() -> AccessLog:
-    stdout = StdoutAccessLog(log_format=_json(dict(ACCESS_LOG_FIELDS)))
+def access_log(*, fast_path: bool = False) -> AccessLog:
+    fields = {**ACCESS_LOG_FIELDS, "route": "%ROUTE_NAME%"} if fast_path else ACCESS_LOG_FIELDS
+    stdout = StdoutAccessLog(log_format=_json(dict(fields)))
     return AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))

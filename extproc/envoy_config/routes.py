@@ -40,13 +40,26 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
     ExtAuthzPerRoute,
 )
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExtProcPerRoute
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
 from envoy_data_plane.google.protobuf import Any
 
-from extproc.envoy_config.clusters import SANDBOX_CLUSTER
+from extproc.core.template_files import PATH_PREFIX as TEMPLATE_FILES_PREFIX
+from extproc.core.template_files import QUERY_PARAMETERS as TEMPLATE_FILES_QUERY
+from extproc.core.volumes import CONTENT_ROUTE_PATTERN, TOKEN_PREFIX
+from extproc.core.xds_contract import (
+    HOST_FALLBACK_ROUTE,
+    ROUTE_CONFIG,
+    SANDBOX_VHOST,
+    SHARED_VHOST,
+)
+from extproc.envoy_config.clusters import (
+    SANDBOX_CLUSTER,
+    TEMPLATE_FILES_CLUSTER,
+    VOLUME_CONTENT_CLUSTER,
+)
 from extproc.envoy_config.filters import EXT_AUTHZ, EXT_PROC
 from extproc.envoy_config.settings import EnvoySettings
 
-ROUTE_CONFIG = "e2b"
 SANDBOX_ROUTING_HEADERS = ("e2b-sandbox-id", "e2b-sandbox-port")
 # Above the SDK's 50 s keepalive on command, PTY and watch streams; also bounds an idle
 # websocket to a user server.
@@ -100,6 +113,57 @@ def sandbox_route(name: str, match: RouteMatch | None = None) -> Route:
     )
 
 
+def volume_content_route() -> Route:
+    """The volume content API, to the lifecycle service: only a request whose path is one of
+    its operations and whose `Authorization` is a volume token's; the server checks the
+    token. No ext_authz (the token is the credential, not an API key) and no ext_proc, so
+    file bodies stream both ways; anything else falls through to the platform route."""
+    bearer = StringMatcher(prefix=f"Bearer {TOKEN_PREFIX}")
+    return Route(
+        name="volume-content",
+        match=RouteMatch(
+            safe_regex=RegexMatcher(regex=CONTENT_ROUTE_PATTERN),
+            headers=[HeaderMatcher(name="authorization", string_match=bearer)],
+        ),
+        route=RouteAction(
+            cluster=VOLUME_CONTENT_CLUSTER,
+            # a file of any size: no overall deadline, only the idle one
+            timeout=timedelta(0),
+            idle_timeout=SANDBOX_IDLE_TIMEOUT,
+        ),
+        typed_per_filter_config={
+            EXT_AUTHZ: Any.pack(ExtAuthzPerRoute(disabled=True)),
+            EXT_PROC: Any.pack(ExtProcPerRoute(disabled=True)),
+        },
+    )
+
+
+def template_files_route() -> Route:
+    """Template build file uploads (the SDK's `copy`), to the lifecycle's upload server:
+    only a path under the upload prefix with the link's query; the server checks the
+    signature. No ext_authz (the signed link is the credential; the SDK sends no API key)
+    and no ext_proc, so archives of any size stream through."""
+    return Route(
+        name="template-files",
+        match=RouteMatch(
+            prefix=TEMPLATE_FILES_PREFIX,
+            query_parameters=[
+                QueryParameterMatcher(name=name, present_match=True)
+                for name in TEMPLATE_FILES_QUERY
+            ],
+        ),
+        route=RouteAction(
+            cluster=TEMPLATE_FILES_CLUSTER,
+            timeout=timedelta(0),
+            idle_timeout=SANDBOX_IDLE_TIMEOUT,
+        ),
+        typed_per_filter_config={
+            EXT_AUTHZ: Any.pack(ExtAuthzPerRoute(disabled=True)),
+            EXT_PROC: Any.pack(ExtProcPerRoute(disabled=True)),
+        },
+    )
+
+
 def route_configuration(settings: EnvoySettings) -> RouteConfiguration:
     domain = settings.domain
     shared_routes = [
@@ -115,17 +179,26 @@ def route_configuration(settings: EnvoySettings) -> RouteConfiguration:
         query_parameters=[QueryParameterMatcher(name="signature", present_match=True)],
     )
     shared_routes.append(sandbox_route("sandbox-by-signature", signed_files))
+    lifecycle_routes = [volume_content_route()] if settings.volume_content is not None else []
+    if settings.template_files is not None:
+        lifecycle_routes.append(template_files_route())
     return RouteConfiguration(
         name=ROUTE_CONFIG,
         virtual_hosts=[
-            VirtualHost(name="platform", domains=[f"api.{domain}"], routes=[platform_route()]),
             VirtualHost(
-                name="sandbox", domains=[f"*.{domain}"], routes=[sandbox_route("sandbox-by-host")]
+                name="platform",
+                domains=[f"api.{domain}"],
+                routes=[*lifecycle_routes, platform_route()],
             ),
             VirtualHost(
-                name="shared",
+                name=SANDBOX_VHOST,
+                domains=[f"*.{domain}"],
+                routes=[sandbox_route(HOST_FALLBACK_ROUTE)],
+            ),
+            VirtualHost(
+                name=SHARED_VHOST,
                 domains=[f"sandbox.{domain}", "*"],
-                routes=[*shared_routes, platform_route()],
+                routes=[*shared_routes, *lifecycle_routes, platform_route()],
             ),
         ],
     )

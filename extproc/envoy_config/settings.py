@@ -92,6 +92,18 @@ class EnvoySettings:
     # connections to sandboxes, so they reach sandbox addresses that exist only there;
     # default None: Envoy's own namespace
     sandbox_netns: Path | None = None
+    # the lifecycle service's volume content API (HTTP/1.1): an IP literal and port or a
+    # unix socket; default None: not routed (volume content requests then reach the platform
+    # API, which answers 401)
+    volume_content: Endpoint | None = None
+    # the lifecycle service's upload server for template build files (HTTP/1.1): a unix
+    # socket or an IP literal and port; default None: not routed (the SDK's `copy` uploads
+    # then reach the platform API, which answers 404)
+    template_files: Endpoint | None = None
+    # the fast path: Envoy takes its routes and a runtime layer from the edges over ADS
+    # (extproc/edge/fast_path.py), so requests for known running sandboxes skip ext_authz;
+    # default False: the routes are static in the bootstrap and every request is checked
+    fast_path: bool = False
 
     def __post_init__(self) -> None:
         if not self.edges:
@@ -102,7 +114,7 @@ class EnvoySettings:
             raise ValueError(
                 f"admin must listen on a loopback IP or a unix socket, got {self.admin}"
             )
-        for endpoint in (self.listen, *self.edges):
+        for endpoint in (self.listen, *self.edges, self.volume_content, self.template_files):
             if isinstance(endpoint, HostPort) and not endpoint.is_ip:
                 raise ValueError(f"expected an IP literal, got {endpoint}")
         if self.sandbox_netns is not None and not self.sandbox_netns.is_absolute():

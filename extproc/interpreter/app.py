@@ -97,7 +97,7 @@ class InterpreterApp:
         else:
             context = await self._contexts.default(language)
         if env_vars:
-            env_code.set_for_execution(context.language, {})  # 400 now, not mid-stream
+            env_code.check(context.language, env_vars)  # 400 now, not mid-stream
         token = bearer = None
         for name, value in scope["headers"]:
             if name == b"x-access-token":

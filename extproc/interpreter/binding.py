@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from extproc.core import binding_file
+from extproc.core.logs import set_process_field
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class BindingWatch:
         if newly_bound:
             self._next_look = self._clock() + LOOK_INTERVAL_S
         self._sandbox_id = found.sandbox_id
+        set_process_field("sandbox_id", found.sandbox_id)
         if self._token is None and token is not None:
             self._token = token
             if not newly_bound:

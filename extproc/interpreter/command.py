@@ -7,11 +7,11 @@ Imports stay lean here: jupyter_client, zmq and uvicorn load only in `run`.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from extproc.core.flags import EnvDefaults, listen_address, sandbox_daemon_auth
+from extproc.core.logs import add_log_flags, log_options, setup_logging
 from extproc.interpreter.settings import (
     DEFAULT_CWD,
     DEFAULT_ENVD_URL,
@@ -72,6 +72,24 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="interrupt an execution after this long (default 0: only the client's timeout)",
     )
+    parser.add_argument(
+        "--kernel-python",
+        default=ENV.text("KERNEL_PYTHON") or sys.executable,
+        metavar="EXE",
+        help="the Python that runs the Python and Bash kernels (default: this one)",
+    )
+    parser.add_argument(
+        "--kernel-pythonpath",
+        default=ENV.text("KERNEL_PYTHONPATH"),
+        metavar="PATHS",
+        help="the kernels' PYTHONPATH ('' for none; default: this process's)",
+    )
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        default=ENV.flag("PRELOAD"),
+        help="import numpy, pandas and matplotlib.pyplot in each Python kernel at its start",
+    )
     defaults = InterpreterSettings()
     for flag, default, help_text in (
         (
@@ -90,6 +108,7 @@ def register(parser: argparse.ArgumentParser) -> None:
             metavar="N",
             help=f"{help_text} (default {default})",
         )
+    add_log_flags(parser, ENV)
     parser.set_defaults(run=run)
 
 
@@ -134,16 +153,17 @@ def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
         max_body_bytes=int(_number(args, "max-body-bytes", integer=True)),
         kernel_start_timeout=_number(args, "kernel-start-timeout"),
         interrupt_grace=_number(args, "interrupt-grace"),
+        kernel_python=str(args.kernel_python),
+        kernel_pythonpath=args.kernel_pythonpath,
+        preload=bool(args.preload),
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s interpreter %(levelname)s %(message)s",
-    )
     try:
+        log_format, log_level = log_options(args)
+        fields = {"sandbox_id": args.sandbox_id} if args.sandbox_id else None
+        setup_logging("interpreter", log_format, log_level, fields=fields)
         settings = settings_from_args(args)
     except ValueError as e:
         print(f"agentcube-e2b interpreter: error: {e}", file=sys.stderr)

@@ -53,7 +53,7 @@ class Executor:
     async def run(self, context: Context, request: Request, emit: Emit) -> None:
         kernel = context.kernel
         if request.env_vars:
-            env_code.set_for_execution(context.language, {})  # InvalidArgument before we start
+            env_code.check(context.language, request.env_vars)  # InvalidArgument before we start
         await kernel.lock.acquire()
         recovering = False
         msg_id: str | None = None
@@ -95,6 +95,7 @@ class Executor:
         last_sent = loop.time()
         deadline = loop.time() + settings.execution_timeout if settings.execution_timeout else None
         interrupted_at: float | None = None
+        timed_out_sent = False
         while True:
             # Wake for whichever comes first: a liveness check, a keepalive, the deadline.
             wake = [POLL_SECONDS, last_sent + settings.keepalive_interval - loop.time()]
@@ -120,11 +121,15 @@ class Executor:
                 continue
             if msg["header"]["msg_type"] == "status":
                 if msg["content"].get("execution_state") == "idle":
+                    if interrupted_at is not None and not timed_out_sent:
+                        # bash_kernel answers an interrupt with no error message at all
+                        await emit(_timed_out(settings.execution_timeout, restarted=False))
                     return
                 continue
             for line in translate(msg, budget):
                 if interrupted_at is not None and line["type"] == "error":
                     line = _timed_out(settings.execution_timeout, restarted=False, of=line)
+                    timed_out_sent = True
                 await emit(line)
                 last_sent = now
 

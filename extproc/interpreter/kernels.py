@@ -4,7 +4,7 @@ Kernels talk ZeroMQ over IPC sockets in a private runtime directory rather than 
 port has to be picked and then bound by another process (jupyter_client's known race), and
 nothing listens on the sandbox's network. The heartbeat channel is off; liveness is the
 kernel process itself (`is_alive` polls it), which is cheaper and just as exact locally.
-The kernel gets the server's environment minus AGENTCUBE_E2B_* (credentials stay here).
+Which kernel and with what environment is kernel_specs' to say.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -21,25 +20,20 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
 from extproc.core.errors import Unavailable
+from extproc.interpreter.kernel_specs import KernelSpecs
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
 
-def kernel_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTCUBE_E2B_")}
-
-
 class Kernel:
     """A started kernel. Executions on it are serialised by `lock` (Jupyter runs one at a
     time anyway; holding the lock keeps one execution's messages from another's reader)."""
 
-    def __init__(
-        self, spec_name: str, cwd: Path, socket_prefix: Path, arguments: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, specs: KernelSpecs, spec_name: str, cwd: Path, socket_prefix: Path) -> None:
         self.spec_name = spec_name
-        self._arguments = list(arguments)
+        self._specs = specs
         self.cwd = cwd
         self.lock = asyncio.Lock()
         # Set once the sandbox's env vars were applied to this kernel process.
@@ -49,11 +43,15 @@ class Kernel:
         self._client: AsyncKernelClient | None = None
 
     async def start(self, ready_within: float) -> None:
-        manager = AsyncKernelManager(kernel_name=self.spec_name, transport="ipc")
+        manager = AsyncKernelManager(
+            kernel_name=self.spec_name,
+            kernel_spec_manager=self._specs.manager,
+            transport="ipc",
+        )
         manager.ip = str(self._socket_prefix)
         try:
             await manager.start_kernel(
-                cwd=str(self.cwd), env=kernel_environment(), extra_arguments=self._arguments
+                cwd=str(self.cwd), env=self._specs.environment(self.spec_name)
             )
         except Exception as e:
             raise Unavailable(f"the {self.spec_name} kernel did not start: {e}") from e

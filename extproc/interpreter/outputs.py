@@ -13,9 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from extproc.interpreter.kernel_side.agentcube_e2b_kernel import CHART_MIME, DATA_MIME
+
 Line = dict[str, Any]
 
-# MIME type -> the SDK's Result attribute.
+# MIME type -> the SDK's Result attribute. `chart` and `data` come from our Python kernel's
+# own formatters (kernel_side/agentcube_e2b_kernel.py).
 MIME_KEYS: dict[str, str] = {
     "text/plain": "text",
     "text/html": "html",
@@ -27,6 +30,8 @@ MIME_KEYS: dict[str, str] = {
     "text/latex": "latex",
     "application/json": "json",
     "application/javascript": "javascript",
+    CHART_MIME: "chart",
+    DATA_MIME: "data",
 }
 
 END_OF_EXECUTION: Line = {"type": "end_of_execution"}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from extproc.core.request_context import AsgiRequestContext
 from extproc.interpreter.app import InterpreterApp
 from extproc.interpreter.contexts import Contexts
 from extproc.interpreter.envs import SandboxEnvs
@@ -56,7 +57,7 @@ async def run(settings: InterpreterSettings) -> None:
     envs = SandboxEnvs(settings.envd_url)
     executor = Executor(settings, envs)
     config = uvicorn.Config(
-        InterpreterApp(settings, contexts, executor),
+        AsgiRequestContext(InterpreterApp(settings, contexts, executor)),
         host=settings.host,
         port=settings.port,
         loop="none",
@@ -65,6 +66,7 @@ async def run(settings: InterpreterSettings) -> None:
         access_log=False,
         server_header=False,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through the process's handler (core/logs.py)
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
         timeout_keep_alive=650,  # above the gateway's idle timeouts: reuse, do not race
     )

@@ -3,6 +3,7 @@ AGENTCUBE_E2B_INTERPRETER_* env vars by `command.py`."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,10 @@ class InterpreterSettings:
     kernel_start_timeout: float = 60.0
     # Seconds an interrupted kernel gets to go idle before it is restarted instead.
     interrupt_grace: float = 5.0
+    # The Python that runs the Python and Bash kernels (default: this server's).
+    kernel_python: str = sys.executable
+    # The kernels' PYTHONPATH; None (the default): this server's. A sandbox with the data
+    # stack gives "" (the image's packages and the stack, not the gateway's venv).
+    kernel_pythonpath: str | None = None
+    # Import numpy, pandas and matplotlib.pyplot in each Python kernel before it is ready.
+    preload: bool = False

@@ -57,6 +57,7 @@ CODE_INTERPRETER = Kind(
 )
 POD = Kind("", "v1", "pods", "Pod")
 SECRET = Kind("", "v1", "secrets", "Secret")
+PERSISTENT_VOLUME_CLAIM = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 
 
 class Resources:
@@ -183,4 +184,9 @@ def cluster_list_call(client: ApiClient, kind: Kind) -> ListCall:
 
 
 def _core_name(kind: Kind) -> str:
-    return {"pods": "pod", "secrets": "secret", "configmaps": "config_map"}[kind.plural]
+    return {
+        "pods": "pod",
+        "secrets": "secret",
+        "configmaps": "config_map",
+        "persistentvolumeclaims": "persistent_volume_claim",
+    }[kind.plural]

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from extproc.core.errors import DomainError
+from extproc.lifecycle.build_steps import BuildSpec
+from extproc.lifecycle.building import LogEntry
 from extproc.lifecycle.sandboxes import (
     CreateSpec,
     Event,
@@ -19,7 +22,7 @@ from extproc.lifecycle.sandboxes import (
     PauseMode,
     Sandbox,
 )
-from extproc.lifecycle.templates import Template
+from extproc.lifecycle.templates import Build, Template
 
 
 class Backend(Protocol):
@@ -64,3 +67,34 @@ class Backend(Protocol):
     async def update_template(self, tenant: str, template_id: str, public: bool) -> Template: ...
 
     async def delete_template(self, tenant: str, template_id: str) -> None: ...
+
+    # Template builds and snapshots (building.py, snapshots.py); a backend that cannot
+    # build raises Unimplemented naming what is missing.
+
+    async def request_build(
+        self, tenant: str, name: str, tags: list[str], cpu_count: int, memory_mb: int
+    ) -> tuple[Template, Build]: ...
+
+    async def file_upload(
+        self, tenant: str, template_id: str, files_hash: str
+    ) -> tuple[bool, str]: ...
+
+    async def start_build(
+        self, tenant: str, template_id: str, build_id: str, spec: BuildSpec
+    ) -> None: ...
+
+    async def build_status(
+        self, tenant: str, template_id: str, build_id: str, offset: int, limit: int, level: str
+    ) -> tuple[Build, list[LogEntry]]: ...
+
+    async def assign_tags(self, tenant: str, target: str, tags: list[str]) -> Build: ...
+
+    async def remove_tags(self, tenant: str, name: str, tags: list[str]) -> None: ...
+
+    async def create_snapshot(self, tenant: str, sandbox_id: str, name: str) -> Template: ...
+
+    async def list_snapshots(self, tenant: str, sandbox_id: str, name: str) -> list[Template]: ...
+
+    async def fork(
+        self, tenant: str, sandbox_id: str, count: int, timeout_s: int
+    ) -> list[Sandbox | DomainError]: ...

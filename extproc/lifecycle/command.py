@@ -6,7 +6,6 @@ gRPC and the backend are imported only in `run`, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import sys
@@ -24,6 +23,7 @@ from extproc.core.flags import (
     number_arg,
     secret_name_arg,
 )
+from extproc.core.logs import add_log_flags, log_options, setup_logging
 from extproc.lifecycle.settings import (
     KubernetesSettings,
     LifecycleSettings,
@@ -61,6 +61,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         local.interpreter_pool_size), metavar="N",
         help="warm sandboxes kept for template code-interpreter-v1 (default "
              f"{local.interpreter_pool_size})")
+    add("--template-pool-size", default=ENV.text("TEMPLATE_POOL_SIZE",
+        local.template_pool_size), metavar="N",
+        help="warm sandboxes kept for each built template's current build (default "
+             f"{local.template_pool_size})")
     add("--max-timeout", default=ENV.text("MAX_TIMEOUT", local.max_timeout_s), metavar="SECONDS",
         help=f"longest sandbox life (default {local.max_timeout_s})")
     add("--max-sandboxes", default=ENV.text("MAX_SANDBOXES", local.max_sandboxes), metavar="N",
@@ -94,6 +98,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help=f"most processes per sandbox (default {local.max_processes})")
     add("--layer-mb", default=ENV.text("LAYER_MB", local.layer_mb), metavar="MIB",
         help=f"size of each sandbox's writable layer (default {local.layer_mb})")
+    add("--volume-mb", default=ENV.text("VOLUME_MB", local.volume_mb), metavar="MIB",
+        help=f"size of each volume, a sparse filesystem image (default {local.volume_mb})")
+    add("--max-volumes", default=ENV.text("MAX_VOLUMES", local.max_volumes), metavar="N",
+        help=f"most volumes, every tenant's together (default {local.max_volumes})")
+    add("--volume-content-listen", default=ENV.text("VOLUME_CONTENT_LISTEN",
+        server.volume_content_listen), metavar="unix:PATH|HOST:PORT",
+        help="serve the volume content API (HTTP/1.1, for Envoy) here; a unix socket is made "
+             "0600 (default: not served)")
     add("--rootfs-cache-dir", default=os.environ.get(ROOTFS_CACHE_ENV), metavar="DIR",
         help=f"where the sandboxes' base root filesystem is built and kept (env "
              f"{ROOTFS_CACHE_ENV}, shared with `rootfs build`; default <state-dir>/rootfs)")
@@ -147,11 +159,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="kubernetes: kubeconfig context (default: the current one)")
     add("--picod-port", default=ENV.text("PICOD_PORT", kube.picod_port), metavar="PORT",
         help=f"kubernetes: picod's port on the pod IP (default {kube.picod_port})")
+    add("--volume-storage-class", default=ENV.text("VOLUME_STORAGE_CLASS",
+        kube.volume_storage_class), metavar="NAME",
+        help="kubernetes: storage class of volumes' PersistentVolumeClaims (default: the "
+             "cluster's default)")
+    add("--volume-access-mode", default=ENV.text("VOLUME_ACCESS_MODE", kube.volume_access_mode),
+        choices=["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"],
+        help="kubernetes: access mode of volumes' PersistentVolumeClaims; ReadWriteMany shares "
+             f"a volume across nodes (default {kube.volume_access_mode})")
     add("--picod-scheme", default=ENV.text("PICOD_SCHEME", kube.picod_scheme),
         choices=["http", "https"], help=f"kubernetes: picod's scheme (default {kube.picod_scheme})")
     add("--kill-on-exit", default=ENV.text("KILL_ON_EXIT", "off"), metavar="on|off",
         help="kill every sandbox on SIGTERM instead of leaving them for re-adoption "
              "(default off)")
+    add_log_flags(parser, ENV)
     parser.set_defaults(run=run, parser=parser)  # fmt: skip
 
 
@@ -193,6 +214,7 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         jwt_public_key=key,
         pool_size=integer_arg(args, "pool_size", 0),
         interpreter_pool_size=integer_arg(args, "interpreter_pool_size", 0),
+        template_pool_size=integer_arg(args, "template_pool_size", 0),
         max_timeout_s=integer_arg(args, "max_timeout", 1),
         max_sandboxes=integer_arg(args, "max_sandboxes", 1),
         max_concurrent_starts=integer_arg(args, "max_concurrent_starts", 1),
@@ -200,6 +222,8 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         egress=_egress(args.egress),
         max_processes=integer_arg(args, "max_processes", 1),
         layer_mb=integer_arg(args, "layer_mb", 64),
+        volume_mb=integer_arg(args, "volume_mb", 64),
+        max_volumes=integer_arg(args, "max_volumes", 0),
         rootfs_cache_dir=Path(args.rootfs_cache_dir) if args.rootfs_cache_dir else None,
         address_space_factor=integer_arg(args, "address_space_factor", 1),
         ready_timeout_s=number_arg(args, "ready_timeout", 0.1) if ready_given
@@ -234,12 +258,18 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         else kube_defaults.ready_timeout_s,
         picod_port=picod_port,
         picod_scheme=str(args.picod_scheme),
+        volume_mb=local.volume_mb,
+        volume_storage_class=str(args.volume_storage_class),
+        volume_access_mode=str(args.volume_access_mode),
     )  # fmt: skip
     health_listen = grpc_address(str(args.health_listen), "--health-listen", optional=True)
     if health_listen and health_listen == listen:
         raise ValueError("--health-listen: must differ from --listen")
     server = ServerSettings(
-        listen=listen, grace_s=number_arg(args, "grace", 0), health_listen=health_listen
+        listen=listen, grace_s=number_arg(args, "grace", 0), health_listen=health_listen,
+        volume_content_listen=grpc_address(
+            str(args.volume_content_listen), "--volume-content-listen", optional=True
+        ),
     )
     return LifecycleSettings(
         backend=args.backend, server=server, local=local, kubernetes=kubernetes
@@ -257,13 +287,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         token = caller_token(args)
+        log_format, log_level = log_options(args)
     except ValueError as exc:
         args.parser.error(str(exc))
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging("lifecycle", log_format, log_level)
     import uvloop
 
     from extproc.lifecycle.server import run as serve

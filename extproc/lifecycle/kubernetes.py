@@ -68,6 +68,10 @@ from extproc.k8s.resources import CODE_INTERPRETER, POD, SECRET, Kind, Resources
 from extproc.k8s.settings import InformerSettings
 from extproc.lifecycle import listing
 from extproc.lifecycle import manifests as m
+from extproc.lifecycle import volume_manifests as vm
+from extproc.lifecycle.build_steps import BuildSpec
+from extproc.lifecycle.building import LogEntry
+from extproc.lifecycle.kube_volumes import KubeVolumes
 from extproc.lifecycle.metric_history import within
 from extproc.lifecycle.picod_client import PicodClient
 from extproc.lifecycle.reaping import Clock, Reaper
@@ -82,10 +86,12 @@ from extproc.lifecycle.sandboxes import (
     PauseMode,
     Sandbox,
     State,
+    VolumeMount,
 )  # fmt: skip
 from extproc.lifecycle.settings import KubernetesSettings
-from extproc.lifecycle.templates import Template
+from extproc.lifecycle.templates import Build, Template
 from extproc.lifecycle.validation import check_env_vars, check_metadata
+from extproc.lifecycle.volumes import Volume
 from extproc.lifecycle.watching import Hub
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,10 @@ _NO_PRIVATE_TRAFFIC = (
 # How long past its end a Create waits for the pod before it gives up (the controller's
 # deletion and the informers' news of it take a moment).
 _END_GRACE_S = 1.0
+_NO_BUILDS = ("building templates is not supported in Kubernetes mode (no in-cluster builder): "
+              "a template is a CodeInterpreter resource; write one with the image you need")
+_NO_SNAPSHOTS = ("snapshots and fork are not supported in Kubernetes mode: a pod's filesystem "
+                 "cannot be captured as an image here")
 _NO_TEMPLATE_WRITES = ("templates are CodeInterpreter resources in Kubernetes mode; create, "
                        "change or delete them with kubectl in the tenant's namespace")  # fmt: skip
 
@@ -231,6 +241,10 @@ class KubernetesBackend:
         self.sandbox_informer: Informer | None = None
         self.pod_informer: Informer | None = None
         self.claim_informer: Informer | None = None
+        self.volumes = KubeVolumes(
+            api, size_mb=settings.volume_mb, storage_class=settings.volume_storage_class,
+            access_mode=settings.volume_access_mode, seed=lambda: self.seed, clock=clock,
+        )  # fmt: skip
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -419,7 +433,10 @@ class KubernetesBackend:
         env = check_env_vars(spec.env_vars)
         ns = spec.tenant
         ci = await self._code_interpreter(spec.template, ns)
-        warm = m.warm_pool_size(ci) > 0
+        mounts = await self.volumes.resolve(ns, spec.volume_mounts) if spec.volume_mounts else []
+        # A claim gets a pod the warm pool started before anyone asked: it cannot gain
+        # volumes. A Create with volumes starts its own pod from the template (cold).
+        warm = m.warm_pool_size(ci) > 0 and not mounts
         if warm and not m.jwt_auth(ci):
             raise InvalidArgument(
                 f"template {spec.template!r} has a warm pool and authMode none: its pods trust "
@@ -481,8 +498,9 @@ class KubernetesBackend:
                     phases.mark("picod bound")
                 else:
                     host = await self._create_cold(
-                        ci, ns, sandbox_id, token, env, object_labels, notes, shutdown_at, created
-                    )
+                        ci, ns, sandbox_id, token, env, object_labels, notes, shutdown_at, created,
+                        mounts,
+                    )  # fmt: skip
                     phases.mark("pod ready")
                 await self.picod.wait_healthy(host)
                 phases.mark("healthy")
@@ -517,7 +535,7 @@ class KubernetesBackend:
     async def _create_cold(
         self, ci: KubeObject, ns: str, sandbox_id: str, token: str, env: dict[str, str],
         object_labels: dict[str, str], notes: dict[str, str], shutdown_at: float | None,
-        created: list[tuple[Kind, str]],
+        created: list[tuple[Kind, str]], mounts: list[tuple[str, VolumeMount]],
     ) -> str:  # fmt: skip
         """Secret, then the Sandbox reading it, then the Secret owned by the Sandbox (so it
         goes when the Sandbox goes); the pod's IP once it is Ready."""
@@ -529,10 +547,10 @@ class KubernetesBackend:
         created.append((SECRET, name))
         notes = {**notes, object_proof.PROOF_ANNOTATION: object_proof.proof_of(
             self.proof_key, ns, name, sandbox_id)}  # fmt: skip
-        body = m.sandbox_object(
+        body = vm.with_volumes(m.sandbox_object(
             ci, kinds, sandbox_id=sandbox_id, namespace=ns, public_key_pem=self.public_key_pem,
             object_labels=object_labels, object_annotations=notes, end_at=shutdown_at,
-        )  # fmt: skip
+        ), mounts)  # fmt: skip
         made = await self.api.create(kinds.sandbox, ns, body)
         created.append((kinds.sandbox, name))
         owner = m.owner_reference(made)
@@ -841,3 +859,65 @@ class KubernetesBackend:
 
     async def delete_template(self, tenant: str, template_id: str) -> None:
         raise Unimplemented(_NO_TEMPLATE_WRITES)
+
+    # -- template builds and snapshots: not in Kubernetes mode ----------------------------
+
+    async def request_build(
+        self, tenant: str, name: str, tags: list[str], cpu_count: int, memory_mb: int
+    ) -> tuple[Template, Build]:
+        raise Unimplemented(_NO_BUILDS)
+
+    async def file_upload(self, tenant: str, template_id: str, files_hash: str) -> tuple[bool, str]:
+        raise Unimplemented(_NO_BUILDS)
+
+    async def start_build(
+        self, tenant: str, template_id: str, build_id: str, spec: BuildSpec
+    ) -> None:
+        raise Unimplemented(_NO_BUILDS)
+
+    async def build_status(
+        self, tenant: str, template_id: str, build_id: str, offset: int, limit: int, level: str
+    ) -> tuple[Build, list[LogEntry]]:
+        raise Unimplemented(_NO_BUILDS)
+
+    async def assign_tags(self, tenant: str, target: str, tags: list[str]) -> Build:
+        raise Unimplemented(_NO_BUILDS)
+
+    async def remove_tags(self, tenant: str, name: str, tags: list[str]) -> None:
+        raise Unimplemented(_NO_BUILDS)
+
+    async def create_snapshot(self, tenant: str, sandbox_id: str, name: str) -> Template:
+        raise Unimplemented(_NO_SNAPSHOTS)
+
+    async def list_snapshots(self, tenant: str, sandbox_id: str, name: str) -> list[Template]:
+        raise Unimplemented(_NO_SNAPSHOTS)
+
+    async def fork(
+        self, tenant: str, sandbox_id: str, count: int, timeout_s: int
+    ) -> list[Sandbox | DomainError]:
+        raise Unimplemented(_NO_SNAPSHOTS)
+
+    # -- volumes: PersistentVolumeClaims in the tenant's namespace (kube_volumes.py) -----
+
+    async def create_volume(self, tenant: str, name: str) -> Volume:
+        self._require_tenant(tenant)
+        return await self.volumes.create(tenant, name)
+
+    async def list_volumes(self, tenant: str) -> list[Volume]:
+        self._require_tenant(tenant)
+        return await self.volumes.owned(tenant)
+
+    async def get_volume(self, tenant: str, volume_id: str) -> Volume:
+        self._require_tenant(tenant)
+        return await self.volumes.get(tenant, volume_id)
+
+    async def delete_volume(self, tenant: str, volume_id: str) -> None:
+        self._require_tenant(tenant)
+
+        def mounters(volume: Volume) -> list[str]:
+            return [
+                s.sandbox_id for s in self._sandboxes.values()
+                if s.tenant == tenant and any(m.name == volume.name for m in s.volume_mounts)
+            ]  # fmt: skip
+
+        await self.volumes.delete(tenant, volume_id, mounters)

@@ -27,6 +27,10 @@ class Cgroups:
     # "v2", "v1" or "none"
     mode: str
     group: str
+    # With v1: the hierarchies each sandbox gets a group in. pids and memory limit it;
+    # cpuacct, where it is writable, counts its CPU for the metrics, which would otherwise
+    # walk every process of the host for it (readings.py).
+    v1_controllers: tuple[str, ...] = ("pids", "memory")
 
     @classmethod
     def detect(cls, group: str) -> Cgroups:
@@ -37,7 +41,8 @@ class Cgroups:
             if wanted <= have and os.access(CGROUP_ROOT, os.W_OK):
                 return cls("v2", group)
         elif all(os.access(CGROUP_ROOT / c, os.W_OK) for c in ("pids", "memory")):
-            return cls("v1", group)
+            accounting = ("cpuacct",) if os.access(CGROUP_ROOT / "cpuacct", os.W_OK) else ()
+            return cls("v1", group, ("pids", "memory", *accounting))
         log.warning(
             "no writable cgroup pids/memory controllers: sandboxes are limited by rlimits "
             "only (processes per sandbox uid, address space per process)"
@@ -48,7 +53,7 @@ class Cgroups:
         if self.mode == "v2":
             return [CGROUP_ROOT / self.group / sandbox_id]
         if self.mode == "v1":
-            return [CGROUP_ROOT / c / self.group / sandbox_id for c in ("pids", "memory")]
+            return [CGROUP_ROOT / c / self.group / sandbox_id for c in self.v1_controllers]
         return []
 
     def prepare(self, sandbox_id: str, memory_mb: int, max_processes: int) -> list[Path]:
@@ -71,7 +76,7 @@ class Cgroups:
                     (directory / "memory.swap.max").write_text("0")
             elif directory.parent.parent.name == "pids":
                 (directory / "pids.max").write_text(str(max_processes))
-            else:
+            elif directory.parent.parent.name == "memory":
                 (directory / "memory.limit_in_bytes").write_text(memory)
             procs.append(directory / "cgroup.procs")
         return procs
@@ -115,7 +120,16 @@ class Cgroups:
 
     def cpu_seconds(self, sandbox_id: str) -> float | None:
         """CPU time of every process the sandbox has run, living or gone (v2 `cpu.stat`,
-        kept by every v2 group), or None: v1 groups here have no cpuacct controller."""
+        kept by every v2 group; v1 `cpuacct.usage` where that hierarchy is writable), or
+        None without either."""
+        if self.mode == "v1":
+            if "cpuacct" not in self.v1_controllers:
+                return None
+            try:
+                usage = _read(CGROUP_ROOT / "cpuacct" / self.group / sandbox_id / "cpuacct.usage")
+                return int(usage) / 1e9
+            except (OSError, ValueError):
+                return None
         if self.mode != "v2":
             return None
         for directory in self._dirs(sandbox_id):

@@ -15,28 +15,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from extproc.core import timeouts
 from extproc.core.errors import (
     Conflict,
+    DomainError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )  # fmt: skip
 from extproc.core.ids import new_sandbox_id, not_found
 from extproc.core.tokens import access_token, load_or_create_seed
-from extproc.lifecycle import adopting, listing, mounting, relaunching, spawning
+from extproc.lifecycle import (
+    adopting,
+    building,
+    data_stack,
+    layers,
+    listing,
+    mounting,
+    relaunching,
+    snapshots,
+    spawning,
+    template_start,
+    uploads,
+)  # fmt: skip
 from extproc.lifecycle.addresses import Addresses
 from extproc.lifecycle.admission import IDEMPOTENCY_WINDOW_S, Admission, Idempotency
+from extproc.lifecycle.build_steps import BuildSpec
 from extproc.lifecycle.isolation import Isolation
 from extproc.lifecycle.measuring import Meter
 from extproc.lifecycle.pooling import Pool
@@ -55,17 +71,25 @@ from extproc.lifecycle.sandboxes import (
     PauseMode,
     Sandbox,
     State,
+    VolumeMount,
 )  # fmt: skip
 from extproc.lifecycle.settings import LocalSettings
 from extproc.lifecycle.store import Row, Store
-from extproc.lifecycle.templates import INTERPRETER_TEMPLATE, Catalog, Template
+from extproc.lifecycle.templates import INTERPRETER_TEMPLATE, Build, Catalog, Template
 from extproc.lifecycle.validation import check_env_vars, check_metadata
+from extproc.lifecycle.volumes import LocalVolumes, Reservation, Volume
 from extproc.lifecycle.watching import Hub
 
 log = logging.getLogger(__name__)
 # E2B keeps an Idempotency-Key for 24 h; so do we, in SQLite with the sandbox's row.
 _PRUNE_EVERY_S = 3600.0
 _KILL_WAIT_S = 5.0
+
+
+def _pool_key(template: Template) -> str:
+    """The pool a Create of `template` takes from: a built template's is its build's."""
+    return f"{template.template_id}@{template.build_id}" if template.build_id else (
+        template.template_id)  # fmt: skip
 
 
 def _tail(path: Path, size: int = 2048) -> str:
@@ -108,6 +132,8 @@ class LocalBackend:
         )  # fmt: skip
         self.live: dict[str, Live] = {}
         self.pools: dict[str, Pool[Live]] = {}
+        # The run tasks of built templates' pools, which come and go with builds.
+        self._pool_tasks: dict[str, asyncio.Task[None]] = {}
         self.reaper = Reaper(clock, self._end_at_of, self._expire)
         self.isolation = (
             Isolation(settings, self.sandboxes_dir) if settings.isolation != "none" else None
@@ -118,9 +144,20 @@ class LocalBackend:
         self.idempotency = Idempotency()
         self._pruned_at = 0.0
         self.admission = Admission(settings.max_sandboxes, clock)
+        self.volumes = LocalVolumes(
+            self.dir, settings.volume_mb, settings.max_volumes, clock,
+            unavailable="" if self.isolation else
+            "volumes need sandbox isolation (--isolation namespaces): each is a filesystem "
+            "image mounted into sandboxes' own mount namespaces",
+        )  # fmt: skip
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0
         self._start_slots = asyncio.Semaphore(settings.max_concurrent_starts)
+        # Built templates and snapshots: their layers, the COPY steps' uploads, the builds.
+        self.layers = layers.LayerStore(self.dir / "layers")
+        self.uploads = uploads.UploadStore(self.dir / "uploads")
+        self.builder = building.Builder(self, self.dir / "builds")
+        self._upload_server = uploads.UploadServer(self.uploads, uploads.socket_path(self.dir))
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -131,6 +168,8 @@ class LocalBackend:
         # readable by the gateway's user only.
         self.dir.chmod(0o700)
         self.seed = load_or_create_seed(self.dir / "token-seed")
+        self.uploads.use_seed(self.seed)
+        await asyncio.to_thread(self.layers.load)
         self.catalog = Catalog.load(self.dir / "templates.json")
         if self.isolation is not None:
             await asyncio.to_thread(self.isolation.start)
@@ -145,7 +184,13 @@ class LocalBackend:
         await self.store.open(prune_before=self.clock() - 86400)
         for database in self.dir.glob("lifecycle.sqlite3*"):
             database.chmod(0o600)
+        await self.volumes.start(self.seed)
         await adopting.recover(self)
+        await self.collect_layers()
+        await self._upload_server.start()
+        for sandbox_id, mounts in (await self.volumes.adopted(list(self.live))).items():
+            entry = self.live[sandbox_id]
+            entry.row = replace(entry.row, sandbox=replace(entry.sandbox, volume_mounts=mounts))
         now = self.clock()
         self._pruned_at = now
         self.idempotency.load(await self.store.load_idempotency_keys(now - IDEMPOTENCY_WINDOW_S))
@@ -159,7 +204,29 @@ class LocalBackend:
             pool = self._make_pool(template_id, size)
             self.pools[template_id] = pool
             tasks.append(asyncio.create_task(pool.run(), name=f"lifecycle-pool-{template_id}"))
+        await self.refresh_template_pools()
         return tasks
+
+    async def refresh_template_pools(self) -> None:
+        """Warm pools of `template_pool_size` for every built template's current build
+        (key `<id>@<build>`): a new build gets one, an old build's or a deleted template's
+        is drained."""
+        size = self.settings.template_pool_size
+        wanted = set()
+        if size > 0 and self.isolation is not None:
+            wanted = {_pool_key(t) for t in self._catalog().list("") if t.tenant and t.build}
+        for key in [k for k in self.pools if "@" in k and k not in wanted]:
+            pool = self.pools.pop(key)
+            task = self._pool_tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+            for entry in pool.drain():
+                name = f"lifecycle-pool-drained-{entry.sandbox.sandbox_id}"
+                self._spawn_task(functools.partial(self._destroy, entry), name)
+        for key in wanted - set(self.pools):
+            pool = self._make_pool(key, size)
+            self.pools[key] = pool
+            self._pool_tasks[key] = asyncio.create_task(pool.run(), name=f"lifecycle-pool-{key}")
 
     def _pool_can_run(self, template_id: str) -> bool:
         try:
@@ -195,12 +262,18 @@ class LocalBackend:
                 await self._end(entry, EventType.KILLED, "killed")
             else:
                 entry.process.close()  # keeps running; the next start re-adopts it
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._pool_tasks.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._upload_server.close()
         await self.store.close()
+        await self.volumes.close()
         if self.isolation is not None:
             await asyncio.to_thread(self.isolation.close, bool(self.live))
+
+    def spawn_task(self, coro: Callable[[], object], name: str) -> None:
+        """Run `coro()` in the background; cancelled when the backend closes."""
+        self._spawn_task(coro, name)
 
     def _spawn_task(self, coro: Callable[[], object], name: str) -> None:
         async def wrapper() -> None:
@@ -214,10 +287,7 @@ class LocalBackend:
 
     @property
     def _depth(self) -> int:
-        # sh -> unshare (monitor) -> sh (pid 1 of the sandbox) -> picod (or, for
-        # interpreter templates, the inner shell above picod and the interpreter); without
-        # isolation, sh -> picod (or the inner shell).
-        return 3 if self.isolation else 1
+        return spawning.DEPTH if self.isolation else spawning.DEPTH_UNISOLATED
 
     def _has_room(self) -> bool:
         pooled = sum(p.ready for p in self.pools.values())
@@ -228,6 +298,14 @@ class LocalBackend:
         if entry is None or entry.sandbox.state is not State.RUNNING:
             return None
         return entry.sandbox.end_at
+
+    @property
+    def depth(self) -> int:
+        """How far below its supervisor a sandbox's own processes are (`signal_tree`)."""
+        return self._depth
+
+    def catalog_of(self) -> Catalog:
+        return self._catalog()
 
     def _catalog(self) -> Catalog:
         if self.catalog is None:
@@ -285,10 +363,12 @@ class LocalBackend:
             )
         sandbox_id = new_sandbox_id()
         token = access_token(self.seed, sandbox_id)
+        env = {**template.env, **env}  # a built template's ENV, below the Create's own
         self._starting += 1
         try:
             async with self._start_slots:  # the ready timeout counts from the spawn
-                launch = await self._prepare(sandbox_id, token, template, env)
+                with self.layers.pin(template.layers):
+                    launch = await self._prepare(sandbox_id, token, template, env)
                 try:
                     process = await self._start(launch)
                 except BaseException:
@@ -297,6 +377,7 @@ class LocalBackend:
                 finally:
                     if launch.userns_fd is not None:
                         os.close(launch.userns_fd)
+                await self._prepare_template(sandbox_id, launch.host, token, template, process)
         finally:
             self._starting -= 1
         host = launch.host
@@ -315,6 +396,7 @@ class LocalBackend:
     ) -> spawning.Launch:
         """Address, network, users, root filesystem and cgroups of a sandbox to start."""
         directory = self.sandboxes_dir / sandbox_id
+        stack = data_stack.for_sandboxes(self.settings) if template.interpreter else None
         if self.isolation is None:
             host = self.addresses.allocate()
             for _ in range(16):
@@ -325,10 +407,16 @@ class LocalBackend:
                 raise ResourceExhausted("no free sandbox address found in 127.100.0.0/16")
             paths = mounting.SandboxRoot(directory, 0)
             return spawning.Launch(sandbox_id, token, host, paths, template.memory_mb, env,
-                                   interpreter=template.interpreter)  # fmt: skip
+                                   interpreter=template.interpreter,
+                                   data_stack=stack)  # fmt: skip
+        trees = self.layers.trees(template.layers)
+        if stack is not None:  # a read-only layer under the template's own (data_stack.py)
+            trees = (*trees, stack)
+        if template.layers:
+            layers.record_sandbox_layers(directory, template.layers)
         # Shielded: a cancelled Create must not leave a namespace or mount nobody knows of.
         confining = asyncio.ensure_future(
-            asyncio.to_thread(self.isolation.confine, sandbox_id, template.memory_mb)
+            asyncio.to_thread(self.isolation.confine, sandbox_id, template.memory_mb, trees)
         )
         try:
             confined = await asyncio.shield(confining)
@@ -341,19 +429,37 @@ class LocalBackend:
         return spawning.Launch(
             sandbox_id, token, confined.link.address, confined.paths, template.memory_mb, env,
             interpreter=template.interpreter, netns=confined.link.netns_path,
-            userns_fd=confined.userns_fd, cgroups=confined.cgroups,
+            userns_fd=confined.userns_fd, cgroups=confined.cgroups, data_stack=stack,
         )  # fmt: skip
 
     async def free(self, sandbox_id: str, host: str) -> None:
         """Free what `_prepare` took (idempotent; the processes must be gone)."""
+        layered = (self.sandboxes_dir / sandbox_id / layers.SANDBOX_LAYERS_FILE).exists()
         if self.isolation is not None:
             await asyncio.to_thread(self.isolation.release, sandbox_id, host)
         else:
             self.addresses.release(host)
             await asyncio.to_thread(shutil.rmtree, self.sandboxes_dir / sandbox_id, True)
+        if layered:
+            await self.collect_layers()
+
+    async def _prepare_template(
+        self, sandbox_id: str, host: str, token: str, template: Template, process: Watched
+    ) -> None:
+        """A built template's user, workdir, start and ready commands (`template_start`);
+        the sandbox is stopped and freed if they fail."""
+        if not (template.user or template.workdir or template.start_cmd or template.ready_cmd):
+            return
+        try:
+            await template_start.prepare(self.probe, host, token, template)
+        except BaseException:
+            await self._stop(sandbox_id, process)
+            await self.free(sandbox_id, host)
+            raise
 
     async def _start(self, launch: spawning.Launch) -> Watched:
-        process = spawning.spawn(self.settings, launch, self.isolation is not None)
+        zygote = self.isolation.zygote if self.isolation else None
+        process = await spawning.spawn(self.settings, launch, zygote)
         try:
             await spawning.wait_ready(self.probe, process, launch, self.settings.ready_timeout_s)
         except BaseException:
@@ -368,15 +474,20 @@ class LocalBackend:
             raise
         return process
 
-    async def _warm(self, template_id: str) -> Live:
-        template, _ = self._catalog().resolve(template_id, "")
+    async def _warm(self, key: str) -> Live:
+        template_id, _, build_id = key.partition("@")
+        if build_id:
+            template = self._catalog().at_build(template_id, build_id)
+        else:
+            template, _ = self._catalog().resolve(template_id, "")
         return await self._launch(template, {})
 
     async def _from_pool(self, template: Template, env: dict[str, str]) -> Live | None:
-        pool = self.pools.get(template.template_id)
+        pool = self.pools.get(_pool_key(template))
         entry = pool.take() if pool else None
         if entry is None:
             return None
+        spawning.restore_priority(entry.process)  # it was started at a refill's priority
         body = json.dumps({"envVars": env}).encode()
         headers = {"X-Access-Token": entry.sandbox.envd_access_token,
                    "Content-Type": "application/json"}  # fmt: skip
@@ -429,12 +540,18 @@ class LocalBackend:
         template, alias = self._catalog().resolve(spec.template, spec.tenant)
         if not template.available:
             raise Conflict(template.unavailable_reason or f"template {spec.template} unavailable")
+        if template.layers and self.isolation is None:
+            raise Conflict(f"template {spec.template!r} is built from filesystem layers, which "
+                           "need sandbox isolation (--isolation namespaces)")  # fmt: skip
         held = sum(
             1 for e in self.live.values()
             if e.sandbox.tenant == spec.tenant and e.sandbox.state in (State.RUNNING, State.PAUSED)
         )  # fmt: skip
-        with self.admission.admit(spec, held):
+        reservation = self.volumes.reserve(spec.tenant, spec.volume_mounts) if (
+            spec.volume_mounts) else None  # fmt: skip
+        with self.admission.admit(spec, held), self._reserved(reservation):
             entry = await self._from_pool(template, env) or await self._launch(template, env)
+            mounts = await self._attach_volumes(entry, reservation)
             now = self.clock()
             sandbox = replace(
                 entry.sandbox, tenant=spec.tenant, alias=alias, metadata=metadata, env_vars=env,
@@ -443,7 +560,7 @@ class LocalBackend:
                 allow_internet_access=spec.allow_internet_access,
                 idempotency_key=spec.idempotency_key,
                 allow_public_traffic=spec.allow_public_traffic,
-                timeout_pause_mode=spec.timeout_pause_mode,
+                timeout_pause_mode=spec.timeout_pause_mode, volume_mounts=mounts,
             )  # fmt: skip
             entry.row = replace(entry.row, pooled=False)
             if self.isolation is not None:
@@ -462,6 +579,10 @@ class LocalBackend:
 
     # -- ending sandboxes -----------------------------------------------------------------
 
+    async def stop_processes(self, sandbox_id: str, process: Watched) -> None:
+        """Kill a supervisor and everything under it, and wait until they are gone."""
+        await self._stop(sandbox_id, process)
+
     async def _stop(self, sandbox_id: str, process: Watched) -> None:
         """Kill a supervisor and everything under it, and wait until they are gone."""
         pids = process.kill()
@@ -475,6 +596,7 @@ class LocalBackend:
         """Kill the processes, free the address and the directory. Idempotent."""
         await self._stop(entry.sandbox.sandbox_id, entry.process)
         self.meter.forget(entry.sandbox.sandbox_id)
+        await self.volumes.release(entry.sandbox.sandbox_id)
         await self.free(entry.sandbox.sandbox_id, entry.sandbox.endpoint_host)
         for pool in self.pools.values():
             pool.poke()
@@ -641,6 +763,7 @@ class LocalBackend:
         entry.process = process
         self.watch_exit(entry)
         try:
+            await self._reattach_volumes(s, process)
             return await self._extend(entry, timeout_s, process)
         except BaseException:
             entry.process = Watched.absent()  # still paused to its files, as it was
@@ -650,19 +773,28 @@ class LocalBackend:
     async def _relaunch(self, sandbox: Sandbox) -> Watched:
         """Start a filesystem-paused sandbox's servers afresh; returns once they are ready."""
         try:
-            template, _ = self._catalog().resolve(sandbox.template_id, sandbox.tenant)
-        except NotFound as error:
-            raise Conflict(
-                f"sandbox {sandbox.sandbox_id} cannot resume: its template "
-                f"{sandbox.template_id!r} is gone"
-            ) from error
+            template, _ = self._catalog().resolve(
+                sandbox.alias or sandbox.template_id, sandbox.tenant
+            )
+        except (NotFound, Conflict):
+            # Deleted since (its files are the sandbox's own, kept while it lives): the
+            # servers start without the template's start settings.
+            template = Template(sandbox.template_id)
         async with self._start_slots:
             launch = await relaunching.launch_of(self, sandbox, template)
             try:
-                return await self._start(launch)
+                process = await self._start(launch)
             finally:
                 if launch.userns_fd is not None:
                     os.close(launch.userns_fd)
+            try:
+                await template_start.prepare(
+                    self.probe, launch.host, sandbox.envd_access_token, template
+                )
+            except BaseException:
+                await self._stop(sandbox.sandbox_id, process)
+                raise
+            return process
 
     async def connect(
         self, sandbox_id: str, tenant: str, timeout_s: int | None
@@ -688,7 +820,7 @@ class LocalBackend:
         return self._catalog().list(tenant)
 
     async def get_template(self, template: str, tenant: str) -> Template:
-        return self._catalog().resolve(template, tenant)[0]
+        return self._catalog().describe(template, tenant)
 
     async def create_template(self, tenant: str, template: Template) -> Template:
         self._require_tenant(tenant)
@@ -699,8 +831,128 @@ class LocalBackend:
         return self._catalog().update(tenant, template_id, public)
 
     async def delete_template(self, tenant: str, template_id: str) -> None:
+        """Deleting is allowed while sandboxes or child templates use the template: its
+        layers stay until the last user is gone (layers.py)."""
         self._require_tenant(tenant)
-        in_use = any(e.sandbox.template_id == template_id for e in self.live.values())
-        if in_use:
-            raise Conflict(f"template {template_id!r} has live sandboxes; kill them first")
-        self._catalog().delete(tenant, template_id)
+        removed = self._catalog().delete(tenant, template_id)
+        self.builder.logs.remove(list(building.builds_of([removed])))
+        await self.refresh_template_pools()
+        await self.collect_layers()
+
+    # -- template builds and snapshots ----------------------------------------------------
+
+    async def collect_layers(self) -> None:
+        """Remove the layers nothing uses any more (layers.py)."""
+        referenced = self._catalog().layers_in_use()
+        for directory in self.sandboxes_dir.iterdir():
+            try:
+                referenced.update(layers.sandbox_layers(directory))
+            except Unavailable as error:  # which layers it uses is unknown: keep them all
+                log.warning("not collecting layers: %s", error.message)
+                return
+        unused = self.layers.unused(referenced)
+        if unused:
+            log.info("removing %d unused filesystem layer(s)", len(unused))
+            await asyncio.to_thread(self.layers.remove, unused)
+
+    async def request_build(
+        self, tenant: str, name: str, tags: list[str], cpu_count: int, memory_mb: int
+    ) -> tuple[Template, Build]:
+        self._require_tenant(tenant)
+        return self.builder.request(tenant, name, tags, cpu_count, memory_mb)
+
+    async def file_upload(self, tenant: str, template_id: str, files_hash: str) -> tuple[bool, str]:
+        self._require_tenant(tenant)
+        self._catalog().owned(tenant, template_id)
+        present = self.uploads.present(tenant, files_hash)
+        return present, self.uploads.link(tenant, files_hash, self.clock())
+
+    async def start_build(
+        self, tenant: str, template_id: str, build_id: str, spec: BuildSpec
+    ) -> None:
+        self._require_tenant(tenant)
+        self.builder.start(tenant, template_id, build_id, spec)
+
+    async def build_status(
+        self, tenant: str, template_id: str, build_id: str, offset: int, limit: int, level: str
+    ) -> tuple[Build, list[building.LogEntry]]:
+        self._require_tenant(tenant)
+        return self.builder.status(tenant, template_id, build_id, offset, limit, level)
+
+    async def assign_tags(self, tenant: str, target: str, tags: list[str]) -> Build:
+        self._require_tenant(tenant)
+        return self._catalog().assign_tags(tenant, target, tags)
+
+    async def remove_tags(self, tenant: str, name: str, tags: list[str]) -> None:
+        self._require_tenant(tenant)
+        self._catalog().remove_tags(tenant, name, tags)
+        await self.collect_layers()
+
+    async def create_snapshot(self, tenant: str, sandbox_id: str, name: str) -> Template:
+        self._require_tenant(tenant)
+        return await snapshots.create(self, self.find(sandbox_id, tenant), tenant, name)
+
+    async def list_snapshots(self, tenant: str, sandbox_id: str, name: str) -> list[Template]:
+        self._require_tenant(tenant)
+        return snapshots.listed(self._catalog(), tenant, sandbox_id, name)
+
+    async def fork(
+        self, tenant: str, sandbox_id: str, count: int, timeout_s: int
+    ) -> list[Sandbox | DomainError]:
+        self._require_tenant(tenant)
+        return await snapshots.fork(self, self.find(sandbox_id, tenant), tenant, count, timeout_s)
+
+    # -- volumes --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reserved(self, reservation: Reservation | None) -> Iterator[None]:
+        """Hold a Create's volumes against deletion until they are attached (or it fails)."""
+        try:
+            yield
+        finally:
+            if reservation is not None:
+                self.volumes.cancel(reservation)
+
+    def _uid_base(self, sandbox: Sandbox) -> int:
+        if self.isolation is None:
+            raise RuntimeError("volumes need isolation")  # LocalVolumes refused already
+        return self.isolation.paths(sandbox.sandbox_id, sandbox.endpoint_host).uid_base
+
+    async def _attach_volumes(
+        self, entry: Live, reservation: Reservation | None
+    ) -> tuple[VolumeMount, ...]:
+        """Mount a Create's volumes into its (running, not yet handed out) sandbox; a
+        sandbox that cannot have them is destroyed."""
+        if reservation is None:
+            return ()
+        sandbox = entry.sandbox
+        try:
+            supervisor = (entry.process.pid, entry.process.ticks)
+            return await self.volumes.attach(
+                reservation, sandbox.sandbox_id, supervisor, self._uid_base(sandbox)
+            )
+        except BaseException:
+            await self._destroy(entry)
+            raise
+
+    async def _reattach_volumes(self, sandbox: Sandbox, process: Watched) -> None:
+        if sandbox.volume_mounts:
+            await self.volumes.reattach(
+                sandbox.sandbox_id, (process.pid, process.ticks), self._uid_base(sandbox)
+            )
+
+    async def create_volume(self, tenant: str, name: str) -> Volume:
+        self._require_tenant(tenant)
+        return await self.volumes.create(tenant, name)
+
+    async def list_volumes(self, tenant: str) -> list[Volume]:
+        self._require_tenant(tenant)
+        return self.volumes.owned(tenant)
+
+    async def get_volume(self, tenant: str, volume_id: str) -> Volume:
+        self._require_tenant(tenant)
+        return self.volumes.get(tenant, volume_id)
+
+    async def delete_volume(self, tenant: str, volume_id: str) -> None:
+        self._require_tenant(tenant)
+        await self.volumes.delete(tenant, volume_id)

@@ -34,6 +34,7 @@ from typing import Any
 from extproc.k8s.discovery import AgentSandboxKinds
 from extproc.lifecycle.sandboxes import OnTimeout, Sandbox, State
 from extproc.lifecycle.templates import ENVD_VERSION, Template
+from extproc.lifecycle.volume_manifests import volume_mounts_of
 
 Obj = dict[str, Any]
 
@@ -436,7 +437,7 @@ def sandbox_of(cr: Obj, pod: Obj | None, token: str) -> Sandbox | None:
         cpu_count=cpu_count(resources), memory_mb=memory_mb(resources), disk_size_mb=0,
         envd_version=ENVD_VERSION, envd_access_token=token, endpoint_host=host,
         on_timeout=OnTimeout.PAUSE if notes.get(ON_TIMEOUT) == "pause" else OnTimeout.KILL,
-        auto_resume=notes.get(AUTO_RESUME) == "true",
+        auto_resume=notes.get(AUTO_RESUME) == "true", volume_mounts=volume_mounts_of(notes),
     )  # fmt: skip
 
 

@@ -11,6 +11,14 @@ root *inside*. That bind is the lower layer of an overlay whose upper layer live
 sparse ext4 image of the sandbox's own, so root inside can install packages, the layer's
 size is bounded, and nothing written reaches the base, the host or another sandbox.
 
+Layers. A sandbox of a built template or a snapshot has more lower layers above the base
+(`layers`: frozen writable layers, stored with in-sandbox ids), each bound id-mapped the same
+way under `layers/N`, top first in `lowerdir`. Those layers are a stranger's files, and the
+host writes into the merged root as host root before the sandbox starts (identity files, the
+JWT key, the init's log and mount points): `check_root` refuses a root in which any of those
+paths is, or passes through, a symlink, so no such write can leave the root. Overlay
+redirects and metacopy stay off, so an upper directory is self-contained once frozen.
+
 The mounts are made in the host's mount namespace and survive a lifecycle restart, as the
 sandbox does; `unmount_root` removes them when the sandbox ends. Bwrap is not used: it
 always sets no_new_privs, which makes `sudo` fail; the namespace chain in `spawning` does
@@ -22,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from extproc.core.errors import Unavailable
+from extproc.core.errors import Conflict, Unavailable
+from extproc.lifecycle import writable_layer
 
 # ids 0..65535 of each sandbox map to host ids (8 + index) * 65536 onwards: the block
 # systemd leaves to containers (524288..1879048191) fits 28 663 sandboxes.
@@ -95,21 +105,31 @@ def new_user_namespace(base: int) -> int:
         holder.wait()
 
 
-def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
-    """Bind `source` read-only at `target`, its ids seen through `userns_fd`'s mapping."""
+def open_idmapped_tree(source: Path, userns_fd: int, attributes: int) -> int:
+    """A detached copy of the mount at `source`, its ids seen through `userns_fd`'s mapping
+    and `attributes` (MOUNT_ATTR_*) set; an fd for move_mount, which the caller closes."""
     tree = _check(
         _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, str(source).encode(),
                       _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE),
         f"open_tree({source})",
     )  # fmt: skip
     try:
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NODEV, 0, 0,
-                          userns_fd)  # fmt: skip
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | attributes, 0, 0, userns_fd)
         _check(
             _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
                           ctypes.sizeof(attr)),
             f"mount_setattr(idmap {source})",
         )  # fmt: skip
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
+
+
+def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
+    """Bind `source` read-only at `target`, its ids seen through `userns_fd`'s mapping."""
+    tree = open_idmapped_tree(source, userns_fd, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NODEV)
+    try:
         _check(
             _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, str(target).encode(),
                           _MOVE_MOUNT_F_EMPTY_PATH),
@@ -154,6 +174,11 @@ class SandboxRoot:
         return self.dir / "lower"
 
     @property
+    def layers(self) -> Path:
+        """Where the template's or snapshot's layers are bound, `layers/0` the top one."""
+        return self.dir / "layers"
+
+    @property
     def root(self) -> Path:
         return self.dir / "root"
 
@@ -166,36 +191,70 @@ class SandboxRoot:
 RUNTIME_DIRS = ("opt/agentcube/lib/extproc", "opt/agentcube/site-packages", "run")
 
 
+# Paths below the root the host writes to or mounts on before the sandbox runs: each must be
+# a real directory (or absent) all the way down, and the files no symlink.
+HOST_TOUCHED_DIRS = (
+    "etc", "var/log", "opt/agentcube/lib/extproc", "opt/agentcube/site-packages", "run",
+    "proc", "dev", "tmp", "home",
+)  # fmt: skip
+HOST_TOUCHED_FILES = (
+    "etc/hostname", "etc/hosts", "etc/resolv.conf", "var/log/agentcube-e2b.log",
+    "opt/agentcube/jwt-public.pem",
+)  # fmt: skip
+# mount(2) takes its options in one page.
+_MAX_OPTIONS = 4000
+
+
+def check_root(root: Path) -> str:
+    """Why the host must not prepare `root` ('' when it may; see the module docstring)."""
+    for relative in (*HOST_TOUCHED_DIRS, *HOST_TOUCHED_FILES):
+        parts = relative.split("/")
+        path = root
+        for index, part in enumerate(parts):
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                break
+            last = index == len(parts) - 1
+            if stat.S_ISLNK(mode):
+                return f"/{'/'.join(parts[: index + 1])} is a symlink"
+            if not stat.S_ISDIR(mode) and not (last and relative in HOST_TOUCHED_FILES):
+                return f"/{'/'.join(parts[: index + 1])} is not a directory"
+    return ""
+
+
 def mount_root(paths: SandboxRoot, base: Path, userns_fd: int, layer_mb: int,
-               hostname: str) -> None:  # fmt: skip
-    """Build the sandbox's root at `paths.root` (blocking; run it in a thread)."""
-    owner = f"{paths.uid_base}:{paths.uid_base}"
+               hostname: str, layers: tuple[Path, ...] = ()) -> None:  # fmt: skip
+    """Build the sandbox's root at `paths.root` from `layers` (top first) over `base`
+    (blocking; run it in a thread). Conflict if the layers make a root the host must not
+    prepare."""
     for directory in (paths.layer, paths.lower, paths.root):
         directory.mkdir(parents=True, exist_ok=True)
-    with paths.image.open("wb") as image:
-        image.truncate(layer_mb * 1024 * 1024)  # sparse: only what is written takes disk
-    made = subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
-         "-E", f"root_owner={owner},lazy_itable_init=1", str(paths.image)],
-        capture_output=True, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        raise Unavailable(f"writable layer: mkfs.ext4: {made.stderr.decode().strip()}")
-    mounted = subprocess.run(
-        ["mount", "-o", "loop,nodev", str(paths.image), str(paths.layer)],
-        capture_output=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        raise Unavailable(f"writable layer: mount: {mounted.stderr.decode().strip()}")
+    # A sparse ext4 image copied from an empty one, mounted in-process (writable_layer).
+    writable_layer.make_image(paths.image, layer_mb, writable_layer.template_dir(paths.dir.parent))
+    writable_layer.mount_image(paths.image, paths.layer, paths.uid_base)
     for name in ("upper", "work"):
         (paths.layer / name).mkdir(exist_ok=True)
         os.chown(paths.layer / name, paths.uid_base, paths.uid_base)
+    lowers = []
+    for index, layer in enumerate(layers):
+        target = paths.layers / str(index)
+        target.mkdir(parents=True, exist_ok=True)
+        idmapped_bind(layer, target, userns_fd)
+        lowers.append(str(target))
     idmapped_bind(base, paths.lower, userns_fd)
+    lowers.append(str(paths.lower))
     options = (
-        f"lowerdir={paths.lower},upperdir={paths.layer / 'upper'},"
-        f"workdir={paths.layer / 'work'},xino=off"
+        f"lowerdir={':'.join(lowers)},upperdir={paths.layer / 'upper'},"
+        f"workdir={paths.layer / 'work'},xino=off,redirect_dir=off,metacopy=off"
     )
+    if len(options) > _MAX_OPTIONS:
+        raise Conflict(f"too many filesystem layers ({len(layers)}) for one sandbox")
     _mount("overlay", paths.root, "overlay", _MS_NODEV, options)
+    refused = check_root(paths.root) if layers else ""
+    if refused:
+        raise Conflict(f"this template's files cannot be a sandbox's root: {refused}")
     _write_identity(paths, hostname)
 
 
@@ -221,7 +280,11 @@ def _write_identity(paths: SandboxRoot, hostname: str) -> None:
 
 def unmount_root(paths: SandboxRoot) -> None:
     """Undo `mount_root` (idempotent; detaches lazily: a dying sandbox may still hold it)."""
-    for target in (paths.root, paths.lower, paths.layer):
+    _unmount(paths.root)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for bound in paths.layers.iterdir():
+            _unmount(bound)
+    for target in (paths.lower, paths.layer):
         _unmount(target)
 
 

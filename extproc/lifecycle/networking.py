@@ -40,10 +40,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from extproc.core import namespaces
 from extproc.core.errors import ResourceExhausted, Unavailable
+from extproc.lifecycle import nftables
+from extproc.lifecycle.rtnetlink import Rtnetlink
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +156,56 @@ def ensure_hub(path: Path) -> None:
 
 
 def remove_netns(name: str) -> None:
-    if (NETNS_DIR / name).exists():
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    """What `ip netns del` does, in-process: the namespace goes once no process holds it."""
+    path = NETNS_DIR / name
+    with contextlib.suppress(OSError):  # not mounted (a crashed create), or gone
+        namespaces.unmount(str(path))
+    path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _thread_inside(netns_fd: int) -> Iterator[None]:
+    """Run the block with this thread (only it) in the network namespace `netns_fd`."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        namespaces.setns(netns_fd, _CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            namespaces.setns(own, _CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+def _new_netns(path: Path) -> int:
+    """A new network namespace mounted at `path` (as `ip netns add`); an fd of it.
+
+    The calling thread unshares into the new namespace for the mount and steps back; the
+    hub's creation (`ip netns add`) has made NETNS_DIR the shared mount point `ip` expects.
+    """
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        namespaces.unshare(_CLONE_NEWNET)
+        try:
+            namespaces.mount("/proc/thread-self/ns/net", str(path), "", namespaces.MS_BIND)
+        finally:
+            namespaces.setns(own, _CLONE_NEWNET)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(own)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _sysctl(name: str, value: str) -> None:
+    """Set a sysctl of this thread's network namespace."""
+    knob = os.open(f"/proc/sys/{name.replace('.', '/')}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(knob, value.encode())
+    finally:
+        os.close(knob)
 
 
 @dataclass(frozen=True)
@@ -192,6 +245,9 @@ class Networks:
         self.egress = egress
         self._used: set[int] = set()
         self._next = FIRST_INDEX
+        # Indices whose address is in the hub's `internet` set (read at start).
+        self._internet: set[int] = set()
+        self._lock = threading.Lock()
         self._pasta_pid_file = state_dir / "pasta.pid"
 
     # -- the hub and its uplink -----------------------------------------------------------
@@ -199,6 +255,7 @@ class Networks:
     def start(self) -> None:
         ensure_hub(self.hub)
         self._start_uplink()
+        self._read_internet()
 
     def _start_uplink(self) -> None:
         inside = ["nsenter", f"--net={self.hub}", "--"]
@@ -251,17 +308,19 @@ class Networks:
     def take(self, address: str) -> None:
         index = index_of(address)
         if index is not None:
-            self._used.add(index)
+            with self._lock:
+                self._used.add(index)
 
     def _allocate(self) -> int:
         # Round robin: a freed pair is reused last, so a stale client of a dead sandbox is
-        # unlikely to reach the next one.
-        for _ in range(LAST_INDEX - FIRST_INDEX + 1):
-            index = self._next
-            self._next = FIRST_INDEX if index >= LAST_INDEX else index + 1
-            if index not in self._used:
-                self._used.add(index)
-                return index
+        # unlikely to reach the next one. Creates run in several threads at once.
+        with self._lock:
+            for _ in range(LAST_INDEX - FIRST_INDEX + 1):
+                index = self._next
+                self._next = FIRST_INDEX if index >= LAST_INDEX else index + 1
+                if index not in self._used:
+                    self._used.add(index)
+                    return index
         raise ResourceExhausted(f"no free sandbox address left in {SUBNET}")
 
     def link_of(self, sandbox_id: str, address: str) -> SandboxLink | None:
@@ -288,45 +347,80 @@ class Networks:
         return link
 
     def _build(self, link: SandboxLink) -> None:
+        """The namespace, its veth pair into the hub, addresses, route, sysctls and DNAT
+        rule, all from this thread (rtnetlink, libnftables): no process is started."""
         remove_netns(link.netns)
-        _run(["ip", "netns", "add", link.netns])
         veth = link.hub_interface
-        with contextlib.suppress(Unavailable):  # a leftover of a crashed start
-            _run(["ip", "-n", self.hub.name, "link", "del", veth])
-        _run(["ip", "-n", self.hub.name, "-batch", "-"],
-             f"link add {veth} type veth peer name eth0 netns {link.netns}\n"
-             f"addr add {link.hub_address}/31 dev {veth}\nlink set {veth} up\n")  # fmt: skip
-        _run(["ip", "-n", link.netns, "-batch", "-"],
-             f"addr add {link.address}/31 dev eth0\nlink set lo up\nlink set eth0 up\n"
-             f"route add default via {link.hub_address}\n")  # fmt: skip
-        # route_localnet lets the DNAT to 127.0.0.1 through; ports below 1024 and ping are
-        # for root inside, who has no capability in this (host-owned) namespace.
-        script = (
-            "sysctl -qw net.ipv4.conf.eth0.route_localnet=1 "
-            "net.ipv4.ip_unprivileged_port_start=0 "
-            "'net.ipv4.ping_group_range=0 2147483647' && nft -f -"
-        )
-        _run(["nsenter", f"--net={link.netns_path}", "--", "sh", "-c", script],
-             _sandbox_rules(link.address))  # fmt: skip
+        hub = os.open(self.hub, os.O_RDONLY | os.O_CLOEXEC)
+        sandbox = None
+        try:
+            sandbox = _new_netns(link.netns_path)
+            with _thread_inside(hub), Rtnetlink() as rtnl:
+                rtnl.delete_link(veth)  # a leftover of a crashed start, if any
+                rtnl.add_veth(veth, "eth0", sandbox)
+                rtnl.add_address(veth, ipaddress.IPv4Interface(f"{link.hub_address}/31"))
+                rtnl.set_up(veth)
+            with _thread_inside(sandbox), Rtnetlink() as rtnl:
+                rtnl.add_address("eth0", ipaddress.IPv4Interface(f"{link.address}/31"))
+                rtnl.set_up("lo")
+                rtnl.set_up("eth0")
+                rtnl.add_default_route(ipaddress.IPv4Address(link.hub_address))
+                # route_localnet lets the DNAT to 127.0.0.1 through; ports below 1024 and
+                # ping are for root inside, who has no capability in this (host-owned)
+                # namespace.
+                _sysctl("net.ipv4.conf.eth0.route_localnet", "1")
+                _sysctl("net.ipv4.ip_unprivileged_port_start", "0")
+                _sysctl("net.ipv4.ping_group_range", "0 2147483647")
+                nftables.run(_sandbox_rules(link.address), "sandbox network")
+        except OSError as error:
+            raise Unavailable(f"sandbox network: {error}") from error
+        finally:
+            os.close(hub)
+            if sandbox is not None:
+                os.close(sandbox)
+
+    def _read_internet(self) -> None:
+        """Which addresses the hub's `internet` set holds (it outlives a restart)."""
+        hub = os.open(self.hub, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with _thread_inside(hub):
+                listed = nftables.run("list set inet e2b_hub internet", "hub", as_json=True)
+        finally:
+            os.close(hub)
+        with self._lock:
+            self._internet = {i for a in nftables.set_elements(listed)
+                              if (i := index_of(a)) is not None}  # fmt: skip
 
     def allow_internet(self, link: SandboxLink, allowed: bool) -> None:
-        """Add or delete the address in the hub's `internet` set. Deleting runs even when
-        nothing was added: a stale element (a crash between create and release) would
-        otherwise give the next sandbox at this address internet it did not ask for."""
-        verb = "add" if allowed else "delete"
-        command = f"{verb} element inet e2b_hub internet {{ {link.address} }}"
-        nft = ["nsenter", f"--net={self.hub}", "--", "nft", "-f", "-"]
-        if allowed:
-            _run(nft, command)
+        """Add or delete the address in the hub's `internet` set. The set's contents are
+        read at start and tracked, so an address is deleted whenever it is there, also
+        after a crash between create and release (a stale element would otherwise give
+        the next sandbox at this address internet it did not ask for), and nft runs only
+        when something changes."""
+        with self._lock:
+            present = link.index in self._internet
+        if allowed == present:
             return
-        with contextlib.suppress(Unavailable):  # deleting an absent element is fine
-            _run(nft, command)
+        verb = "add" if allowed else "delete"
+        command = f"{verb} element inet e2b_hub internet {{ {link.address} }}\n"
+        hub = os.open(self.hub, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with _thread_inside(hub):
+                nftables.run(command, "sandbox internet access")
+        finally:
+            os.close(hub)
+        with self._lock:
+            if allowed:
+                self._internet.add(link.index)
+            else:
+                self._internet.discard(link.index)
 
     def release(self, link: SandboxLink) -> None:
         """Remove the namespace (its veth pair goes with it) and free the address pair."""
         remove_netns(link.netns)
         self.allow_internet(link, False)
-        self._used.discard(link.index)
+        with self._lock:
+            self._used.discard(link.index)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -21,6 +21,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from extproc.core.errors import Unavailable
+from extproc.core.request_context import REQUEST_ID_HEADER, current_request_id
 
 ISSUER = "agentcube-router"  # AgentCube's router's; its picods accept nothing else in kind
 LIFETIME_S = 60
@@ -52,6 +53,9 @@ class PicodClient:
                 algorithm="RS256",
             )
             headers["Authorization"] = f"Bearer {signed}"
+        request_id = current_request_id()
+        if request_id:  # picod logs what the call causes under the platform request's id
+            headers[REQUEST_ID_HEADER] = request_id
         return headers
 
     async def wait_healthy(self, host: str) -> None:

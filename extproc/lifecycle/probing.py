@@ -16,6 +16,21 @@ INTERPRETER_PORT = 49999
 Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
+def _dechunked(body: bytes) -> bytes:
+    """A chunked body's data (a streamed response, such as a Connect server stream)."""
+    data, rest = b"", body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        except ValueError as error:
+            raise OSError("bad chunked body from the sandbox") from error
+        if size == 0:
+            break
+        data, rest = data + rest[:size], rest[size + 2 :]
+    return data
+
+
 class Probe:
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
@@ -48,7 +63,10 @@ class Probe:
         parts = status_line.split()
         if len(parts) < 2 or not parts[1].isdigit():
             raise OSError(f"bad HTTP status line from the sandbox: {status_line[:80]!r}")
-        return int(parts[1]), rest.partition(b"\r\n\r\n")[2]
+        head, _, body = rest.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            body = _dechunked(body)
+        return int(parts[1]), body
 
     async def picod_status(
         self, host: str, method: str, path: str, headers: dict[str, str], body: bytes,

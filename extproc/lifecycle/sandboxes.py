@@ -44,6 +44,14 @@ class EventType(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A volume of the sandbox's tenant (by name) and the absolute path it appears at."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
 class Sandbox:
     """One sandbox. Times are unix seconds (floats)."""
 
@@ -74,6 +82,8 @@ class Sandbox:
     timeout_pause_mode: PauseMode = PauseMode.FULL
     # What the current pause kept; meaningful only while PAUSED.
     pause_mode: PauseMode = PauseMode.FULL
+    # E2B's volumeMounts, as asked for at create (kept by the volumes' own store).
+    volume_mounts: tuple[VolumeMount, ...] = ()
 
     @property
     def traffic_access_token(self) -> str:
@@ -105,6 +115,8 @@ class CreateSpec:
     # The tenant's quota as the edge read it (core/quotas.py); 0 means the backend default.
     max_sandboxes: int = 0  # running + paused at once; 0: only the gateway's max applies
     creates_per_minute: int = 0  # admitted creates per minute; 0: core.quotas.BUILTIN's
+    # E2B's volumeMounts as sent (names and paths are checked by the backend).
+    volume_mounts: tuple[VolumeMount, ...] = ()
 
 
 @dataclass(frozen=True)

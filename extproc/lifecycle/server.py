@@ -32,12 +32,22 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.flags import unix_socket_path
 from extproc.core.identity import TlsIdentity
 from extproc.lifecycle.backend import Backend
+from extproc.lifecycle.build_service import SnapshotServicer, TemplateBuildServicer
 from extproc.lifecycle.caller_auth import CallerAuth
+from extproc.lifecycle.rpc_logging import RpcLogging
 from extproc.lifecycle.service import SandboxServicer, TemplateServicer
 from extproc.lifecycle.settings import LifecycleSettings
+from extproc.lifecycle.volume_service import VolumeServicer
 
 log = logging.getLogger(__name__)
-SERVICES = ("", "agentcube.e2b.v1.SandboxService", "agentcube.e2b.v1.TemplateService")
+SERVICES = (
+    "",
+    "agentcube.e2b.v1.SandboxService",
+    "agentcube.e2b.v1.TemplateService",
+    "agentcube.e2b.v1.VolumeService",
+    "agentcube.e2b.v1.TemplateBuildService",
+    "agentcube.e2b.v1.SnapshotService",
+)
 
 
 @dataclass
@@ -170,7 +180,8 @@ def _callers(tls: TlsIdentity | None, caller_token: str | None) -> str:
 def new_server(tls: TlsIdentity | None, caller_token: str | None) -> grpc.aio.Server:
     """The gRPC server, with the checks of who may call: with `tls`, the peer must be the
     edge; with `caller_token`, every RPC but health must carry it."""
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    # first: a call the checks below refuse is logged as well
+    interceptors: list[grpc.aio.ServerInterceptor] = [RpcLogging()]
     if tls is not None:
         from extproc.k8s.lifecycle_tls import is_edge
 
@@ -178,7 +189,7 @@ def new_server(tls: TlsIdentity | None, caller_token: str | None) -> grpc.aio.Se
     if caller_token is not None:
         interceptors.append(CallerAuth(caller_token))
     return grpc.aio.server(
-        interceptors=interceptors or None,
+        interceptors=interceptors,
         # Sandboxes carry long-lived watch streams; keepalives find dead clients.
         options=[("grpc.keepalive_time_ms", 30_000)],
     )
@@ -237,6 +248,11 @@ async def serving(
         SandboxServicer(backend, settings.max_timeout_s), server
     )
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(backend), server)
+    pb_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(backend), server)
+    pb_grpc.add_TemplateBuildServiceServicer_to_server(TemplateBuildServicer(backend), server)
+    pb_grpc.add_SnapshotServiceServicer_to_server(
+        SnapshotServicer(backend, settings.max_timeout_s), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in SERVICES:
@@ -251,8 +267,10 @@ async def serving(
         await backend.close()
         raise
     tasks: list[asyncio.Task[None]] = []
+    content = contextlib.AsyncExitStack()
     try:
         tasks = await backend.start()
+        await _serve_volume_content(content, settings, backend)
         for name in SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -266,12 +284,28 @@ async def serving(
         for name in SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.server.grace_s)
+        await content.aclose()
         if probes is not None:
             await probes.server.stop(0)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await backend.close()
+
+
+async def _serve_volume_content(
+    stack: contextlib.AsyncExitStack, settings: LifecycleSettings, backend: ManagedBackend
+) -> None:
+    """The volume content API over HTTP, when configured (local backend: its files are here)."""
+    listen = settings.server.volume_content_listen
+    if not listen:
+        return
+    volumes = getattr(backend, "volumes", None)
+    if volumes is None:
+        raise ValueError("--volume-content-listen: only the local backend serves volume content")
+    from extproc.lifecycle.volume_content import serving as serving_content
+
+    await stack.enter_async_context(serving_content(volumes, listen))
 
 
 async def run(settings: LifecycleSettings, caller_token: str | None = None) -> int:

@@ -35,9 +35,10 @@ from extproc.lifecycle.sandboxes import (
     PauseMode,
     Sandbox,
     State,
+    VolumeMount,
 )  # fmt: skip
 from extproc.lifecycle.status import to_status
-from extproc.lifecycle.templates import Template
+from extproc.lifecycle.templates import Build, Template
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -67,6 +68,22 @@ def sandbox_pb(s: Sandbox) -> pb.Sandbox:
         allow_public_traffic=s.allow_public_traffic,
         traffic_access_token=s.traffic_access_token,
         pause_mode=_enum(s.pause_mode if s.state is State.PAUSED else 0),
+        volume_mounts=[pb.VolumeMount(name=m.name, path=m.path) for m in s.volume_mounts],
+    )  # fmt: skip
+
+
+# templates.py's build statuses and kinds -> the proto's enums.
+BUILD_STATUS = {"waiting": pb.BUILD_STATUS_WAITING, "building": pb.BUILD_STATUS_BUILDING,
+                "ready": pb.BUILD_STATUS_READY, "error": pb.BUILD_STATUS_ERROR}  # fmt: skip
+_KINDS = {"template": pb.TEMPLATE_KIND_TEMPLATE, "snapshot": pb.TEMPLATE_KIND_SNAPSHOT}
+
+
+def build_pb(b: Build) -> pb.TemplateBuild:
+    return pb.TemplateBuild(
+        build_id=b.build_id, status=BUILD_STATUS[b.status], created_at=_ts(b.created_at),
+        finished_at=_ts(b.finished_at) if b.finished_at else None, tags=list(b.tags),
+        cpu_count=b.cpu_count, memory_mb=b.memory_mb, reason=b.reason,
+        reason_step=b.reason_step,
     )  # fmt: skip
 
 
@@ -75,7 +92,9 @@ def template_pb(t: Template) -> pb.Template:
         template_id=t.template_id, aliases=list(t.aliases), tenant=t.tenant, public=t.public,
         cpu_count=t.cpu_count, memory_mb=t.memory_mb, disk_size_mb=t.disk_size_mb,
         envd_version=t.envd_version, created_at=_ts(t.created_at),
-        updated_at=_ts(t.updated_at), ports=list(t.ports),
+        updated_at=_ts(t.updated_at), ports=list(t.ports), build_id=t.build_id,
+        build_status=BUILD_STATUS[t.build_status], builds=[build_pb(b) for b in t.builds],
+        kind=_KINDS[t.kind], source_sandbox_id=t.source_sandbox_id,
     )  # fmt: skip
 
 
@@ -199,6 +218,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
             timeout_pause_mode=_timeout_pause_mode(request),
             max_sandboxes=request.quota.max_sandboxes,
             creates_per_minute=request.quota.creates_per_minute,
+            volume_mounts=tuple(VolumeMount(m.name, m.path) for m in request.volume_mounts),
         )  # fmt: skip
         return pb.CreateSandboxResponse(sandbox=sandbox_pb(await self._backend.create(spec)))
 

@@ -30,6 +30,9 @@ class ServerSettings:
     # = none). For kubelet's gRPC probes, which cannot speak TLS, when `listen` is mutual
     # TLS (Kubernetes mode); it tells nothing but SERVING or NOT_SERVING.
     health_listen: str = ""
+    # Where the volume content API is served over HTTP/1.1 for Envoy, unix:PATH (made 0600)
+    # or HOST:PORT (default "" = not served). Local backend only.
+    volume_content_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class LocalSettings:
     # it). Each holds a started Jupyter kernel (~100 MiB), so Create returns in milliseconds
     # instead of the kernel's start (seconds).
     interpreter_pool_size: int = 1
+    # Warm sandboxes kept started for each built template's current build (default 0:
+    # sandboxes of built templates start on demand). Each costs a running sandbox per
+    # template, so it is for gateways with few templates that need fast creates.
+    template_pool_size: int = 0
     # Longest sandbox life in seconds, create to end (default 3600 = 1 h, E2B's Hobby limit).
     max_timeout_s: int = 3600
     # The picod command line before its flags (default: this Python, -m extproc.cli picod).
@@ -90,6 +97,12 @@ class LocalSettings:
     # kept per sandbox, oldest dropped first (default 720: an hour at 5 s).
     metrics_interval_s: float = 5.0
     metrics_max_samples: int = 720
+    # Size in MiB of each volume, a sparse ext4 image of its own: only what is written takes
+    # disk (default 10240).
+    volume_mb: int = 10240
+    # Most volumes on this gateway, every tenant's together (default 1000; each holds a loop
+    # device and a mount).
+    max_volumes: int = 1000
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,13 @@ class KubernetesSettings:
     # "http"; tests point them at local stand-ins).
     picod_port: int = 49983
     picod_scheme: str = "http"
+    # Each volume's PersistentVolumeClaim: its size in MiB (default 10240), storage class
+    # ("" = the cluster's default) and access mode (default ReadWriteOnce: sandboxes on one
+    # node share it; ReadWriteMany, with a storage class that offers it, shares it across
+    # nodes).
+    volume_mb: int = 10240
+    volume_storage_class: str = ""
+    volume_access_mode: str = "ReadWriteOnce"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from extproc.core import binding_file
 from extproc.core.binding_file import MAX_TOKEN_CHARS, SandboxBinding
 from extproc.core.errors import Conflict, InvalidArgument, Unauthenticated, Unavailable
 from extproc.core.ids import check_sandbox_id
+from extproc.core.logs import set_process_field
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class Binding:
         self._sandbox_id = sandbox_id
         self._access_token = access_token
         self._token_bytes = access_token.encode() if access_token else None
+        if sandbox_id is not None:
+            set_process_field("sandbox_id", sandbox_id)
 
 
 def _check_token(token: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import math
 import os
 import sys
@@ -22,6 +21,7 @@ from extproc.core.flags import (
     number_arg,
     sandbox_daemon_auth,
 )
+from extproc.core.logs import add_log_flags, log_options, setup_logging
 from extproc.picod.binding import Binding
 from extproc.picod.settings import DEFAULT_HOME, DEFAULT_USER, PicodSettings
 
@@ -85,6 +85,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most metric samples kept, the oldest dropped first (default 720)",
     )
+    parser.add_argument(
+        "--ready-fd",
+        default=ENV.text("READY_FD"),
+        metavar="FD",
+        help="write one byte to this inherited fd, and close it, once serving (default: none)",
+    )
+    add_log_flags(parser, ENV)
     parser.set_defaults(run=run, parser=parser)
 
 
@@ -113,6 +120,7 @@ def settings_from_args(args: argparse.Namespace) -> PicodSettings:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         metrics_interval_s=_metrics_interval(args),
         metrics_max_samples=integer_arg(args, "metrics_max_samples", 1),
+        ready_fd=integer_arg(args, "ready_fd", 0) if args.ready_fd else None,
     )
 
 
@@ -140,9 +148,13 @@ def _env_json(raw: str | None) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s picod %(levelname)s %(message)s"
-    )
+    try:
+        log_format, log_level = log_options(args)
+    except ValueError as e:
+        print(f"agentcube-e2b picod: error: {e}", file=sys.stderr)
+        return 2
+    fields = {"sandbox_id": args.sandbox_id} if args.sandbox_id else None
+    setup_logging("picod", log_format, log_level, fields=fields)
     try:
         settings = settings_from_args(args)
         settings.home.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import signal
 import time
 from collections import OrderedDict
@@ -25,6 +26,8 @@ from extproc.picod.environment import Environment
 from extproc.picod.process_handle import Exit, Gone, ManagedProcess, Output, Subscription
 from extproc.picod.process_spawn import PtySize, process_env, spawn
 from extproc.picod.users import requested_user_in, resolve_user
+
+log = logging.getLogger(__name__)
 
 # envd's default keepalive period when the client sends no Keepalive-Ping-Interval.
 DEFAULT_KEEPALIVE_SECONDS = 90.0
@@ -182,6 +185,8 @@ class ProcessService:
             on_exit=self._table.exited,
         )
         self._table.add(process)
+        # Not the command line or its env: either may hold the tenant's secrets.
+        log.info("started process %d as %s", process.pid, user.name)
         deadline = ctx.timeout_ms
         if deadline is not None:
             process.set_deadline(max(0.0, deadline / 1000))

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
 from collections.abc import Iterator
 
 import uvicorn
 
+from extproc.core.request_context import AsgiRequestContext
 from extproc.picod.app import build_app
 from extproc.picod.binding import Binding
 from extproc.picod.settings import PicodSettings
@@ -40,16 +42,25 @@ class _Server(uvicorn.Server):
         # process before picod's own shutdown ran; picod handles the signals itself.
         yield
 
+    def __init__(self, config: uvicorn.Config, ready_fd: int | None) -> None:
+        super().__init__(config)
+        self._ready_fd = ready_fd
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         gc.freeze()
         gc.enable()
+        if self._ready_fd is not None and self.started:
+            with contextlib.suppress(OSError):  # nobody listening any more: fine
+                os.write(self._ready_fd, b"1")
+            os.close(self._ready_fd)
+            self._ready_fd = None
 
 
 async def serve(settings: PicodSettings, binding: Binding | None = None) -> None:
     app = build_app(settings, binding)
     config = uvicorn.Config(
-        app,
+        AsgiRequestContext(app),
         host=settings.host,
         port=settings.port,
         loop="none",
@@ -61,11 +72,12 @@ async def serve(settings: PicodSettings, binding: Binding | None = None) -> None
         access_log=False,
         server_header=False,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through the process's handler (core/logs.py)
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
         # Command streams are idle between keepalives (the SDK asks every 50 s).
         timeout_keep_alive=650,
     )
-    server = _Server(config)
+    server = _Server(config, settings.ready_fd)
     loop = asyncio.get_running_loop()
     stopping: asyncio.Task[None] | None = None
 

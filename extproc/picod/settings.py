@@ -54,3 +54,6 @@ class PicodSettings:
     # Most samples kept; the oldest drop off first (default 720: an hour at 5 s).
     metrics_max_samples: int = 720
     envd_version: str = ENVD_VERSION
+    # An fd picod writes one byte to, and closes, once it serves: how the lifecycle service
+    # learns a new sandbox is up without polling it (default None: none).
+    ready_fd: int | None = None

@@ -53,6 +53,8 @@ def request(surface: str, host: str, path: str, headers: dict[str, str]) -> byte
         "user-agent": "connectrpc/0.12.1",
         "accept": "*/*",
         "content-type": "application/connect+json",
+        # in Envoy's allowed headers since the logs follow requests (core/request_context.py)
+        "x-request-id": "0c23fa93-0383-4e52-82ad-422e55cf1da0",
     }
     http.headers.update({**base, **headers})
     return check.SerializeToString()

@@ -2,7 +2,9 @@
 
 Template code-interpreter-v1 runs picod and the code-interpreter server in one sandbox; the
 SDK reaches the interpreter on port 49999 through Envoy, the edge Check and the interpreter's
-own JWT check. One sandbox serves the whole module to stay fast.
+own JWT check. One sandbox serves the whole module to stay fast. Its kernels run on the data
+stack (`up` builds it into the rootfs cache): charts, DataFrames and Bash are tested here
+end to end, their details in tests/interpreter.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2b import TimeoutException
+from e2b import SandboxException, TimeoutException
 from e2b_code_interpreter import OutputMessage, Sandbox
+from e2b_code_interpreter.charts import BarChart, ChartType, LineChart, PieChart
 
 from support.gateway import Gateway
 
@@ -34,9 +37,23 @@ TINY_PNG = textwrap.dedent("""
 """)
 
 
+LINE_CHART = textwrap.dedent("""
+    import matplotlib.pyplot as plt
+    plt.plot([1, 2, 3], [2, 4, 8], label="growth")
+    plt.title("Growth")
+    plt.show()
+""")
+BAR_AND_PIE = textwrap.dedent("""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    fig, ax = plt.subplots(); ax.bar(["a", "b"], [1, 2]); display(fig); plt.close(fig)
+    fig, ax = plt.subplots(); ax.pie([1, 2], labels=["x", "y"]); display(fig); plt.close(fig)
+""")
+
+
 @pytest.fixture(scope="module")
 def sbx(gateway: Gateway) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create(timeout=120)
+    sandbox = Sandbox.create(timeout=120, envs={"SANDBOX_VAR": "from-create"})
     assert sandbox.get_info().template_id == "code-interpreter-v1"
     yield sandbox
     sandbox.kill()
@@ -140,3 +157,58 @@ def test_execute_without_the_access_token_is_refused(gateway: Gateway, sbx: Sand
     assert wrong.status_code == 401, wrong.text
     assert "pwned" not in bare.text + wrong.text
     assert right.status_code == 200 and "mine" in right.text
+
+
+def test_a_matplotlib_line_chart(sbx: Sandbox) -> None:
+    execution = sbx.run_code(LINE_CHART, timeout=120)
+    assert execution.error is None, execution.error
+    (result,) = execution.results
+    assert result.png is not None and result.png.startswith("iVBORw0KGgo")
+    chart = result.chart
+    assert isinstance(chart, LineChart)
+    assert (chart.type, chart.title) == (ChartType.LINE, "Growth")
+    assert [(e.label, e.points) for e in chart.elements] == [
+        ("growth", [(1.0, 2.0), (2.0, 4.0), (3.0, 8.0)])
+    ]
+
+
+def test_bar_and_pie_charts(sbx: Sandbox) -> None:
+    execution = sbx.run_code(BAR_AND_PIE)
+    assert execution.error is None, execution.error
+    bar, pie = (r.chart for r in execution.results)
+    assert isinstance(bar, BarChart) and bar.type == ChartType.BAR
+    assert [(e.label, e.value) for e in bar.elements] == [("a", 1.0), ("b", 2.0)]
+    assert isinstance(pie, PieChart) and pie.type == ChartType.PIE
+    assert [e.label for e in pie.elements] == ["x", "y"]
+
+
+def test_a_dataframe_gives_data(sbx: Sandbox) -> None:
+    execution = sbx.run_code("import pandas as pd\npd.DataFrame({'city': ['Oslo'], 't': [3.5]})")
+    assert execution.error is None, execution.error
+    (result,) = execution.results
+    assert result.is_main_result and result.data == {"city": ["Oslo"], "t": [3.5]}
+
+
+def test_bash_and_its_envs(sbx: Sandbox) -> None:
+    execution = sbx.run_code(
+        'echo "$SANDBOX_VAR $RUN_VAR"', language="bash", envs={"RUN_VAR": "run"}
+    )
+    assert execution.error is None, execution.error
+    assert execution.logs.stdout == ["from-create run\n"]
+    assert sbx.run_code('echo "${RUN_VAR-gone}"', language="bash").logs.stdout == ["gone\n"]
+
+
+def test_python_sees_both_envs(sbx: Sandbox) -> None:
+    code = 'import os; os.environ["SANDBOX_VAR"] + " " + os.environ["RUN_VAR"]'
+    assert sbx.run_code(code, envs={"RUN_VAR": "run"}).text == "'from-create run'"
+
+
+def test_commands_python_has_the_stack_too(sbx: Sandbox) -> None:
+    """As in E2B's template, a script run through commands imports pandas as well."""
+    result = sbx.commands.run("python3 -c 'import pandas, numpy; print(pandas.__version__)'")
+    assert result.exit_code == 0 and result.stdout.strip() == "2.3.3"
+
+
+def test_a_language_without_a_kernel_is_a_clear_error(sbx: Sandbox) -> None:
+    with pytest.raises(SandboxException, match="language 'r' is not supported here"):
+        sbx.run_code("1", language="r")

@@ -96,7 +96,7 @@ def test_a_child_that_fails_stops_the_rest_with_a_readable_error(tmp_path: Path)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
     assert result.returncode == 1
     assert "ready" not in result.stdout
-    assert "[up] edge-1 exited with status" in result.stderr
+    assert "edge-1 exited with status" in result.stderr
     assert _processes_mentioning(str(state)) == []
 
 
@@ -163,7 +163,7 @@ def test_two_edges_share_the_checks_and_either_one_dying_is_restarted_alone(
         )
         os.kill(pid, signal.SIGKILL)
         # restarted alone: up and the first edge keep running, and Envoy sees both again
-        wait_until(lambda: "[up] edge-2 serves again" in log.read_text(), 30)
+        wait_until(lambda: "edge-2 serves again" in log.read_text(), 30)
         assert process.poll() is None
         wait_until(
             lambda: all(h["health_flags"] == "healthy" for h in _edge_hosts(state).values()), 30
@@ -174,7 +174,7 @@ def test_two_edges_share_the_checks_and_either_one_dying_is_restarted_alone(
         if process.stdout is not None:
             process.stdout.close()
     assert code == 0
-    assert "[up] edge-2 was killed by signal 9; restarting it in 0.1 s" in log.read_text()
+    assert "edge-2 was killed by signal 9; restarting it in 0.1 s" in log.read_text()
     assert _processes_mentioning(str(state)) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import yaml
 from envoy_harness import ENVOY
 
 from extproc.cli import main
+from extproc.core.xds_contract import FAST_CLUSTER, ORIGINAL_DST_HEADER, ROUTE_CONFIG, RUNTIME_LAYER
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket, parse_endpoint
 
@@ -104,6 +106,7 @@ def test_filter_order_and_contract_points() -> None:
         "e2b-traffic-access-token",
         "accept",
         "user-agent",
+        "x-request-id",
     ]
     extproc = filters[2]["typed_config"]
     assert extproc["metadata_options"]["forwarding_namespaces"]["untyped"] == [
@@ -211,3 +214,43 @@ def test_unix_socket_addresses_are_absolute_and_short_enough(text: str, message:
         parse_endpoint(text)
     assert parse_endpoint("unix:/run/x.sock") == UnixSocket(Path("/run/x.sock"))
     assert parse_endpoint("127.0.0.1:1") == HostPort("127.0.0.1", 1)
+
+
+def test_the_fast_path_bootstrap_takes_routes_from_the_edges(tmp_path: Path) -> None:
+    fast = replace(_up_like(tmp_path, Path("/run/netns/e2b0123abcd-hub")), fast_path=True)
+    document = yaml.safe_load(render_yaml(fast))
+    hcm = _hcm(document)
+    assert "route_config" not in hcm
+    from_edges = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
+    assert hcm["rds"] == {"route_config_name": ROUTE_CONFIG, "config_source": from_edges}
+    ads = document["dynamic_resources"]["ads_config"]
+    assert ads["grpc_services"][0]["envoy_grpc"]["cluster_name"] == "edge"
+    (runtime, admin) = document["layered_runtime"]["layers"]
+    assert runtime["rtds_layer"] == {"name": RUNTIME_LAYER, "rtds_config": from_edges}
+    assert "admin_layer" in admin
+    # the client can never choose the fast cluster's host: the first filter drops the header
+    assert hcm["http_filters"][0]["name"] == "envoy.filters.http.header_mutation"
+    mutations = hcm["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
+    assert {"remove": ORIGINAL_DST_HEADER} in mutations
+    clusters = {cluster["name"]: cluster for cluster in document["static_resources"]["clusters"]}
+    fast_cluster, checked = clusters[FAST_CLUSTER], clusters["sandbox"]
+    assert fast_cluster["original_dst_lb_config"] == {
+        "use_http_header": True,
+        "http_header_name": ORIGINAL_DST_HEADER,
+    }
+    # otherwise the very cluster the checked routes use
+    for cluster in (fast_cluster, checked):
+        del cluster["name"], cluster["original_dst_lb_config"]
+    assert fast_cluster == checked
+    # and nothing changes without the fast path
+    assert "dynamic_resources" not in yaml.safe_load(render_yaml(_up_like(tmp_path, None)))
+    config = tmp_path / "fast.yaml"
+    config.write_text(render_yaml(fast))
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

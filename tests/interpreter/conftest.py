@@ -6,7 +6,9 @@ fixture checks that the process answering is its own: it has not exited, and a r
 marker put in its environment comes back out of its kernel.
 `interpreter` (no auth, sandbox env vars from a real picod's /envs) is shared by the
 session; `secured` adds auth (access token and JWT), a 1 s execution timeout and 0.3 s
-keepalives; `token_only` has the access token and no JWT key.
+keepalives; `token_only` has the access token and no JWT key. `analyst` is `interpreter`
+with the code-interpreter template's data stack as its kernels' packages (numpy, pandas,
+matplotlib, bash_kernel, ...), built into the shared rootfs cache if `make rootfs` has not.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from e2b_code_interpreter import Sandbox
 
+import support.rootfs  # noqa: F401 (the shared cache the data stack is built in)
+from extproc.lifecycle import data_stack
 from support.processes import NotHealthy, environ_without, free_port, spawn_logged, wait_healthy
 
 CLI = str(Path(sys.executable).with_name("agentcube-e2b"))
@@ -131,6 +135,39 @@ def interpreter(tmp_path_factory: pytest.TempPathFactory, envd: Server) -> Itera
 def sandbox(interpreter: Server) -> Iterator[Sandbox]:
     yield sdk(interpreter)
     assert interpreter.alive(), interpreter.output()
+
+
+@pytest.fixture(scope="session")
+def built_data_stack() -> Path:
+    """The data stack layer (a first build downloads ~130 MiB: `make rootfs` does it)."""
+    cache = Path(os.environ["AGENTCUBE_E2B_ROOTFS_CACHE_DIR"])
+    return data_stack.ensure(cache, lambda line: print(line, flush=True))
+
+
+@pytest.fixture(scope="session")
+def analyst(
+    tmp_path_factory: pytest.TempPathFactory, envd: Server, built_data_stack: Path
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("analyst")
+    yield from _serving(
+        launch(
+            tmp,
+            "interpreter",
+            "--no-auth",
+            "--cwd",
+            str(tmp),
+            "--envd-url",
+            envd.url,
+            *data_stack.interpreter_flags(built_data_stack, isolated=False),
+            ready_status=200,
+        )
+    )
+
+
+@pytest.fixture
+def analysis(analyst: Server) -> Iterator[Sandbox]:
+    yield sdk(analyst)
+    assert analyst.alive(), analyst.output()
 
 
 @pytest.fixture(scope="session")

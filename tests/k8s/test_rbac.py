@@ -26,6 +26,7 @@ WATCH = ("list", "watch")
 WRITE = ("get", "list", "watch", "create", "patch", "delete")
 IDENTITY = "picod-router-identity"
 OWN_SECRETS = ("e2b-envd-token-seed", "e2b-object-proof-key", "e2b-lifecycle-tls")
+VOLUME_VERBS = ("get", "list", "create", "delete")
 
 EXPECTED: dict[str, set[Grant]] = {
     "agentcube-e2b-edge": {
@@ -50,6 +51,8 @@ EXPECTED: dict[str, set[Grant]] = {
         *((CLUSTER, "", "pods", verb, "*") for verb in READ),  # no patch any more
         # per-sandbox Secrets in tenant namespaces (writes narrowed by the admission policy)
         *((CLUSTER, "", "secrets", verb, "*") for verb in ("get", "create", "patch", "delete")),
+        # volumes: claims in tenant namespaces (writes narrowed by the same admission policy)
+        *((CLUSTER, "", "persistentvolumeclaims", v, "*") for v in VOLUME_VERBS),
         # its own Secrets in our namespace, kept when the ClusterRole is bound per tenant
         *((NAMESPACE, "", "secrets", "get", name) for name in OWN_SECRETS),
         (NAMESPACE, "", "secrets", "create", "*"),
@@ -162,9 +165,12 @@ def test_admission_policy_limits_lifecycle_secret_writes_to_its_own() -> None:
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
     (rule,) = spec["matchConstraints"]["resourceRules"]
-    assert rule["resources"] == ["secrets"]
-    # every write verb RBAC grants it on Secrets goes through the policy
-    written = {g[3] for g in EXPECTED["agentcube-e2b-lifecycle"] if g[2] == "secrets"} - {"get"}
+    assert rule["resources"] == ["secrets", "persistentvolumeclaims"]
+    # every write verb RBAC grants it on Secrets and claims goes through the policy
+    written = {
+        g[3] for g in EXPECTED["agentcube-e2b-lifecycle"]
+        if g[2] in rule["resources"]
+    } - {"get", "list"}  # fmt: skip
     admitted = {"create": "CREATE", "patch": "UPDATE", "update": "UPDATE", "delete": "DELETE"}
     assert {admitted[verb] for verb in written} <= set(rule["operations"])
     (condition,) = spec["matchConditions"]

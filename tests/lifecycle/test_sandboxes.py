@@ -185,7 +185,7 @@ async def test_files_are_isolated_between_sandboxes(lifecycle: Client) -> None:
     lines = out.split()
     assert lines[0] == "0", "the state dir (seed, other homes) must be hidden"
     code, out = await run_command(b, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -e | wc -l")
-    assert out.startswith("/bin/sh -c ")  # pid 1 of its own namespace: the sandbox's init
+    assert out.startswith("agentcube-e2b-init")  # pid 1 of its own namespace: its init
     assert int(out.split()[-1]) < 10, out  # no process of the host or another sandbox
 
 

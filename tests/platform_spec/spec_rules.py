@@ -42,6 +42,28 @@ SERVED: dict[str, bool | None] = {
     "POST /sandboxes/{sandboxID}/refreshes": False,
     "GET /templates": None,
     "GET /templates/{templateID}": None,
+    "GET /volumes": None,
+    "POST /volumes": None,
+    "GET /volumes/{volumeID}": None,
+    "DELETE /volumes/{volumeID}": None,
+    # Template builds, tags and snapshots (issue 14). A snapshot is taken of a live sandbox;
+    # a fork is judged on unknown ids only: a positive case may ask for 100 sandboxes.
+    "POST /v3/templates": None,
+    "GET /v2/templates": None,
+    "GET /templates/{templateID}/files/{hash}": None,
+    "POST /v2/templates/{templateID}/builds/{buildID}": None,
+    "GET /templates/{templateID}/builds/{buildID}/status": None,
+    "GET /templates/{templateID}/builds/{buildID}/logs": None,
+    "DELETE /templates/{templateID}": None,
+    "PATCH /templates/{templateID}": None,
+    "PATCH /v2/templates/{templateID}": None,
+    "POST /templates/tags": None,
+    "DELETE /templates/tags": None,
+    "GET /templates/{templateID}/tags": None,
+    "GET /templates/aliases/{alias}": None,
+    "POST /sandboxes/{sandboxID}/snapshots": False,
+    "GET /snapshots": None,
+    "POST /sandboxes/{sandboxID}/fork": None,
 }
 
 # Every other operation of the spec: a feature this gateway does not have, answered 501
@@ -53,27 +75,11 @@ NOT_SERVED: tuple[str, ...] = (
     "GET /sandboxes/metrics",
     "GET /sandboxes/{sandboxID}/logs",
     "GET /v2/sandboxes/{sandboxID}/logs",
-    "POST /sandboxes/{sandboxID}/fork",
     "PUT /sandboxes/{sandboxID}/network",
-    "POST /sandboxes/{sandboxID}/snapshots",
-    "GET /snapshots",
-    "POST /v3/templates",
-    "GET /v2/templates",
     "POST /v2/templates",
-    "GET /templates/{templateID}/files/{hash}",
     "POST /templates",
     "POST /templates/{templateID}",
-    "DELETE /templates/{templateID}",
-    "PATCH /templates/{templateID}",
     "POST /templates/{templateID}/builds/{buildID}",
-    "POST /v2/templates/{templateID}/builds/{buildID}",
-    "PATCH /v2/templates/{templateID}",
-    "GET /templates/{templateID}/builds/{buildID}/status",
-    "GET /templates/{templateID}/builds/{buildID}/logs",
-    "POST /templates/tags",
-    "DELETE /templates/tags",
-    "GET /templates/{templateID}/tags",
-    "GET /templates/aliases/{alias}",
     "GET /nodes",
     "GET /nodes/{nodeID}",
     "POST /nodes/{nodeID}",
@@ -88,10 +94,6 @@ NOT_SERVED: tuple[str, ...] = (
     "POST /api-keys",
     "PATCH /api-keys/{apiKeyID}",
     "DELETE /api-keys/{apiKeyID}",
-    "GET /volumes",
-    "POST /volumes",
-    "GET /volumes/{volumeID}",
-    "DELETE /volumes/{volumeID}",
     "GET /secrets",
     "POST /secrets",
     "GET /secrets/{secretID}",
@@ -101,8 +103,31 @@ NOT_SERVED: tuple[str, ...] = (
 
 # Statuses the spec leaves out of an operation that this gateway answers with, and why.
 EXTRA_STATUSES: dict[str, dict[int, str]] = {
-    "POST /sandboxes": {404: "the template does not exist (the spec documents no 404)"},
+    "POST /sandboxes": {
+        404: "the template, or a volume of volumeMounts, does not exist (the spec documents no 404)"
+    },
+    "POST /volumes": {409: "the team has a volume of that name (names are unique per team)"},
+    "DELETE /volumes/{volumeID}": {409: "a live sandbox mounts the volume"},
     "GET /templates/{templateID}": {404: "the template does not exist (no 404 in the spec)"},
+    "POST /v2/templates/{templateID}/builds/{buildID}": {
+        404: "the template or the build does not exist, or is another team's",
+        409: "the build was started already",
+    },
+    "DELETE /templates/{templateID}": {
+        404: "the template does not exist, or is another team's",
+        409: "the template is shared (base, code-interpreter-v1) or is building",
+    },
+    "PATCH /templates/{templateID}": {
+        404: "the template does not exist, or is another team's",
+        409: "the template is shared (base, code-interpreter-v1)",
+    },
+    "PATCH /v2/templates/{templateID}": {
+        404: "the template does not exist, or is another team's",
+        409: "the template is shared (base, code-interpreter-v1)",
+    },
+    "POST /v3/templates": {409: "a template of another kind (a snapshot) has the name"},
+    "POST /templates/tags": {409: "the target has no build to tag"},
+    "POST /sandboxes/{sandboxID}/snapshots": {409: "the name is a template's, not a snapshot's"},
 }
 
 # 400s to well-formed requests: rules the spec's schemas cannot express, as E2B has them too.
@@ -139,7 +164,52 @@ SEMANTIC_400: dict[str, tuple[str, ...]] = {
         "metadata has",
         "metadata is",
         "metadata keys must not be empty",
+        # Where a volume may be mounted and how many (extproc/lifecycle/volume_paths.py), and
+        # E2B's volume name pattern, which volumeMounts' schema does not repeat.
+        "volume mount path",
+        "a volume cannot be mounted at /",
+        "at most 16 volume mounts",
+        "two volumes are mounted",
+        "volume mount paths",
+        "invalid volume name",
     ),
+    # NewVolume.name's pattern has no length limit; ours is 128 characters.
+    "POST /volumes": ("invalid volume name",),
+    # Names and tags as this gateway spells them (templates.py), which the spec leaves free.
+    # E2B needs the name too, though the spec marks nothing required.
+    "POST /v3/templates": (
+        _NOT_AN_OBJECT,
+        "name is required",
+        "invalid template name",
+        "invalid tag",
+        "name must be at most",
+    ),
+    # A `null` body: the spec's `required` binds objects only.
+    "POST /templates/tags": (
+        _NOT_AN_OBJECT,
+        "target is required",
+        "tags is required",
+        "invalid tag",
+        "invalid template name",
+        "tags must not be empty",
+    ),
+    "DELETE /templates/tags": (
+        _NOT_AN_OBJECT,
+        "name is required",
+        "tags is required",
+        "invalid tag",
+        "tags must not be empty",
+    ),
+    # TemplateBuildStartV2 and TemplateStep have no `type: object` either.
+    "POST /v2/templates/{templateID}/builds/{buildID}": (_NOT_AN_OBJECT, "steps["),
+    # A nextToken this gateway never issued.
+    "GET /snapshots": ("nextToken is not one",),
+    # TemplateUpdateRequest has no `type: object` either.
+    "PATCH /templates/{templateID}": (_NOT_AN_OBJECT,),
+    "PATCH /v2/templates/{templateID}": (_NOT_AN_OBJECT,),
+    "GET /templates/{templateID}/files/{hash}": ("the files hash must be",),
+    "POST /sandboxes/{sandboxID}/snapshots": ("invalid snapshot name", "name must be at most"),
+    "POST /sandboxes/{sandboxID}/fork": (_TOO_LONG,),
     "POST /sandboxes/{sandboxID}/resume": (_NOT_AN_OBJECT, _TOO_LONG),
     "POST /sandboxes/{sandboxID}/connect": (_TOO_LONG,),
     # The spec makes the body optional but its one field required: E2B answers 400 without it.
@@ -150,7 +220,7 @@ SEMANTIC_400: dict[str, tuple[str, ...]] = {
 # Any `network` option but allowPublicTraffic is one, named as sent (unknown ones too: a
 # network rule this gateway cannot enforce is refused, not ignored).
 UNSUPPORTED_CREATE = re.compile(
-    r"(the MCP gateway|volume mounts|IAM tokens|network\..+) is not supported by this gateway",
+    r"(the MCP gateway|IAM tokens|network\..+) is not supported by this gateway",
     re.DOTALL,
 )
 

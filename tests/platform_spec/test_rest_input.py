@@ -95,11 +95,7 @@ def test_timeouts_are_from_zero_to_their_maximum() -> None:
         ({"templateID": "base", "mcp": {"server": {}}}, Unimplemented, "MCP"),
         ({"templateID": "base", "volumeMounts": {}}, InvalidArgument, "volumeMounts"),
         ({"templateID": "base", "volumeMounts": ["v"]}, InvalidArgument, "array of objects"),
-        (
-            {"templateID": "base", "volumeMounts": [{"name": "v", "path": "/v"}]},
-            Unimplemented,
-            "volume mounts",
-        ),
+        ({"templateID": "base", "volumeMounts": [{"name": 1}]}, InvalidArgument, r"\[0\]"),
         ({"templateID": "base", "iam": "x"}, InvalidArgument, "iam must be an object"),
         ({"templateID": "base", "iam": {"tokens": 5}}, InvalidArgument, "iam.tokens"),
         ({"templateID": "base", "iam": {"tokens": {"t": {}}}}, Unimplemented, "IAM"),
@@ -116,6 +112,7 @@ def test_create_refuses(body: dict[str, Any], error: type[Exception], fragment: 
         {"mcp": None},
         {"mcp": {}},
         {"volumeMounts": []},
+        {"volumeMounts": [{"name": "v", "path": "/v"}]},  # checked by the lifecycle service
         {"iam": {}},
         {"iam": {"tokens": {}}},  # an empty token map turns nothing on
         {"network": {"allowOut": [], "egressProxy": None}},

@@ -139,6 +139,7 @@ class Gateway:
         return {
             "E2B_API_URL": self.url,
             "E2B_SANDBOX_URL": self.url,
+            "E2B_VOLUME_API_URL": self.url,
             "E2B_DOMAIN": self.domain,
             "E2B_API_KEY": self.api_key,
         }

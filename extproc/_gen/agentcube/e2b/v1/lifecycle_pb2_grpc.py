@@ -771,3 +771,661 @@ class TemplateService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class VolumeServiceStub:
+    """A volume of another tenant is NOT_FOUND, as a missing one. Backends without volumes
+    answer UNIMPLEMENTED with a reason.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateVolume = channel.unary_unary(
+                '/agentcube.e2b.v1.VolumeService/CreateVolume',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateVolumeRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateVolumeResponse.FromString,
+                _registered_method=True)
+        self.ListVolumes = channel.unary_unary(
+                '/agentcube.e2b.v1.VolumeService/ListVolumes',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
+        self.GetVolume = channel.unary_unary(
+                '/agentcube.e2b.v1.VolumeService/GetVolume',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetVolumeRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetVolumeResponse.FromString,
+                _registered_method=True)
+        self.DeleteVolume = channel.unary_unary(
+                '/agentcube.e2b.v1.VolumeService/DeleteVolume',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.DeleteVolumeRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.DeleteVolumeResponse.FromString,
+                _registered_method=True)
+
+
+class VolumeServiceServicer:
+    """A volume of another tenant is NOT_FOUND, as a missing one. Backends without volumes
+    answer UNIMPLEMENTED with a reason.
+    """
+
+    def CreateVolume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVolumes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVolume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVolume(self, request, context):
+        """FAILED_PRECONDITION while a live sandbox (running or paused) has it mounted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VolumeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVolume,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateVolumeRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateVolumeResponse.SerializeToString,
+            ),
+            'ListVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVolumes,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListVolumesRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListVolumesResponse.SerializeToString,
+            ),
+            'GetVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVolume,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetVolumeRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetVolumeResponse.SerializeToString,
+            ),
+            'DeleteVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVolume,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.DeleteVolumeRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.DeleteVolumeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentcube.e2b.v1.VolumeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentcube.e2b.v1.VolumeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class VolumeService:
+    """A volume of another tenant is NOT_FOUND, as a missing one. Backends without volumes
+    answer UNIMPLEMENTED with a reason.
+    """
+
+    @staticmethod
+    def CreateVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.VolumeService/CreateVolume',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateVolumeRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.VolumeService/ListVolumes',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListVolumesRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.VolumeService/GetVolume',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetVolumeRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.VolumeService/DeleteVolume',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.DeleteVolumeRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.DeleteVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class TemplateBuildServiceStub:
+    """Backends that cannot build answer UNIMPLEMENTED with a reason naming what is missing.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RequestTemplateBuild = channel.unary_unary(
+                '/agentcube.e2b.v1.TemplateBuildService/RequestTemplateBuild',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RequestTemplateBuildRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RequestTemplateBuildResponse.FromString,
+                _registered_method=True)
+        self.GetTemplateFileUpload = channel.unary_unary(
+                '/agentcube.e2b.v1.TemplateBuildService/GetTemplateFileUpload',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateFileUploadRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateFileUploadResponse.FromString,
+                _registered_method=True)
+        self.StartTemplateBuild = channel.unary_unary(
+                '/agentcube.e2b.v1.TemplateBuildService/StartTemplateBuild',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.StartTemplateBuildRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.StartTemplateBuildResponse.FromString,
+                _registered_method=True)
+        self.GetTemplateBuildStatus = channel.unary_unary(
+                '/agentcube.e2b.v1.TemplateBuildService/GetTemplateBuildStatus',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateBuildStatusRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateBuildStatusResponse.FromString,
+                _registered_method=True)
+        self.AssignTemplateTags = channel.unary_unary(
+                '/agentcube.e2b.v1.TemplateBuildService/AssignTemplateTags',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.AssignTemplateTagsRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.AssignTemplateTagsResponse.FromString,
+                _registered_method=True)
+        self.RemoveTemplateTags = channel.unary_unary(
+                '/agentcube.e2b.v1.TemplateBuildService/RemoveTemplateTags',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RemoveTemplateTagsRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RemoveTemplateTagsResponse.FromString,
+                _registered_method=True)
+
+
+class TemplateBuildServiceServicer:
+    """Backends that cannot build answer UNIMPLEMENTED with a reason naming what is missing.
+    """
+
+    def RequestTemplateBuild(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplateFileUpload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTemplateBuild(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplateBuildStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignTemplateTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTemplateTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TemplateBuildServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RequestTemplateBuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestTemplateBuild,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RequestTemplateBuildRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RequestTemplateBuildResponse.SerializeToString,
+            ),
+            'GetTemplateFileUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplateFileUpload,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateFileUploadRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateFileUploadResponse.SerializeToString,
+            ),
+            'StartTemplateBuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTemplateBuild,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.StartTemplateBuildRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.StartTemplateBuildResponse.SerializeToString,
+            ),
+            'GetTemplateBuildStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplateBuildStatus,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateBuildStatusRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateBuildStatusResponse.SerializeToString,
+            ),
+            'AssignTemplateTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignTemplateTags,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.AssignTemplateTagsRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.AssignTemplateTagsResponse.SerializeToString,
+            ),
+            'RemoveTemplateTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTemplateTags,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RemoveTemplateTagsRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RemoveTemplateTagsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentcube.e2b.v1.TemplateBuildService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentcube.e2b.v1.TemplateBuildService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TemplateBuildService:
+    """Backends that cannot build answer UNIMPLEMENTED with a reason naming what is missing.
+    """
+
+    @staticmethod
+    def RequestTemplateBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.TemplateBuildService/RequestTemplateBuild',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RequestTemplateBuildRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RequestTemplateBuildResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplateFileUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.TemplateBuildService/GetTemplateFileUpload',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateFileUploadRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateFileUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTemplateBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.TemplateBuildService/StartTemplateBuild',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.StartTemplateBuildRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.StartTemplateBuildResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplateBuildStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.TemplateBuildService/GetTemplateBuildStatus',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateBuildStatusRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.GetTemplateBuildStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignTemplateTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.TemplateBuildService/AssignTemplateTags',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.AssignTemplateTagsRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.AssignTemplateTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTemplateTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.TemplateBuildService/RemoveTemplateTags',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RemoveTemplateTagsRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.RemoveTemplateTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class SnapshotServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateSnapshot = channel.unary_unary(
+                '/agentcube.e2b.v1.SnapshotService/CreateSnapshot',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/agentcube.e2b.v1.SnapshotService/ListSnapshots',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.ForkSandbox = channel.unary_unary(
+                '/agentcube.e2b.v1.SnapshotService/ForkSandbox',
+                request_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ForkSandboxRequest.SerializeToString,
+                response_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ForkSandboxResponse.FromString,
+                _registered_method=True)
+
+
+class SnapshotServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateSnapshot(self, request, context):
+        """The sandbox's files (not its memory) as a template; the sandbox is stopped for the copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSandbox(self, request, context):
+        """A snapshot that is not kept, and `count` sandboxes made from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SnapshotServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'ForkSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSandbox,
+                    request_deserializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ForkSandboxRequest.FromString,
+                    response_serializer=agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ForkSandboxResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentcube.e2b.v1.SnapshotService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentcube.e2b.v1.SnapshotService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SnapshotService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.SnapshotService/CreateSnapshot',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateSnapshotRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.CreateSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.SnapshotService/ListSnapshots',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListSnapshotsRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcube.e2b.v1.SnapshotService/ForkSandbox',
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ForkSandboxRequest.SerializeToString,
+            agentcube_dot_e2b_dot_v1_dot_lifecycle__pb2.ForkSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
