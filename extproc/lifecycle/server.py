@@ -262,7 +262,6 @@ async def serving(
         port = bind(server, settings.server.listen, tls)
         if settings.server.health_listen:
             probes = await start_probes(health_servicer, settings.server.health_listen)
-        await server.start()
     except BaseException:
         await backend.close()
         raise
@@ -271,6 +270,11 @@ async def serving(
     try:
         tasks = await backend.start()
         await _serve_volume_content(content, settings, backend)
+        # Callers get in only now: before its recovery the backend knows none of the running
+        # sandboxes (a GetSandbox would say NOT_FOUND for a live one), and a Create would
+        # race the start of isolation. Until then a caller's connection is refused, which
+        # it treats as the lifecycle service being down (retryable).
+        await server.start()
         for name in SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(

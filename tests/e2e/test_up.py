@@ -64,7 +64,13 @@ def test_sigterm_stops_everything_and_a_restart_keeps_the_key(
     process, exports = start_up(state, log, **ports)
     try:
         values = dict(item.split("=", 1) for item in exports.split()[1:] if "=" in item)
-        assert set(values) == {"E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN", "E2B_API_KEY"}
+        assert set(values) == {
+            "E2B_API_URL",
+            "E2B_SANDBOX_URL",
+            "E2B_VOLUME_API_URL",
+            "E2B_DOMAIN",
+            "E2B_API_KEY",
+        }
         for name, value in values.items():
             monkeypatch.setenv(name, value)
         sbx = Sandbox.create(timeout=120)  # a picod that must go away too

@@ -99,6 +99,7 @@ async def test_host_routing_replaces_credentials_and_strips_spoofed_headers(
         "authorization",
         "accept",
         "user-agent",
+        "x-request-id",
     }
 
 

@@ -199,11 +199,17 @@ def test_template_builds_paging_is_validated(query: str, ok: bool) -> None:
     [
         ("GET", "/health", Operation("health")),
         ("GET", "/templates/team/name", Operation("get_template", "team/name")),
-        ("GET", "/templates/base", Operation("get_template", "base")),
-        ("GET", "/templates/base/builds/b1/status", 501),
-        ("GET", "/templates/base/tags", 501),
-        ("GET", "/templates/aliases/name", 501),
-        ("POST", "/templates/team/name", 501),
+        ("GET", "/templates/base", Operation("get_template", "base", ("base",))),
+        (
+            "GET",
+            "/templates/base/builds/b1/status",
+            Operation("template_build_status", "base", ("base", "b1")),
+        ),
+        ("GET", "/templates/base/tags", Operation("template_tags", "base", ("base",))),
+        ("GET", "/templates/aliases/name", Operation("template_alias", "name", ("name",))),
+        ("POST", "/templates/team/name", 404),
+        ("POST", "/templates/base/builds/b1", 501),
+        ("DELETE", "/templates/base/tags", 405),
         ("PUT", "/health", 405),
     ],
 )

@@ -94,8 +94,8 @@ def test_release_runs_the_scenario_through_up(
 
 def _pinned_python_versions() -> dict[str, str]:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    pins = pyproject["project"]["optional-dependencies"]["dev"]
-    return dict(pin.split("==", 1) for pin in pins if pin.startswith("e2b"))
+    groups = pyproject["project"]["optional-dependencies"].values()
+    return dict(pin.split("==", 1) for pins in groups for pin in pins if pin.startswith("e2b"))
 
 
 def test_the_latest_releases_are_the_suites_pins() -> None:
