@@ -30,8 +30,6 @@ on stderr, a one-line summary, and the path on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -42,10 +40,11 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from extproc.core.errors import Unavailable
+from extproc.lifecycle.rootfs import cache_lock
 from extproc.lifecycle.settings import LocalSettings
 
 # Bump when the way a tree is made changes in a way the lock does not show.
@@ -111,7 +110,7 @@ def ensure(cache_dir: Path, progress: Callable[[str], None]) -> Path:
         progress(f"data stack ready: {built} (cached)")
         return built
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / ".data-stack.lock"):
+    with cache_lock(cache_dir / ".data-stack.lock"):
         if built.is_dir():
             progress(f"data stack ready: {built} (built by another process)")
             return built
@@ -120,16 +119,6 @@ def ensure(cache_dir: Path, progress: Callable[[str], None]) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         _build(cache_dir, built, progress)
     return built
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _build(cache_dir: Path, built: Path, progress: Callable[[str], None]) -> None:

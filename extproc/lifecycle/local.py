@@ -79,6 +79,7 @@ from extproc.lifecycle.templates import INTERPRETER_TEMPLATE, Build, Catalog, Te
 from extproc.lifecycle.validation import check_env_vars, check_metadata
 from extproc.lifecycle.volumes import LocalVolumes, Reservation, Volume
 from extproc.lifecycle.watching import Hub
+from extproc.lifecycle.zygote import log_tail
 
 log = logging.getLogger(__name__)
 # E2B keeps an Idempotency-Key for 24 h; so do we, in SQLite with the sandbox's row.
@@ -91,14 +92,6 @@ def _pool_key(template: Template) -> str:
     return f"{template.template_id}@{template.build_id}" if template.build_id else (
         template.template_id)  # fmt: skip
 
-
-def _tail(path: Path, size: int = 2048) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, 2) - size))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @dataclass
@@ -469,8 +462,10 @@ class LocalBackend:
             await asyncio.wait([process.exited], timeout=_KILL_WAIT_S)
             process.close()
             inside = launch.paths.root / spawning.SERVER_LOG_INSIDE.lstrip("/")
-            log.warning("sandbox %s failed to start; its logs end with:\n%s%s",
-                        launch.sandbox_id, _tail(launch.paths.log), _tail(inside))  # fmt: skip
+            log.warning(
+                "sandbox %s failed to start; its logs end with:\n%s%s",
+                launch.sandbox_id, log_tail(launch.paths.log), log_tail(inside),
+            )  # fmt: skip
             raise
         return process
 

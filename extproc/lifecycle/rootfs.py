@@ -180,7 +180,7 @@ def ensure_base(cache_dir: Path, progress: Callable[[str], None]) -> Path:
             "files); rootless mode is not supported yet"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / ".lock"):
+    with cache_lock(cache_dir / ".lock"):
         if target.is_dir():
             progress(f"base rootfs ready: {target} (built by another process)")
             return target
@@ -190,7 +190,8 @@ def ensure_base(cache_dir: Path, progress: Callable[[str], None]) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing): one builder per cache entry."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

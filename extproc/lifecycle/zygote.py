@@ -103,7 +103,7 @@ class Zygote:
                 raise Unavailable(f"sandbox isolation: {hello['error']}")
             raise Unavailable(
                 f"the sandbox zygote did not start; its log ({self._log_path}) ends with: "
-                f"{_tail(self._log_path)}"
+                f"{log_tail(self._log_path)}"
             )
         ours.setblocking(False)
         log.info("sandbox zygote %d ready (python %s)", self._process.pid, hello.get("python"))
@@ -200,7 +200,8 @@ async def _readable(loop: asyncio.AbstractEventLoop, control: socket.socket) -> 
         loop.remove_reader(control)
 
 
-def _tail(path: Path, size: int = 2048) -> str:
+def log_tail(path: Path, size: int = 2048) -> str:
+    """The last `size` bytes of a log, as text ("" when unreadable)."""
     try:
         with path.open("rb") as f:
             f.seek(max(0, f.seek(0, 2) - size))
