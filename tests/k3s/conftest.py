@@ -11,7 +11,7 @@ What is real:
 - The API server, etcd-in-sqlite, admission, the garbage collector and the node lifecycle
   controller of a k3s container (`AGENTCUBE_E2B_K3S_IMAGE`, default below), reached over TLS
   with k3s's admin kubeconfig (cluster-admin: the RBAC of k8s/base is not exercised here;
-  tests/k8s reads those Role rules).
+  tests/manifests reads those Role rules).
 - The production processes, run locally against that kubeconfig as tests/e2e_k8s runs them:
   `agentcube-e2b keys create --kubernetes` writing the key Secret and ConfigMap, the lifecycle
   service with `--backend kubernetes` (CodeInterpreter reads, Sandbox CR writes, its informers,

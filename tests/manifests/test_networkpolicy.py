@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from k8s.render import render_install
+from manifests.render import render_install
 
 NAMESPACE = "agentcube-system"
 

@@ -11,7 +11,7 @@ import yaml
 
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import EnvoySettings, HostPort
-from k8s.render import BASE, render
+from manifests.render import BASE, render
 
 REGENERATE = (
     "agentcube-e2b envoy-config --listen 0.0.0.0:8081 --domain {domain} "

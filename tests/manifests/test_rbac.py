@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from k8s.render import render, render_install
+from manifests.render import render, render_install
 
 Grant = tuple[str, str, str, str, str]
 NAMESPACE = "agentcube-system"

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s.render import (
+from manifests.render import (
     AGENTCUBE_NAMESPACE_DIR,
     BASE,
     CLUSTER_SCOPED,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from extproc.k8s.lifecycle_tls import server_names
-from k8s.render import render
+from manifests.render import render
 
 MODULES = {"edge": "extproc.edge.command", "lifecycle": "extproc.lifecycle.command"}
 NAMESPACE = "agentcube-system"
