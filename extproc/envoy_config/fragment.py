@@ -48,6 +48,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
     HttpFilter,
     LocalReplyConfig,
+    ResponseMapper,
 )
 from envoy_data_plane.google.protobuf import Any
 
@@ -190,13 +191,20 @@ def on_domain(domain: str) -> str:
 
 
 def _scoped_local_replies(domain: str) -> LocalReplyConfig:
-    """replies.py's mappers, each matching only requests for `domain`."""
+    """replies.py's mappers, each matching only requests for `domain`, then one that matches
+    the rest of `domain`'s replies and changes nothing.
+
+    Envoy applies the first mapper that matches. Without the last one, a reply the edge wrote
+    itself (a denial such as the 502 for a missing sandbox, JSON the SDK parses) would fall
+    through to the team's own mappers, which commonly rewrite every 5xx into their error page.
+    """
     config = local_reply_config()
     for mapper in config.mappers:
         conditions = [_when(on_domain(domain))]
         if mapper.filter is not None:
             conditions.append(mapper.filter)
         mapper.filter = AccessLogFilter(and_filter=AndFilter(filters=conditions))
+    config.mappers.append(ResponseMapper(filter=_when(on_domain(domain))))
     return config
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from envoy_harness import ENVOY
-from fragment_merging import TEAM_LISTENER, connection_manager, merged_bootstrap
+from envoy_standins import DOMAIN
 
 from extproc.cli import main
 from extproc.envoy_config.bootstrap import connection_manager as gateway_connection_manager
@@ -22,6 +22,7 @@ from extproc.envoy_config.fragment import (
     render_fragment_yaml,
 )
 from extproc.envoy_config.settings import EnvoySettings, HostPort
+from support.fragment_merging import TEAM_LISTENER, connection_manager, merged_bootstrap
 
 COMMITTED = Path(__file__).parents[2] / "envoy" / "fragment.yaml"
 COMMITTED_SETTINGS = EnvoySettings(domain="e2b.example.com")
@@ -113,12 +114,27 @@ def test_connection_manager_settings_are_the_gateway_own(fragment: dict[str, Any
         "CONNECT",
     ]
     mappers = settings["local_reply_config"]["mappers"]
-    assert len(mappers) == len(gateway.local_reply_config.mappers)
-    for mapper in mappers:
+    # the gateway's own mappers, then one that keeps every other reply on its domain as the
+    # gateway wrote it (out of the team's mappers)
+    *own, keep = mappers
+    assert len(own) == len(gateway.local_reply_config.mappers)
+    for mapper in own:
         scope = mapper["filter"]["and_filter"]["filters"][0]
         assert scope["extension_filter"]["typed_config"]["expression"] == on_domain(
             "e2b.example.com"
         )
+    assert keep == {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": on_domain("e2b.example.com"),
+                },
+            }
+        }
+    }
 
 
 def test_every_connection_manager_setting_says_why() -> None:
@@ -165,6 +181,7 @@ def test_cli_rejects_a_bad_edge(capsys: pytest.CaptureFixture[str]) -> None:
 def test_envoy_validates_the_team_bootstrap_with_the_fragment_merged(tmp_path: Path) -> None:
     document = merged_bootstrap(
         HostPort("10.0.0.7", 9001),
+        domain=DOMAIN,
         listen=10000,
         admin=tmp_path / "admin.sock",
         shop_web=8080,
@@ -184,7 +201,12 @@ def test_envoy_validates_the_team_bootstrap_with_the_fragment_merged(tmp_path: P
 
 def test_the_merge_keeps_the_team_pieces_and_the_router_last() -> None:
     document = merged_bootstrap(
-        HostPort("10.0.0.7", 9001), listen=1, admin=Path("/a"), shop_web=2, shop_api=3
+        HostPort("10.0.0.7", 9001),
+        domain=DOMAIN,
+        listen=1,
+        admin=Path("/a"),
+        shop_web=2,
+        shop_api=3,
     )
     hcm = connection_manager(document, TEAM_LISTENER)
     assert [item["name"] for item in hcm["http_filters"]] == [

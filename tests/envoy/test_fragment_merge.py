@@ -20,10 +20,10 @@ import uvicorn
 import yaml
 from envoy_harness import free_port, wait_ready
 from envoy_standins import DOMAIN, GOOD_KEY, SANDBOX_ID, TENANT, Edge, start_edge, upstream_app
-from fragment_merging import merged_bootstrap
 
 from extproc.envoy_config.settings import HostPort, UnixSocket
 from extproc.up import admin_client
+from support.fragment_merging import merged_bootstrap
 from support.gateway import envoy_argv
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -82,6 +82,7 @@ async def merged(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Merg
     listen = free_port()
     document = merged_bootstrap(
         HostPort("127.0.0.1", edge_port),
+        domain=DOMAIN,
         listen=listen,
         admin=admin,
         shop_web=ports["shop_web"],

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from envoy_standins import DOMAIN
 
 from extproc.envoy_config.fragment import render_fragment_yaml
-from extproc.envoy_config.settings import EnvoySettings, HostPort
+from extproc.envoy_config.settings import Endpoint, EnvoySettings
 
-TEAM_BOOTSTRAP = Path(__file__).parent / "platform_team" / "bootstrap.yaml"
+TEAM_BOOTSTRAP = Path(__file__).parents[1] / "envoy" / "platform_team" / "bootstrap.yaml"
 TEAM_LISTENER = "ingress_http"
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
@@ -70,9 +69,17 @@ def merge(
 
 
 def merged_bootstrap(
-    edge: HostPort, *, listen: int, admin: Path, shop_web: int, shop_api: int
+    edge: Endpoint,
+    *,
+    domain: str,
+    listen: int,
+    admin: Path,
+    shop_web: int,
+    shop_api: int,
+    sandbox_netns: Path | None = None,
 ) -> dict[str, Any]:
-    """The team's bootstrap on the given ports, with the fragment for `edge` merged in."""
+    """The team's bootstrap on the given ports, with the fragment for `edge` and `domain`
+    merged in (its sandbox connections opened in `sandbox_netns` when given)."""
     team = yaml.safe_load(TEAM_BOOTSTRAP.read_text())
     team["admin"]["address"] = {"pipe": {"path": str(admin), "mode": 0o600}}
     team["static_resources"]["listeners"][0]["address"]["socket_address"] = {
@@ -83,5 +90,9 @@ def merged_bootstrap(
     for cluster, port in zip(team_clusters, (shop_web, shop_api), strict=True):
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         address["address"]["socket_address"]["port_value"] = port
-    fragment = yaml.safe_load(render_fragment_yaml(EnvoySettings(domain=DOMAIN, edges=(edge,))))
+    fragment = yaml.safe_load(
+        render_fragment_yaml(
+            EnvoySettings(domain=domain, edges=(edge,), sandbox_netns=sandbox_netns)
+        )
+    )
     return merge(team, fragment, TEAM_LISTENER, TEAM_FILTERS_OFF)
