@@ -9,7 +9,7 @@ GEN := extproc/_gen
 # The base root filesystem of local sandboxes that every test shares (built once, ~40 s).
 ROOTFS_CACHE ?= $(or $(AGENTCUBE_E2B_ROOTFS_CACHE_DIR),$(CURDIR)/.cache/rootfs)
 
-.PHONY: up test venv host-packages rootfs generate check-generate lint unit bench sdk-matrix sdk-matrix-lock
+.PHONY: up test venv host-packages test-host-packages rootfs generate check-generate lint unit bench sdk-matrix sdk-matrix-lock
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ venv: $(VENV)/.installed $(NODE_PREFIX)/.installed
 # run as root, else the apt-get line is printed and this fails.
 host-packages:
 	sh packaging/install-host-packages
+
+# and for the tests: busybox-static is the image without Python (or libc) that the injected
+# picod bundle is tested in (tests/picod_bundle, tests/lifecycle_k8s/test_templates.py)
+test-host-packages:
+	sh packaging/install-host-packages busybox-static
 
 # Building needs root, as sandbox isolation does; as another user the tests that need the
 # base skip and say so. The code interpreter's data stack (numpy, pandas, ...; a layer of
@@ -76,7 +81,7 @@ lint: venv
 	$(VENV)/bin/ruff check extproc tests
 	$(VENV)/bin/mypy extproc
 
-test: venv host-packages check-generate lint rootfs sdk-matrix
+test: venv test-host-packages check-generate lint rootfs sdk-matrix
 	AGENTCUBE_E2B_ROOTFS_CACHE_DIR=$(ROOTFS_CACHE) $(VENV)/bin/pytest
 
 bench: venv

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "extproc.lifecycle.rootfs_command",
         "build the base root filesystem of local sandboxes",
     ),
+    "picod-bundle": (
+        "extproc.picod_bundle",
+        "write picod as a self-contained directory that runs in any Linux image",
+    ),
     "up": ("extproc.up", "run the whole gateway on this machine with local sandboxes"),
     "loadtest": (
         "extproc.loadtest.command",

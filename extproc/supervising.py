@@ -6,13 +6,13 @@ is copied to stderr: in text, each line prefixed with its name; in JSON, each li
 object (core/logs.py `child_line`).
 
 One crash is not an outage: a child that exits while `up` is not stopping is logged and
-started again alone, after a delay that doubles from `RestartPolicy.first_delay_s` to
-`max_delay_s` and starts over once the child has run `healthy_after_s`. The others keep
-running: Envoy and the edge keep serving running sandboxes from the edge's routing directory
-while the lifecycle service restarts, and the restarted lifecycle service adopts the
-sandboxes it left behind (lifecycle/adopting.py). A child that exits `crash_limit` times
-within `crash_window_s` is broken, not unlucky (a bad config, a port taken for good): the
-supervisor gives up, and `up` stops everything and exits non-zero naming it.
+started again alone, after a delay that doubles (`RestartPolicy.backoff`) and starts over
+once the child has run `healthy_after_s`. The others keep running: Envoy and the edge keep
+serving running sandboxes from the edge's routing directory while the lifecycle service
+restarts, and the restarted lifecycle service adopts the sandboxes it left behind
+(lifecycle/adopting.py). A child that exits `crash_limit` times within `crash_window_s` is
+broken, not unlucky (a bad config, a port taken for good): the supervisor gives up, and `up`
+stops everything and exits non-zero naming it.
 
 The decision (`Crashes.after_exit`) is a pure function of the policy and the exit times, so
 it is tested with a fake clock; the loop around it only waits, starts and logs.
@@ -30,15 +30,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from extproc.core.backoff import Backoff
 from extproc.core.logs import child_line
+
+RESTART_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
 
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    # seconds before the first restart of a child; doubles with each crash in a row. 0.1.
-    first_delay_s: float = 0.1
-    # the longest delay between restarts, in seconds. Default 5.
-    max_delay_s: float = 5.0
+    # seconds before restarting a child: 0.1, doubling with each crash in a row up to 5.
+    backoff: Backoff = RESTART_BACKOFF
     # seconds a child must run for its next crash to count as the first in a row. 30.
     healthy_after_s: float = 30.0
     # exits within `crash_window_s` that make the supervisor give up. Default 5.
@@ -64,7 +65,7 @@ class Crashes:
             return None
         if exited - started >= policy.healthy_after_s:
             self.streak = 0
-        delay = min(policy.max_delay_s, policy.first_delay_s * (1 << min(self.streak, 32)))
+        delay = policy.backoff.delay(self.streak)
         self.streak += 1
         return delay
 

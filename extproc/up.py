@@ -65,7 +65,7 @@ from typing import Any
 import httpx
 
 from extproc.core.caller_token import new_token, write_token_file
-from extproc.core.flags import EnvDefaults, integer_arg
+from extproc.core.flags import EnvDefaults, integer_arg, usage_error
 from extproc.core.logs import (
     ENVOY_JSON_LOG_FORMAT,
     add_log_flags,
@@ -350,8 +350,7 @@ def run(args: argparse.Namespace) -> int:
         )
         prepare_run_dir(settings.run_dir)
     except (ValueError, OSError) as error:
-        print(f"agentcube-e2b up: {error}", file=sys.stderr)
-        return 2
+        return usage_error("up", error)
     setup_logging("up", settings.log_format, settings.log_level)
     return asyncio.run(serve(settings, edges, envoy))
 

@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from extproc.core.flags import EnvDefaults, integer_arg, number_arg
+from extproc.cli import main
+from extproc.core.flags import USAGE_EXIT, EnvDefaults, integer_arg, number_arg
 
 ENV = EnvDefaults("FLAGS_TEST_")
 
@@ -74,3 +75,21 @@ def test_flag_values_at_least() -> None:
         number_arg(args, "low", 0.1)
     with pytest.raises(ValueError, match=r"^--pool-size: expected >= 5, got 3$"):
         integer_arg(args, "pool_size", 5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["up", "--log-format", "nope"], "agentcube-e2b up: --log-format: expected text or json"),
+        (["picod", "--log-format", "nope"], "agentcube-e2b picod: error: --log-format:"),
+        (["interpreter", "--log-format", "x"], "agentcube-e2b interpreter: error: --log-format:"),
+        (["envoy-config", "--edge", "nope"], "agentcube-e2b envoy-config: expected HOST:PORT"),
+    ],
+)
+def test_a_bad_value_after_parsing_is_one_line_and_exit_2(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse's own errors exit 2 too; these are the values only a command's run can check.
+    assert main(argv) == USAGE_EXIT == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1

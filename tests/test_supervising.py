@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from extproc.core.backoff import Backoff
 from extproc.supervising import Crashes, RestartPolicy, Supervisor
 
 POLICY = RestartPolicy()  # 0.1 s doubling to 5 s, reset after 30 s, 5 exits in 60 s
-FAST = RestartPolicy(first_delay_s=0.01, max_delay_s=0.05, crash_limit=4, crash_window_s=60)
+FAST = RestartPolicy(backoff=Backoff(initial_s=0.01, max_s=0.05), crash_limit=4, crash_window_s=60)
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 CRASHER = [sys.executable, "-c", "raise SystemExit(3)"]
 
@@ -124,7 +125,7 @@ async def test_a_child_that_keeps_crashing_is_given_up_on_by_name() -> None:
 
 async def test_stopping_during_a_backoff_does_not_restart(tmp_path: Path) -> None:
     said: list[str] = []
-    slow = RestartPolicy(first_delay_s=30, max_delay_s=30)
+    slow = RestartPolicy(backoff=Backoff(initial_s=30, max_s=30))
     supervisor = Supervisor({"flaky": _crash_once(tmp_path / "crashed")}, slow, said.append)
     stop = asyncio.Event()
     await supervisor.start_all()

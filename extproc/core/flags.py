@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from extproc.core.addresses import HostPort
 from extproc.core.api_keys import validate_namespace
 from extproc.core.errors import InvalidArgument
 
@@ -113,6 +115,18 @@ class EnvDefaults:
         )
 
 
+# The exit code of a command-line mistake, as argparse's own `parser.error`.
+USAGE_EXIT = 2
+
+
+def usage_error(command: str, message: object) -> int:
+    """Say a command-line mistake found after parsing (a flag's value, a settings file) as
+    every `agentcube-e2b` command does: `agentcube-e2b <command>: <message>`, one line on
+    stderr. Returns the exit code for it, USAGE_EXIT, for the command's `run` to return."""
+    print(f"agentcube-e2b {command}: {message}", file=sys.stderr)
+    return USAGE_EXIT
+
+
 def number_arg(args: argparse.Namespace, dest: str, low: float) -> float:
     """`args.<dest>` as a float of at least `low`, else ValueError naming the flag."""
     return _at_least(args, dest, low, float)
@@ -139,36 +153,11 @@ def _at_least(
 
 def listen_address(text: str) -> tuple[str, int]:
     """`--listen HOST:PORT` as (host, port); an empty host means all interfaces."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"--listen: expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port_text)
-
-
-def sandbox_daemon_auth(
-    key_file: str | None, key_pem: str | None, access_token: str | None, no_auth: bool
-) -> str | None:
-    """The auth flags of a daemon inside a sandbox (picod, the interpreter).
-
-    Returns the gateway's public key PEM, read from `--jwt-public-key` (else `key_pem`, e.g.
-    from an environment variable) and checked; None when there is none. Refuses a daemon
-    with no credential at all unless `--no-auth` says so explicitly.
-    """
-    if key_file:
-        try:
-            key_pem = Path(key_file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"--jwt-public-key: cannot read {key_file}: {e}") from e
-    if key_pem:
-        from extproc.core.gateway_jwt import load_public_key  # cryptography: only when used
-
-        load_public_key(key_pem)
-    if not (key_pem or access_token or no_auth):
-        raise ValueError(
-            "no auth configured: pass --jwt-public-key and/or --access-token, "
-            "or --no-auth to serve without auth"
-        )
-    return key_pem or None
+    try:
+        address = HostPort.parse(text, empty_host=True)
+    except ValueError as error:
+        raise ValueError(f"--listen: {error}") from None
+    return address.host or "0.0.0.0", address.port
 
 
 UNIX_PREFIX = "unix:"
@@ -205,9 +194,10 @@ def grpc_address(text: str, flag: str, *, optional: bool = False) -> str:
             return text
     except ValueError as error:
         raise ValueError(f"{flag}: {error}") from None
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{flag}: expected unix:/PATH or HOST:PORT, got {text!r}")
+    try:
+        HostPort.parse(text, port_zero=True)
+    except ValueError as error:
+        raise ValueError(f"{flag}: expected unix:/PATH or HOST:PORT ({error})") from None
     return text
 
 

@@ -41,7 +41,8 @@ def _strip_port(host: str) -> tuple[str, bool]:
     """(host without port, whether it is an IP literal)."""
     if host.startswith("["):
         end = host.find("]")
-        return (host[1:end], True) if end > 0 else (host, False)
+        # only a real IPv6 literal is one: `[not-an-ip]` is a name like any other
+        return (host[1:end], True) if end > 0 and _is_ip(host[1:end]) else (host, False)
     if host.count(":") > 1:
         return host, _is_ip(host)
     name = host.split(":", 1)[0]
@@ -88,6 +89,6 @@ def parse_target(
         return _checked(header_id, header_port)
     label = name.split(".", 1)[0]
     parts = label.split("-")
-    if len(parts) < 2 or is_ip:
+    if len(parts) < 2 or is_ip or name.startswith("["):
         raise InvalidArgument(INVALID_HOST)
     return _checked(parts[1], parts[0])

@@ -34,25 +34,28 @@ LIFECYCLE_TLS_NAME = "agentcube-e2b-lifecycle"
 EDGE_TLS_NAME = "agentcube-e2b-edge"
 
 
-@dataclass(frozen=True, slots=True)
-class RouterIdentity:
+class _Redacted:
+    """Both identities hold a private key, which must never reach a log or a traceback."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RouterIdentity(_Redacted):
     private_pem: bytes
     public_pem: bytes
 
-    def __repr__(self) -> str:  # never print a private key into a log or a traceback
-        return "RouterIdentity(<redacted>)"
 
-
-@dataclass(frozen=True, slots=True)
-class TlsIdentity:
+@dataclass(frozen=True, slots=True, repr=False)
+class TlsIdentity(_Redacted):
     # PEM CA certificate(s) the peer's certificate must chain to.
     ca_pem: bytes
     # PEM certificate of this side, and its PEM private key (PKCS#8).
     cert_pem: bytes
     key_pem: bytes
-
-    def __repr__(self) -> str:  # never print a private key into a log or a traceback
-        return "TlsIdentity(<redacted>)"
 
 
 def _publish(directory: Path, name: str, content: bytes, mode: int) -> bool:

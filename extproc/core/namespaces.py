@@ -37,6 +37,7 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -107,13 +108,17 @@ def clone_mount(path: str, recursive: bool = False) -> int:
     return open_tree(path, flags)
 
 
-def set_mount_attributes(tree: int, attributes: int) -> None:
-    """Set MOUNT_ATTR_* flags on every mount of the detached tree `tree`."""
-    attr = _MountAttr(attributes, 0, 0, 0)
+def set_mount_attributes(
+    tree: int, attributes: int, userns_fd: int = 0, recursive: bool = True
+) -> None:
+    """Set MOUNT_ATTR_* flags on the detached tree `tree`: on every mount of it, or only on
+    its top one unless `recursive`. MOUNT_ATTR_IDMAP takes its mapping from `userns_fd`."""
+    attr = _MountAttr(attributes, 0, 0, userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
     _check(
-        _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
-                      ctypes.byref(attr), ctypes.sizeof(attr)),
-        "mount_setattr",
+        _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", flags, ctypes.byref(attr),
+                      ctypes.sizeof(attr)),
+        f"mount_setattr({attributes:#x})",
     )  # fmt: skip
 
 

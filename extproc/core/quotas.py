@@ -93,7 +93,8 @@ def parse_quotas(text: str | None) -> QuotaTable:
 
 
 class TokenBucket:
-    """`rate` tokens per second, at most `capacity` held; one token per admitted event."""
+    """`rate` tokens per second, at most `capacity` held; an admitted event spends `cost`
+    tokens (one by default)."""
 
     __slots__ = ("capacity", "rate", "stamp", "tokens")
 
@@ -103,13 +104,13 @@ class TokenBucket:
         self.tokens = capacity
         self.stamp = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: float = 1.0) -> bool:
         tokens = self.tokens + (now - self.stamp) * self.rate
         if tokens > self.capacity:
             tokens = self.capacity
         self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
+        if tokens >= cost:
+            self.tokens = tokens - cost
             return True
         self.tokens = tokens
         return False

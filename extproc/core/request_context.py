@@ -18,6 +18,7 @@ Standard library only: picod and the interpreter import it at start-up.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
 from typing import NamedTuple
@@ -76,6 +77,16 @@ def begin_request(
 
 def end_request(token: Token[RequestContext | None]) -> None:
     _CURRENT.reset(token)
+
+
+def outside_requests() -> contextvars.Context:
+    """The current context with no request in it, for a task that a request happens to start
+    but that is no part of it (a warm pool refilling for as long as the service runs): pass
+    it as `asyncio.create_task(..., context=outside_requests())`, so the task's lines do not
+    carry that request's id forever."""
+    context = contextvars.copy_context()
+    context.run(_CURRENT.set, None)
+    return context
 
 
 def note_request(*, tenant: str | None = None, sandbox_id: str | None = None) -> None:

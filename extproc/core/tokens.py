@@ -49,10 +49,6 @@ def access_token(seed: bytes, sandbox_id: str) -> str:
     return hmac.new(seed, sandbox_id.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def check_access_token(seed: bytes, sandbox_id: str, token: str) -> bool:
-    return hmac.compare_digest(access_token(seed, sandbox_id), token)
-
-
 def traffic_access_token(envd_access_token: str, sandbox_id: str) -> str:
     """E2B-Traffic-Access-Token of a sandbox whose public traffic is off; "" without a key."""
     if not envd_access_token:

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 from cachetools import LRUCache
@@ -32,6 +33,7 @@ from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 
+from extproc.core.addresses import HostPort
 from extproc.core.api_keys import KeyIndex
 from extproc.core.errors import DomainError, ResourceExhausted
 from extproc.core.hosts import ENVD_PORT, Target
@@ -52,9 +54,10 @@ from extproc.edge.decision import (
 )
 from extproc.edge.decision import unavailable as unavailable_denial
 from extproc.edge.metrics import EdgeMetrics
-from extproc.edge.routes import Route
+from extproc.edge.sandbox_directory import Route
 from extproc.edge.signed_routing import SignatureRouter
 from extproc.edge.tokens import TokenSigner
+from extproc.edge.watching import Resumes
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,11 @@ MISCONFIGURED = Deny(
 RESUME_WAIT_S = 1.5
 
 
-class _KeySource:
+class _KeySource(Protocol):
     """Anything with a current `index` (the KeyStore, or KeyInformers in Kubernetes mode)."""
 
-    index: KeyIndex
+    @property
+    def index(self) -> KeyIndex: ...
 
 
 class RouteSource(Protocol):
@@ -87,9 +91,8 @@ class RouteSource(Protocol):
 
     async def fetch(self, sandbox_id: str) -> Route | None: ...
 
-    def resume(self, route: Route) -> asyncio.Task[Route | None]: ...
-
-    def resuming(self, sandbox_id: str) -> asyncio.Task[Route | None] | None: ...
+    @property
+    def resumes(self) -> Resumes: ...
 
 
 def _resume_failed(sandbox_id: str, error: DomainError) -> Deny:
@@ -111,38 +114,38 @@ def denied(deny: Deny) -> auth.CheckResponse:
     return response
 
 
+@dataclass(eq=False, repr=False)
 class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(
-        self,
-        keys: Any,
-        decider: SandboxDecider,
-        feed: RouteSource,
-        signer: TokenSigner,
-        metrics: EdgeMetrics,
-        resume_wait_s: float = RESUME_WAIT_S,
-        signatures: SignatureRouter | None = None,
-    ) -> None:
-        self._keys: _KeySource = keys
-        self._resume_wait_s = resume_wait_s
-        # Finds the sandbox of a signed URL that names none; None where tokens are not held.
-        self._signatures = signatures
-        self._decider = decider
-        self._feed = feed
-        self._signer = signer
-        self._metrics = metrics
-        # Denials are a handful of constants plus one 502 per unknown id: an LRU keeps the
-        # constants hot however many distinct ids a client tries.
-        self._denials: LRUCache[Deny, auth.CheckResponse] = LRUCache(maxsize=4096)
-        # A platform allow depends only on (tenant, key hash); revocation is decided earlier.
-        self._platform_allowed: LRUCache[tuple[str, str], auth.CheckResponse] = LRUCache(
-            maxsize=4096
-        )
-        # (sandbox_id, upstream_host, user) -> (response, unix time it stops being reusable)
-        self._allowed_cache: dict[tuple[str, str, str], tuple[auth.CheckResponse, float]] = {}
+    keys: _KeySource
+    decider: SandboxDecider
+    feed: RouteSource
+    signer: TokenSigner
+    metrics: EdgeMetrics
+    _: KW_ONLY
+    resume_wait_s: float = RESUME_WAIT_S
+    # Finds the sandbox of a signed URL that names none; None where tokens are not held.
+    signatures: SignatureRouter | None = None
+    # Denials are a handful of constants plus one 502 per unknown id: an LRU keeps the
+    # constants hot however many distinct ids a client tries.
+    _denials: LRUCache[Deny, auth.CheckResponse] = field(
+        init=False, default_factory=lambda: LRUCache(maxsize=4096)
+    )
+    # A platform allow depends only on (tenant, key hash); revocation is decided earlier.
+    _platform_allowed: LRUCache[tuple[str, str], auth.CheckResponse] = field(
+        init=False, default_factory=lambda: LRUCache(maxsize=4096)
+    )
+    # (sandbox_id, upstream_host, user) -> (response, unix time it stops being reusable)
+    _allowed_cache: dict[tuple[str, str, str], tuple[auth.CheckResponse, float]] = field(
+        init=False, default_factory=dict
+    )
+    _observe: dict[str, Any] = field(init=False)
+    _counters: dict[tuple[str, str], Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
         self._observe = {
-            surface: metrics.check_seconds.labels(surface) for surface in ("platform", "sandbox")
+            surface: self.metrics.check_seconds.labels(surface)
+            for surface in ("platform", "sandbox")
         }
-        self._counters: dict[tuple[str, str], Any] = {}
 
     def _denied(self, deny: Deny) -> auth.CheckResponse:
         response = self._denials.get(deny)
@@ -159,17 +162,17 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         headers = http.headers
         decision: Allow | Deny | Miss | Resume | Locate
         if surface == "sandbox":
-            decision = self._decider.decide(http.host, headers, http.method, http.path)
+            decision = self.decider.decide(http.host, headers, http.method, http.path)
             if isinstance(decision, Locate):
                 decision = await self._after_locate(decision, http, headers)
             if isinstance(decision, Miss):
                 decision = await self._after_miss(decision, http, headers, started)
             if isinstance(decision, Resume):
                 with serving_request(headers, decision.target.sandbox_id):  # the task copies it
-                    task = self._feed.resume(decision.route)
+                    task = self.feed.resumes.start(decision.route)
                 decision = await self._after_resume(task, decision, http, headers, started)
         elif surface == "platform":
-            decision = decide_platform(self._keys.index, headers.get("x-api-key"))
+            decision = decide_platform(self.keys.index, headers.get("x-api-key"))
         else:
             log.error("ext_authz request without a known 'surface' context extension: %r", surface)
             decision = MISCONFIGURED
@@ -191,7 +194,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
                 )
         counter = self._counters.get((surface, outcome))
         if counter is None:
-            counter = self._metrics.decisions.labels(surface or "none", outcome)
+            counter = self.metrics.decisions.labels(surface or "none", outcome)
             self._counters[(surface, outcome)] = counter
         counter.inc()
         observe = self._observe.get(surface)
@@ -203,35 +206,35 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         self, locate: Locate, http: Any, headers: Any
     ) -> Allow | Deny | Miss | Resume:
         """Find the sandbox a signed URL is for, then decide as if the URL had named it."""
-        if self._signatures is None:
+        if self.signatures is None:
             return UNROUTABLE_SIGNATURE
         try:
-            sandbox_id = await self._signatures.find(locate.params, locate.operation)
+            sandbox_id = await self.signatures.find(locate.params, locate.operation)
         except ResourceExhausted as error:
             return lookup_busy(error.message)
         if sandbox_id is None:
             return UNVERIFIED_SIGNATURE
         target = Target(sandbox_id, ENVD_PORT)
-        return self._decider.decide_target(target, headers, http.method, http.path)
+        return self.decider.decide_target(target, headers, http.method, http.path)
 
     async def _after_miss(
         self, miss: Miss, http: Any, headers: Any, started: float
     ) -> Allow | Deny | Resume:
         sandbox_id = miss.target.sandbox_id
-        in_flight = self._feed.resuming(sandbox_id)
+        in_flight = self.feed.resumes.get(sandbox_id)
         if in_flight is not None:
             # Resumed a moment ago, its pod not Ready yet: wait with the resume, not the miss.
             return await self._after_resume(in_flight, miss, http, headers, started)
-        if self._feed.known_missing(sandbox_id):
+        if self.feed.known_missing(sandbox_id):
             return not_found(sandbox_id)
         try:
             with serving_request(headers, sandbox_id):
-                route = await self._feed.fetch(sandbox_id)
+                route = await self.feed.fetch(sandbox_id)
         except DomainError as error:
             return unavailable_denial(error.message)
         if route is None:
             return not_found(sandbox_id)
-        decision = self._decider.decide_target(miss.target, headers, http.method, http.path, route)
+        decision = self.decider.decide_target(miss.target, headers, http.method, http.path, route)
         assert not isinstance(decision, Miss)
         return decision
 
@@ -245,7 +248,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
     ) -> Allow | Deny:
         """Wait for the resume `task` within this Check's budget, then decide again."""
         sandbox_id = asked.target.sandbox_id
-        remaining = self._resume_wait_s - (time.perf_counter() - started)
+        remaining = self.resume_wait_s - (time.perf_counter() - started)
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
                 route = await asyncio.shield(task)
@@ -255,7 +258,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             return _resume_failed(sandbox_id, error)
         if route is None:
             return not_found(sandbox_id)
-        decision = self._decider.decide_target(asked.target, headers, http.method, http.path, route)
+        decision = self.decider.decide_target(asked.target, headers, http.method, http.path, route)
         if isinstance(decision, Miss | Resume):
             return resuming(sandbox_id)  # still not running: never a second resume per Check
         return decision
@@ -266,7 +269,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             cached = self._allowed_cache.get(key)
             if cached is not None and time.time() < cached[1]:
                 return cached[0]
-            token, reusable_until = self._signer.token_until(allow.sandbox_id)
+            token, reusable_until = self.signer.token_until(allow.sandbox_id)
             response = self._build_allowed(allow, surface, token)
             if len(self._allowed_cache) >= _ALLOWED_CACHE_MAX:
                 self._allowed_cache.clear()  # rare; rebuilding costs one build per sandbox
@@ -302,5 +305,5 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         metadata["upstream_host"].string_value = allow.upstream_host
         metadata["sandbox_id"].string_value = allow.sandbox_id
         # Envoy's "port is not open" reply names the port; it reads it from here.
-        metadata["port"].number_value = int(allow.upstream_host.rsplit(":", 1)[1])
+        metadata["port"].number_value = HostPort.parse(allow.upstream_host).port
         return response

@@ -43,7 +43,7 @@ from cachetools import TTLCache
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.errors import Conflict, DeadlineExceeded, NotFound, Unavailable
-from extproc.edge.routes import Directory, Route
+from extproc.edge.sandbox_directory import Directory, Route
 from extproc.edge.settings import DirectorySettings
 from extproc.edge.watching import RESUME_TIMEOUT_S, Resumes, request_resume
 
@@ -194,12 +194,6 @@ class ClusterDirectoryFeed:
         self.on_gone(sandbox_id)
 
     # --- auto-resume ----------------------------------------------------------------------
-
-    def resume(self, route: Route) -> asyncio.Task[Route | None]:
-        return self.resumes.start(route)
-
-    def resuming(self, sandbox_id: str) -> asyncio.Task[Route | None] | None:
-        return self.resumes.get(sandbox_id)
 
     async def _resume(self, route: Route) -> Route | None:
         if self._lifecycle is None:

@@ -53,7 +53,7 @@ from extproc.core import signed_urls
 from extproc.core.api_keys import KeyIndex, KeyStatus
 from extproc.core.errors import InvalidArgument, Unauthenticated
 from extproc.core.hosts import ENVD_PORT, Target, parse_target
-from extproc.edge.routes import Directory, Route
+from extproc.edge.sandbox_directory import Directory, Route
 
 # envd routes only the control plane may call; the proxy hides them (E2B answers 404).
 INTERNAL_ENVD_PATHS = frozenset(
@@ -376,7 +376,9 @@ class SandboxDecider:
                 digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
                 if hmac.compare_digest(digest, route.access_token_sha256):
                     return None
-            elif hmac.compare_digest(token.encode(), route.envd_access_token.encode()):
+            elif hmac.compare_digest(
+                token.encode("utf-8", "surrogatepass"), route.envd_access_token.encode()
+            ):
                 return None
         if method == "GET" and path == "/health":
             return None

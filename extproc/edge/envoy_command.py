@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from extproc.core.flags import EnvDefaults
+from extproc.core.flags import EnvDefaults, usage_error
 from extproc.envoy_config.settings import DEFAULT_DOMAIN, EnvoySettings, HostPort
 
 ENV = EnvDefaults("AGENTCUBE_E2B_ENVOY_")
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
     except ValueError as error:
-        print(f"agentcube-e2b envoy-config: {error}", file=sys.stderr)
-        return 2
+        return usage_error("envoy-config", error)
     text = render_fragment_yaml(settings) if args.fragment else render_yaml(settings)
     if args.output is None:
         sys.stdout.write(text)

@@ -38,9 +38,10 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from extproc.core.hosts import ENVD_PORT
-from extproc.edge.routes import Directory, Route
+from extproc.edge.sandbox_directory import Directory, Route
 from extproc.edge.settings import FastPathSettings
 from extproc.edge.tokens import TokenSigner
 from extproc.edge.xds_routes import FastRoute, FastRoutes, Leaf
@@ -66,32 +67,27 @@ def fast_route_of(route: Route, now: float, margin_s: float) -> FastRoute | None
     return FastRoute(f"{route.endpoint_host}:{ENVD_PORT}", token)
 
 
+@dataclass(eq=False, repr=False)
 class FastPath:
-    def __init__(
-        self,
-        directory: Directory,
-        signer: TokenSigner,
-        routes: FastRoutes,
-        server: XdsServer,
-        settings: FastPathSettings,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._directory = directory
-        self._signer = signer
-        self._routes = routes
-        self._server = server
-        self._settings = settings
-        self._clock = clock
-        self._desired: dict[str, FastRoute] = {}
-        self._jwts: dict[str, tuple[str, int]] = {}  # token, exp
-        self._leaves: dict[str, Leaf] = {}
-        self._stale = True  # the routes last published differ from what they should be
-        self._wake = asyncio.Event()
-        # (end_at - margin, id): checked lazily against the directory when due
-        self._ends: list[tuple[float, str]] = []
-        self._end_of: dict[str, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        directory.observe(self._changed)
+    directory: Directory
+    signer: TokenSigner
+    routes: FastRoutes
+    server: XdsServer
+    settings: FastPathSettings
+    clock: Callable[[], float] = time.time
+    _desired: dict[str, FastRoute] = field(init=False, default_factory=dict)
+    _jwts: dict[str, tuple[str, int]] = field(init=False, default_factory=dict)  # token, exp
+    _leaves: dict[str, Leaf] = field(init=False, default_factory=dict)
+    # The routes last published differ from what they should be.
+    _stale: bool = field(init=False, default=True)
+    _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # (end_at - margin, id): checked lazily against the directory when due
+    _ends: list[tuple[float, str]] = field(init=False, default_factory=list)
+    _end_of: dict[str, float] = field(init=False, default_factory=dict)
+    _timer: asyncio.TimerHandle | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.directory.observe(self._changed)
 
     def __len__(self) -> int:
         return len(self._leaves)
@@ -99,9 +95,9 @@ class FastPath:
     # --- the directory changed ---------------------------------------------------------------
 
     def _changed(self, sandbox_id: str | None) -> None:
-        now = self._clock()
+        now = self.clock()
         if sandbox_id is None:
-            for each in {*self._directory.ids(), *self._desired}:
+            for each in {*self.directory.ids(), *self._desired}:
                 self._reconsider(each, now)
         else:
             self._reconsider(sandbox_id, now)
@@ -109,7 +105,7 @@ class FastPath:
         self._wake.set()
 
     def _reconsider(self, sandbox_id: str, now: float) -> None:
-        route = self._directory.get(sandbox_id)
+        route = self.directory.get(sandbox_id)
         wanted = None if route is None else fast_route_of(route, now, self._margin)
         if wanted is not None and route is not None and route.end_at:
             deadline = route.end_at - self._margin
@@ -126,12 +122,12 @@ class FastPath:
         else:
             self._desired[sandbox_id] = wanted
         self._leaves.pop(sandbox_id, None)
-        self._server.set_desired(sandbox_id, wanted)  # a stale route goes off now
+        self.server.set_desired(sandbox_id, wanted)  # a stale route goes off now
         self._stale = True
 
     @property
     def _margin(self) -> float:
-        return self._settings.expiry_margin_s
+        return self.settings.expiry_margin_s
 
     def _arm(self) -> None:
         """Run `_expire` when the earliest fast route must go."""
@@ -139,12 +135,12 @@ class FastPath:
             self._timer.cancel()
             self._timer = None
         if self._ends:
-            delay = max(0.0, self._ends[0][0] - self._clock())
+            delay = max(0.0, self._ends[0][0] - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        now = self._clock()
+        now = self.clock()
         while self._ends and self._ends[0][0] <= now:
             _, sandbox_id = heapq.heappop(self._ends)
             self._reconsider(sandbox_id, now)
@@ -158,13 +154,13 @@ class FastPath:
         await synced.wait()
         self._changed(None)
         log.info("fast path: %d running sandboxes to serve from Envoy", len(self._desired))
-        lifetime = self._signer.lifetime_s
-        renew_before = lifetime * (1 - self._settings.refresh_fraction)
+        lifetime = self.signer.lifetime_s
+        renew_before = lifetime * (1 - self.settings.refresh_fraction)
         while True:
-            await self._server.connected.wait()  # an edge Envoy does not talk to signs nothing
+            await self.server.connected.wait()  # an edge Envoy does not talk to signs nothing
             await self._sign(renew_before + lifetime * _RENEWAL_SLACK)
             await self._publish()
-            now = self._clock()
+            now = self.clock()
             renewals = [exp - renew_before for _, exp in self._jwts.values()]
             wait = min(renewals, default=now + lifetime) - now
             try:
@@ -173,25 +169,25 @@ class FastPath:
             except TimeoutError:
                 continue  # renewals are due
             self._wake.clear()
-            await asyncio.sleep(self._settings.coalesce_s)  # let a burst gather
+            await asyncio.sleep(self.settings.coalesce_s)  # let a burst gather
 
     async def _sign(self, renew_within_s: float) -> None:
         """JWTs for new fast routes and for those due for renewal, a batch at a time."""
-        now = self._clock()
+        now = self.clock()
         due = [
             sandbox_id
             for sandbox_id in self._desired
             if (jwt := self._jwts.get(sandbox_id)) is None or jwt[1] - now <= renew_within_s
         ]
         last_push = 0.0
-        size = self._settings.sign_batch
+        size = self.settings.sign_batch
         for start in range(0, len(due), size):
             batch = due[start : start + size]
             signed = await asyncio.to_thread(self._issue, batch, now)
             for sandbox_id, token, exp in signed:
                 if sandbox_id in self._desired:  # not dropped while signing
                     self._jwts[sandbox_id] = (token, exp)
-                    self._signer.remember(sandbox_id, token, exp)
+                    self.signer.remember(sandbox_id, token, exp)
                     self._leaves.pop(sandbox_id, None)
                     self._stale = True
             if start + size < len(due) and time.perf_counter() - last_push >= _PUBLISH_EVERY_S:
@@ -199,7 +195,7 @@ class FastPath:
                 last_push = time.perf_counter()
 
     def _issue(self, batch: list[str], now: float) -> list[tuple[str, str, int]]:
-        return [(sandbox_id, *self._signer.issue(sandbox_id, now)) for sandbox_id in batch]
+        return [(sandbox_id, *self.signer.issue(sandbox_id, now)) for sandbox_id in batch]
 
     async def _publish(self) -> None:
         if not self._stale:
@@ -210,14 +206,14 @@ class FastPath:
             jwt = self._jwts.get(sandbox_id)
             if jwt is None or sandbox_id in self._leaves:
                 continue
-            self._leaves[sandbox_id] = self._routes.leaf(sandbox_id, route, jwt[0])
+            self._leaves[sandbox_id] = self.routes.leaf(sandbox_id, route, jwt[0])
             built += 1
             if built % _LEAVES_PER_SLICE == 0:
                 await asyncio.sleep(0)  # Checks keep being answered
         # Removals during the slices dropped their leaves; what is left is current.
         leaves = {key: leaf for key, leaf in self._leaves.items() if key in self._desired}
         contents = {key: self._desired[key] for key in leaves}
-        self._server.set_routes(self._routes.assemble(leaves.values()), contents)
+        self.server.set_routes(self.routes.assemble(leaves.values()), contents)
 
     def close(self) -> None:
         if self._timer is not None:

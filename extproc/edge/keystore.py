@@ -15,8 +15,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from extproc.core.api_keys import EMPTY_INDEX, KeyIndex
 from extproc.core.errors import InvalidArgument
+from extproc.core.key_source import KeySource
 from extproc.edge.keyfiles import CONFIG_FILE, SECRET_FILE, read_key_index
 from extproc.edge.settings import KeyStoreSettings
 
@@ -37,15 +37,12 @@ def _stamp(paths: tuple[Path, ...]) -> _Stamp:
     return tuple(stamps)
 
 
-class KeyStore:
+class KeyStore(KeySource):
     def __init__(self, settings: KeyStoreSettings) -> None:
+        super().__init__()
         self._settings = settings
         self._paths = (settings.directory / SECRET_FILE, settings.directory / CONFIG_FILE)
-        self.index: KeyIndex = EMPTY_INDEX
-        self.loaded = asyncio.Event()
         self._stamp: _Stamp | None = None
-        self._last_error: str | None = None
-        self._last_quota_error = ""
 
     def reload_if_changed(self) -> bool:
         """Reload when a file changed since the last look; True if a new index was swapped in."""
@@ -56,21 +53,12 @@ class KeyStore:
         try:
             index = read_key_index(self._settings.directory)
         except (InvalidArgument, OSError, UnicodeDecodeError) as error:
-            message = getattr(error, "message", None) or str(error)
-            if message != self._last_error:
-                log.warning("keeping the previous API key index: %s", message)
-                self._last_error = message
+            self.keep_previous(getattr(error, "message", None) or str(error))
             return False
-        self._last_error = None
-        self.index = index
-        if index.quotas_error and index.quotas_error != self._last_quota_error:
-            log.warning("%s", index.quotas_error)
-        self._last_quota_error = index.quotas_error
-        if not self.loaded.is_set():
+        if self.publish(index):
             log.info("loaded %d API keys from %s", len(index), self._settings.directory)
         else:
             log.info("reloaded API keys: %d entries", len(index))
-        self.loaded.set()
         return True
 
     async def watch(self) -> None:

@@ -15,13 +15,13 @@ since the edge cannot know which pod IP the certificate would have to list.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from extproc.core.addresses import HostPort
 from extproc.core.caller_token import AUTHORIZATION, BEARER, read_token_file
 from extproc.core.identity import LIFECYCLE_TLS_NAME, TlsIdentity
 from extproc.core.request_context import REQUEST_ID_HEADER, current_request_id
@@ -41,38 +41,32 @@ def _with_metadata(details: grpc.aio.ClientCallDetails, pairs: Pairs) -> grpc.ai
     )
 
 
+class _AddsMetadata:
+    def __init__(self, pairs: Pairs) -> None:
+        self._pairs = pairs
+
+    async def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return await continuation(_with_metadata(details, self._pairs), request)
+
+
 # grpc.aio files an interceptor under the first call shape it implements, so each shape the
 # edge uses (unary: the platform API, GetSandbox; unary-stream: WatchSandboxes) has its own.
-class _UnaryMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, pairs: Pairs) -> None:
-        self._pairs = pairs
-
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._pairs), request)
+class _UnaryMetadata(_AddsMetadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _AddsMetadata._call
 
 
-class _StreamMetadata(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, pairs: Pairs) -> None:
-        self._pairs = pairs
-
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._pairs), request)
+class _StreamMetadata(_AddsMetadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _AddsMetadata._call
 
 
 def is_ip_target(target: str) -> bool:
     """True for `IP:PORT` / `[IPv6]:PORT` (and grpc's `ipv4:` / `ipv6:` schemes)."""
     if target.startswith(("ipv4:", "ipv6:")):
         return True
-    host = target.rpartition(":")[0].strip("[]")
     try:
-        ipaddress.ip_address(host)
+        return HostPort.parse(target, port_zero=True).is_ip
     except ValueError:
         return False
-    return True
 
 
 def tls_options(target: str) -> list[tuple[str, str]]:

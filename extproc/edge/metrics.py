@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from extproc.core.addresses import HostPort
 from extproc.core.flags import unix_socket_path
 
 log = logging.getLogger(__name__)
@@ -33,92 +34,87 @@ _XDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 _PLATFORM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+PREFIX = "agentcube_e2b_edge_"
+
+
 class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter(
-            "agentcube_e2b_edge_decisions",
+        counter, histogram, gauge = self._counter, self._histogram, self._gauge
+        self.decisions = counter(
+            "decisions",
             "ext_authz decisions by surface and outcome (allow or the denial reason).",
-            ["surface", "outcome"],
-            registry=self.registry,
+            "surface",
+            "outcome",
         )
-        self.check_seconds = Histogram(
-            "agentcube_e2b_edge_check_seconds",
+        self.check_seconds = histogram(
+            "check_seconds",
             "Wall time of Authorization.Check in the edge process.",
-            ["surface"],
-            buckets=_CHECK_BUCKETS,
-            registry=self.registry,
+            _CHECK_BUCKETS,
+            "surface",
         )
-        self.platform_requests = Counter(
-            "agentcube_e2b_edge_platform_requests",
+        self.platform_requests = counter(
+            "platform_requests",
             "Platform API requests answered by ext_proc, by operation and HTTP status.",
-            ["operation", "status"],
-            registry=self.registry,
+            "operation",
+            "status",
         )
-        self.platform_seconds = Histogram(
-            "agentcube_e2b_edge_platform_seconds",
+        self.platform_seconds = histogram(
+            "platform_seconds",
             "Wall time of a platform API request in the edge, lifecycle call included, by "
             "operation.",
-            ["operation"],
-            buckets=_PLATFORM_BUCKETS,
-            registry=self.registry,
+            _PLATFORM_BUCKETS,
+            "operation",
         )
         # the fast path's xDS (fast_path.py, xds_server.py), by type: rds or rtds
-        self.xds_pushes = Counter(
-            "agentcube_e2b_edge_xds_pushes",
+        self.xds_pushes = counter(
+            "xds_pushes",
             "xDS responses sent to Envoy, by type (rds: routes, rtds: the runtime layer).",
-            ["type"],
-            registry=self.registry,
+            "type",
         )
-        self.xds_rejections = Counter(
-            "agentcube_e2b_edge_xds_rejections",
+        self.xds_rejections = counter(
+            "xds_rejections",
             "xDS responses Envoy rejected (NACK), by type; it keeps what it had.",
-            ["type"],
-            registry=self.registry,
+            "type",
         )
-        self.xds_apply_seconds = Histogram(
-            "agentcube_e2b_edge_xds_apply_seconds",
+        self.xds_apply_seconds = histogram(
+            "xds_apply_seconds",
             "Seconds from sending an xDS response to Envoy's acknowledgement, by type.",
-            ["type"],
-            buckets=_XDS_BUCKETS,
-            registry=self.registry,
+            _XDS_BUCKETS,
+            "type",
         )
-        self.xds_landed_seconds = Histogram(
-            "agentcube_e2b_edge_xds_landed_seconds",
+        self.xds_landed_seconds = histogram(
+            "xds_landed_seconds",
             "Seconds a platform change waited for Envoy to stop serving the sandbox's stale "
             "fast route.",
-            buckets=_XDS_BUCKETS,
-            registry=self.registry,
+            _XDS_BUCKETS,
         )
-        self.xds_bytes = Gauge(
-            "agentcube_e2b_edge_xds_bytes",
-            "Size of the last routes sent to Envoy, bytes.",
-            ["type"],
-            registry=self.registry,
-        )
-        self._fast_routes = Gauge(
-            "agentcube_e2b_edge_fast_path_sandboxes",
+        self.xds_bytes = gauge("xds_bytes", "Size of the last routes sent to Envoy, bytes.", "type")
+        # sizes, read when scraped (watch_sizes, watch_fast_path)
+        self._fast_routes = gauge(
+            "fast_path_sandboxes",
             "Sandboxes Envoy may serve without a Check (fast routes in the last routes built).",
-            registry=self.registry,
         )
-        self._gated = Gauge(
-            "agentcube_e2b_edge_fast_path_gated",
+        self._gated = gauge(
+            "fast_path_gated",
             "Sandboxes whose fast routes are switched off until routes without them land.",
-            registry=self.registry,
         )
-        self._directory = Gauge(
-            "agentcube_e2b_edge_directory_sandboxes",
-            "Sandboxes in the routing directory.",
-            registry=self.registry,
+        self._directory = gauge("directory_sandboxes", "Sandboxes in the routing directory.")
+        self._keys = gauge("api_keys", "Entries in the API key index.")
+        self._jwts = gauge("jwt_cache_size", "Sandboxes holding a cached picod JWT.")
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, documentation, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(
+            PREFIX + name, documentation, labels, buckets=buckets, registry=self.registry
         )
-        self._keys = Gauge(
-            "agentcube_e2b_edge_api_keys", "Entries in the API key index.", registry=self.registry
-        )
-        self._jwts = Gauge(
-            "agentcube_e2b_edge_jwt_cache_size",
-            "Sandboxes holding a cached picod JWT.",
-            registry=self.registry,
-        )
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(PREFIX + name, documentation, labels, registry=self.registry)
 
     def watch_sizes(
         self,
@@ -150,7 +146,7 @@ class _InformerCollector(Collector):
         self._statuses = statuses
 
     def collect(self) -> Iterator[Metric]:
-        prefix = "agentcube_e2b_edge_informer_"
+        prefix = PREFIX + "informer_"
         connected = GaugeMetricFamily(
             prefix + "connected",
             "1 while the informer's list/watch is answered by the API server, else 0 "
@@ -228,5 +224,5 @@ async def start_metrics_server(metrics: EdgeMetrics, address: str) -> asyncio.Se
         server = await asyncio.start_unix_server(answer, path)
         path.chmod(0o600)
         return server
-    host, _, port = address.rpartition(":")
-    return await asyncio.start_server(answer, host.strip("[]"), int(port))
+    tcp = HostPort.parse(address, port_zero=True)
+    return await asyncio.start_server(answer, tcp.host, tcp.port)

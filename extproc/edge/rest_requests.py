@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote_plus
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.errors import InvalidArgument, Unimplemented
+from extproc.core.json_fields import optional_field
 
 V1_DEFAULT_TIMEOUT_S = 15  # NewSandbox.timeout default in E2B's v1 spec
 MAX_LIST_LIMIT = 100
@@ -81,23 +82,14 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 
 def integer_field(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{key} must be an integer")
-    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+    value = optional_field(body, key, int, f"{key} must be an integer")
+    if value is not None and not -INT32_MAX - 1 <= value <= INT32_MAX:
         raise InvalidArgument(f"{key} must be a 32-bit integer")
     return value
 
 
-def _bool(body: dict[str, Any], key: str) -> bool | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{key} must be a boolean")
-    return value
+def boolean_field(body: dict[str, Any], key: str) -> bool | None:
+    return optional_field(body, key, bool, f"{key} must be a boolean")
 
 
 def _string_map(body: dict[str, Any], key: str) -> dict[str, str]:
@@ -176,10 +168,10 @@ def create_request(
         raise InvalidArgument('autoResume must be {"enabled": <boolean>}')
     if idempotency_key is not None and not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
         raise InvalidArgument("Idempotency-Key must be 1-255 characters of [A-Za-z0-9_-]")
-    secure = _bool(body, "secure")
+    secure = boolean_field(body, "secure")
     public_traffic = _allow_public_traffic(body)
     # false: a pause on timeout keeps only the filesystem, which autoResume cannot wake.
-    auto_pause_memory = _bool(body, "autoPauseMemory")
+    auto_pause_memory = boolean_field(body, "autoPauseMemory")
     if auto_pause_memory is False and auto_resume and auto_resume.get("enabled"):
         raise InvalidArgument("autoResume cannot be combined with autoPauseMemory: false")
     request = pb.CreateSandboxRequest(
@@ -188,11 +180,13 @@ def create_request(
         timeout_seconds=timeout,  # None leaves the optional field unset
         metadata=_string_map(body, "metadata"),
         env_vars=_string_map(body, "envVars"),
-        on_timeout=pb.TIMEOUT_ACTION_PAUSE if _bool(body, "autoPause") else pb.TIMEOUT_ACTION_KILL,
+        on_timeout=(
+            pb.TIMEOUT_ACTION_PAUSE if boolean_field(body, "autoPause") else pb.TIMEOUT_ACTION_KILL
+        ),
         auto_resume=bool(auto_resume and auto_resume.get("enabled")),
         # v2 sandboxes are always secured (E2B: "always secured"); v1 only when asked.
         secure=True if v2 else bool(secure),
-        allow_internet_access=_bool(body, "allow_internet_access") is not False,
+        allow_internet_access=boolean_field(body, "allow_internet_access") is not False,
         idempotency_key=idempotency_key or "",
         auto_pause_memory=auto_pause_memory,  # None leaves the optional field unset
         volume_mounts=_volume_mounts(body),
@@ -221,9 +215,9 @@ def pause_request(body: dict[str, Any], sandbox_id: str, tenant: str) -> pb.Paus
     """E2B's SandboxPauseRequest: `memory` false keeps only the filesystem. The SDK's
     `requireHealthyGuest` asks to refuse a pause while envd does not answer; a pause here
     never needs envd's help, so it is accepted and changes nothing."""
-    _bool(body, "requireHealthyGuest")  # type-checked like every other field
+    boolean_field(body, "requireHealthyGuest")  # type-checked like every other field
     return pb.PauseSandboxRequest(
-        sandbox_id=sandbox_id, tenant=tenant, memory=_bool(body, "memory")
+        sandbox_id=sandbox_id, tenant=tenant, memory=boolean_field(body, "memory")
     )
 
 
@@ -238,6 +232,36 @@ def timeout_seconds(
     if value is not None and not 0 <= value <= maximum:
         raise InvalidArgument(f"{key} must be from 0 to {maximum}")
     return value
+
+
+def set_timeout_request(
+    body: dict[str, Any], sandbox_id: str, tenant: str
+) -> pb.SetSandboxTimeoutRequest:
+    """E2B's `POST /sandboxes/{id}/timeout`: `timeout` is required."""
+    timeout = timeout_seconds(body, required=True)
+    return pb.SetSandboxTimeoutRequest(
+        sandbox_id=sandbox_id, tenant=tenant, timeout_seconds=timeout
+    )
+
+
+def refresh_request(body: dict[str, Any], sandbox_id: str, tenant: str) -> pb.RefreshSandboxRequest:
+    """E2B's SandboxRefreshRequest: an optional `duration` up to an hour."""
+    duration = timeout_seconds(body, "duration", maximum=MAX_REFRESH_S)  # None: unset
+    return pb.RefreshSandboxRequest(sandbox_id=sandbox_id, tenant=tenant, duration_seconds=duration)
+
+
+def connect_request(
+    body: dict[str, Any], sandbox_id: str, tenant: str, v2: bool
+) -> pb.ConnectSandboxRequest:
+    """E2B's ConnectSandbox: v1 requires a timeout (every SDK sends one); v2 may leave it out."""
+    timeout = timeout_seconds(body, required=not v2)  # None: unset
+    return pb.ConnectSandboxRequest(sandbox_id=sandbox_id, tenant=tenant, timeout_seconds=timeout)
+
+
+def resume_request(body: dict[str, Any], sandbox_id: str, tenant: str) -> pb.ResumeSandboxRequest:
+    """E2B's ResumedSandbox: an optional `timeout`."""
+    timeout = timeout_seconds(body)  # None: unset
+    return pb.ResumeSandboxRequest(sandbox_id=sandbox_id, tenant=tenant, timeout_seconds=timeout)
 
 
 def _query(raw: str) -> dict[str, list[str]]:

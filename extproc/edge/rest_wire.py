@@ -7,13 +7,13 @@ chooses a status by hand for a failure. Anything unmapped is a 500 with a generi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from extproc.core import errors
+from extproc.core.asgi import ERROR_STATUS, error_body, json_bytes, status_for
 
 JSON_HEADERS: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
 
@@ -26,26 +26,15 @@ class Answer:
 
 
 def json_answer(status: int, value: Any, extra: tuple[tuple[str, str], ...] = ()) -> Answer:
-    return Answer(status, json.dumps(value, separators=(",", ":")).encode(), JSON_HEADERS + extra)
+    return Answer(status, json_bytes(value), JSON_HEADERS + extra)
 
 
 def no_content() -> Answer:
     return Answer(204, b"", ())
 
 
-# Domain error -> HTTP status. Order matters only for subclasses (none today).
-HTTP_STATUS: dict[type[errors.DomainError], int] = {
-    errors.InvalidArgument: 400,
-    errors.Unauthenticated: 401,
-    errors.PermissionDenied: 403,
-    errors.NotFound: 404,
-    errors.AlreadyExists: 409,
-    errors.Conflict: 409,
-    errors.ResourceExhausted: 429,
-    errors.Unimplemented: 501,
-    errors.Unavailable: 503,
-    errors.DeadlineExceeded: 504,
-}
+# Domain error -> HTTP status: the shared table, with a quota or rate limit as 429.
+HTTP_STATUS = {**ERROR_STATUS, errors.ResourceExhausted: 429}
 DEFAULT_STATUS = 500
 DEFAULT_MESSAGE = "internal error"
 
@@ -55,10 +44,10 @@ def error_answer(error: Exception, retryable: bool = True) -> Answer:
     status = DEFAULT_STATUS
     message = DEFAULT_MESSAGE
     if isinstance(error, errors.DomainError):
-        status = HTTP_STATUS.get(type(error), DEFAULT_STATUS)
+        status = status_for(error, HTTP_STATUS) or DEFAULT_STATUS
         message = error.message
     extra = () if retryable else (("should-retry", "false"),)
-    return json_answer(status, {"code": status, "message": message}, extra)
+    return json_answer(status, error_body(status, message), extra)
 
 
 # Lifecycle gRPC status -> domain error. Lifecycle's messages are written for callers.

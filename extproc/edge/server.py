@@ -51,7 +51,7 @@ from extproc.edge.keystore import KeyStore
 from extproc.edge.lifecycle_channel import lifecycle_channel
 from extproc.edge.metrics import EdgeMetrics, start_metrics_server
 from extproc.edge.platform import PlatformApi
-from extproc.edge.routes import Directory
+from extproc.edge.sandbox_directory import Directory
 from extproc.edge.settings import EdgeSettings
 from extproc.edge.signed_routing import SignatureRouter
 from extproc.edge.tokens import TokenSigner

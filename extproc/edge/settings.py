@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from extproc.core.backoff import Backoff
 from extproc.core.identity import RouterIdentity, TlsIdentity
 from extproc.k8s.settings import InformerSettings, KeySourceSettings
 
@@ -24,6 +25,10 @@ class KeyStoreSettings:
     # Seconds between stat polls of the two files; a change is live within one period.
     # Default 0.25.
     poll_interval_s: float = 0.25
+
+
+# WatchSandboxes reconnects
+WATCH_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +48,8 @@ class DirectorySettings:
     negative_ttl_s: float = 2.0
     # Most ids kept in the negative cache (a flood of random ids cannot grow memory). 10000.
     negative_max: int = 10_000
-    # First and largest seconds between WatchSandboxes reconnects (doubling). 0.1 and 5.0.
-    backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
+    # Seconds between WatchSandboxes reconnects: 0.1, doubling up to 5.0.
+    backoff: Backoff = WATCH_BACKOFF
 
 
 @dataclass(frozen=True, slots=True)

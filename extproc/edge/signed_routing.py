@@ -32,14 +32,18 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
 from extproc.core import signed_urls
 from extproc.core.errors import ResourceExhausted
-from extproc.edge.routes import Directory, Route
+from extproc.core.quotas import TokenBucket
+from extproc.core.single_flight import SingleFlight
+from extproc.edge.sandbox_directory import Directory, Route
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +58,25 @@ SCAN_BUDGET_PER_S = 200_000.0
 BUSY = "too many new signed URLs to look up right now; retry in a second"
 
 
+@dataclass(eq=False, repr=False)
 class SignatureRouter:
     """Finds the sandbox whose envd token verifies a signed URL; see the module docstring."""
 
-    def __init__(
-        self,
-        directory: Directory,
-        clock: Callable[[], float] = time.monotonic,
-        budget_per_s: float = SCAN_BUDGET_PER_S,
-    ) -> None:
-        self._directory = directory
-        self._clock = clock
-        self._budget_per_s = budget_per_s
-        self._budget = budget_per_s
-        self._budget_at = clock()
-        self._cache: LRUCache[str, str] = LRUCache(maxsize=SIGNATURE_CACHE_MAX)
-        self._scans: dict[str, asyncio.Future[str | None]] = {}
+    directory: Directory
+    clock: Callable[[], float] = time.monotonic
+    # Finite: the budget is a token bucket, which an infinite rate would turn into NaN.
+    budget_per_s: float = SCAN_BUDGET_PER_S
+    _budget: TokenBucket = field(init=False)
+    _cache: LRUCache[str, str] = field(
+        init=False, default_factory=lambda: LRUCache(maxsize=SIGNATURE_CACHE_MAX)
+    )
+    _scans: SingleFlight[str, str | None] = field(init=False, default_factory=SingleFlight)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.budget_per_s < math.inf:
+            raise ValueError(f"budget_per_s must be positive and finite, not {self.budget_per_s}")
+        # Full at the start: a second's worth of hashes may be spent at once.
+        self._budget = TokenBucket(self.budget_per_s, self.budget_per_s, self.clock())
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -84,24 +91,15 @@ class SignatureRouter:
         cached = self._cache.get(signature)
         if cached is not None:
             return cached
-        pending = self._scans.get(signature)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._scans[signature] = future
-        try:
-            found = await self._scan(params, operation)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
-            raise
-        else:
-            future.set_result(found)
-            if found is not None:
-                self._cache[signature] = found
-            return found
-        finally:
-            del self._scans[signature]
+        return await self._scans.run(signature, lambda: self._scan_and_cache(params, operation))
+
+    async def _scan_and_cache(
+        self, params: Mapping[str, str], operation: signed_urls.Operation
+    ) -> str | None:
+        found = await self._scan(params, operation)
+        if found is not None:
+            self._cache[params["signature"]] = found
+        return found
 
     async def _scan(
         self, params: Mapping[str, str], operation: signed_urls.Operation
@@ -115,7 +113,7 @@ class SignatureRouter:
             params.get("username", ""),
             signed_urls.parse_expiration(params.get("signature_expiration")),
         )
-        routes = self._directory.routes()
+        routes = self.directory.routes()
         self._spend(len(routes))
         matches: list[Route] = []
         sha256, same = hashlib.sha256, hmac.compare_digest
@@ -134,12 +132,7 @@ class SignatureRouter:
         return matches[0].sandbox_id if matches else None
 
     def _spend(self, hashes: int) -> None:
-        now = self._clock()
-        elapsed = max(0.0, now - self._budget_at)
-        self._budget = min(self._budget_per_s, self._budget + elapsed * self._budget_per_s)
-        self._budget_at = now
         # A directory larger than a second's budget is scanned whenever the budget is full.
-        cost = min(float(hashes), self._budget_per_s)
-        if cost > self._budget:
+        cost = min(float(hashes), self._budget.capacity)
+        if not self._budget.take(self.clock(), cost):
             raise ResourceExhausted(BUSY)
-        self._budget -= cost

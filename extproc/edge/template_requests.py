@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.errors import InvalidArgument
-from extproc.edge.rest_requests import MAX_LIST_LIMIT, integer_field
+from extproc.edge.rest_requests import MAX_LIST_LIMIT, boolean_field, integer_field
 
 MAX_NAME = 128
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -45,12 +45,8 @@ def _strings(body: dict[str, Any], key: str, *, required: bool = False) -> list[
 
 
 def _flag(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{key} must be a boolean")
-    return value
+    """A boolean field whose absence means false."""
+    return boolean_field(body, key) is True
 
 
 def _count(body: dict[str, Any], key: str, low: int, high: int) -> int:

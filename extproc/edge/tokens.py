@@ -43,9 +43,6 @@ class TokenSigner:
             timer=clock,
         )
 
-    def token_for(self, sandbox_id: str) -> str:
-        return self.token_until(sandbox_id)[0]
-
     def token_until(self, sandbox_id: str) -> tuple[str, float]:
         """(token, the unix time after which it must not be handed out any more)."""
         now = self._clock()

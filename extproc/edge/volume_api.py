@@ -9,20 +9,13 @@ then uses `E2B_VOLUME_API_URL`, which `up` prints).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import grpc
+from typing import Any
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
-from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.errors import InvalidArgument
 from extproc.edge import rest_requests
+from extproc.edge.platform_operation import Call, PlatformContext, PlatformRequest
 from extproc.edge.rest_wire import Answer, json_answer, no_content
-
-if TYPE_CHECKING:
-    from extproc.edge.platform import PlatformRequest
-
-_CALL_TIMEOUT_S = 30.0
 
 
 def volume_json(volume: pb.Volume) -> dict[str, Any]:
@@ -43,31 +36,30 @@ def new_volume_name(body: bytes) -> str:
     return name
 
 
-class VolumeApi:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._volumes = pb_grpc.VolumeServiceStub(channel)
+async def create(context: PlatformContext, request: PlatformRequest, call: Call) -> Answer:
+    create = pb.CreateVolumeRequest(tenant=request.tenant, name=new_volume_name(request.body))
+    reply = await context.volumes.CreateVolume(create, timeout=call.operation.deadline_s)
+    return json_answer(201, volume_and_token_json(reply.volume))
 
-    async def create(self, request: PlatformRequest, _: str) -> Answer:
-        create = pb.CreateVolumeRequest(tenant=request.tenant, name=new_volume_name(request.body))
-        reply = await self._volumes.CreateVolume(create, timeout=_CALL_TIMEOUT_S)
-        return json_answer(201, volume_and_token_json(reply.volume))
 
-    async def list(self, request: PlatformRequest, _: str) -> Answer:
-        reply = await self._volumes.ListVolumes(
-            pb.ListVolumesRequest(tenant=request.tenant), timeout=_CALL_TIMEOUT_S
-        )
-        return json_answer(200, [volume_json(v) for v in reply.volumes])
+async def list_all(context: PlatformContext, request: PlatformRequest, call: Call) -> Answer:
+    reply = await context.volumes.ListVolumes(
+        pb.ListVolumesRequest(tenant=request.tenant), timeout=call.operation.deadline_s
+    )
+    return json_answer(200, [volume_json(v) for v in reply.volumes])
 
-    async def get(self, request: PlatformRequest, volume_id: str) -> Answer:
-        reply = await self._volumes.GetVolume(
-            pb.GetVolumeRequest(tenant=request.tenant, volume_id=volume_id),
-            timeout=_CALL_TIMEOUT_S,
-        )
-        return json_answer(200, volume_and_token_json(reply.volume))
 
-    async def delete(self, request: PlatformRequest, volume_id: str) -> Answer:
-        await self._volumes.DeleteVolume(
-            pb.DeleteVolumeRequest(tenant=request.tenant, volume_id=volume_id),
-            timeout=_CALL_TIMEOUT_S,
-        )
-        return no_content()
+async def get(context: PlatformContext, request: PlatformRequest, call: Call) -> Answer:
+    reply = await context.volumes.GetVolume(
+        pb.GetVolumeRequest(tenant=request.tenant, volume_id=call.resource_id),
+        timeout=call.operation.deadline_s,
+    )
+    return json_answer(200, volume_and_token_json(reply.volume))
+
+
+async def delete(context: PlatformContext, request: PlatformRequest, call: Call) -> Answer:
+    await context.volumes.DeleteVolume(
+        pb.DeleteVolumeRequest(tenant=request.tenant, volume_id=call.resource_id),
+        timeout=call.operation.deadline_s,
+    )
+    return no_content()

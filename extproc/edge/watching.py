@@ -45,7 +45,8 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.caller_token import ALL_TENANTS_METADATA
 from extproc.core.errors import Conflict, DeadlineExceeded, NotFound, Unavailable
-from extproc.edge.routes import Directory, Route, route_from_proto
+from extproc.core.single_flight import SingleFlight
+from extproc.edge.sandbox_directory import Directory, Route, route_from_proto
 from extproc.edge.settings import DirectorySettings
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class DirectoryFeed:
         self._missing: TTLCache[str, bool] = TTLCache(
             maxsize=settings.negative_max, ttl=settings.negative_ttl_s, timer=clock
         )
-        self._inflight: dict[str, asyncio.Future[Route | None]] = {}
+        self._lookups: SingleFlight[str, Route | None] = SingleFlight()
         self.on_gone: Callable[[str], None] = lambda _sandbox_id: None
         self._resume_timeout_s = resume_timeout_s
         self.resumes = Resumes(self._resume)
@@ -244,8 +245,9 @@ class DirectoryFeed:
 
     async def watch(self) -> None:
         """Follow WatchSandboxes forever, reconnecting with backoff."""
-        delay = self._settings.backoff_initial_s
+        failures = 0
         while True:
+            delay = self._settings.backoff.delay(failures)
             try:
                 await self._follow_once()
             except (grpc.aio.AioRpcError, _Resync) as error:
@@ -254,9 +256,7 @@ class DirectoryFeed:
             else:
                 log.warning("sandbox watch ended; re-watching in %.1fs", delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self._settings.backoff_max_s)
-            if self.synced.is_set():
-                delay = self._settings.backoff_initial_s
+            failures = 0 if self.synced.is_set() else failures + 1
 
     async def _follow_once(self) -> None:
         snapshot: dict[str, Route] | None = {}
@@ -333,12 +333,6 @@ class DirectoryFeed:
 
     # --- auto-resume ----------------------------------------------------------------------
 
-    def resume(self, route: Route) -> asyncio.Task[Route | None]:
-        return self.resumes.start(route)
-
-    def resuming(self, sandbox_id: str) -> asyncio.Task[Route | None] | None:
-        return self.resumes.get(sandbox_id)
-
     async def _resume(self, route: Route) -> Route | None:
         started = time.perf_counter()
         try:
@@ -367,22 +361,7 @@ class DirectoryFeed:
         """
         if sandbox_id in self._missing:
             return None
-        pending = self._inflight.get(sandbox_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Route | None] = asyncio.get_running_loop().create_future()
-        self._inflight[sandbox_id] = future
-        try:
-            route = await self._get(sandbox_id)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
-            raise
-        else:
-            future.set_result(route)
-            return route
-        finally:
-            del self._inflight[sandbox_id]
+        return await self._lookups.run(sandbox_id, lambda: self._get(sandbox_id))
 
     async def _get(self, sandbox_id: str) -> Route | None:
         try:

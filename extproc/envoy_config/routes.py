@@ -113,55 +113,45 @@ def sandbox_route(name: str, match: RouteMatch | None = None) -> Route:
     )
 
 
-def volume_content_route() -> Route:
-    """The volume content API, to the lifecycle service: only a request whose path is one of
-    its operations and whose `Authorization` is a volume token's; the server checks the
-    token. No ext_authz (the token is the credential, not an API key) and no ext_proc, so
-    file bodies stream both ways; anything else falls through to the platform route."""
-    bearer = StringMatcher(prefix=f"Bearer {TOKEN_PREFIX}")
+def _unchecked_stream_route(name: str, match: RouteMatch, cluster: str) -> Route:
+    """A route to one of the lifecycle's own HTTP servers, which checks the request's
+    credential itself: no ext_authz (no API key is involved) and no ext_proc, so bodies of
+    any size stream both ways, with no overall deadline, only the idle one."""
     return Route(
-        name="volume-content",
-        match=RouteMatch(
-            safe_regex=RegexMatcher(regex=CONTENT_ROUTE_PATTERN),
-            headers=[HeaderMatcher(name="authorization", string_match=bearer)],
-        ),
-        route=RouteAction(
-            cluster=VOLUME_CONTENT_CLUSTER,
-            # a file of any size: no overall deadline, only the idle one
-            timeout=timedelta(0),
-            idle_timeout=SANDBOX_IDLE_TIMEOUT,
-        ),
+        name=name,
+        match=match,
+        route=RouteAction(cluster=cluster, timeout=timedelta(0), idle_timeout=SANDBOX_IDLE_TIMEOUT),
         typed_per_filter_config={
             EXT_AUTHZ: Any.pack(ExtAuthzPerRoute(disabled=True)),
             EXT_PROC: Any.pack(ExtProcPerRoute(disabled=True)),
         },
     )
+
+
+def volume_content_route() -> Route:
+    """The volume content API, to the lifecycle service: only a request whose path is one of
+    its operations and whose `Authorization` is a volume token's; the server checks the
+    token (the credential, not an API key). Anything else falls through to the platform
+    route."""
+    bearer = StringMatcher(prefix=f"Bearer {TOKEN_PREFIX}")
+    match = RouteMatch(
+        safe_regex=RegexMatcher(regex=CONTENT_ROUTE_PATTERN),
+        headers=[HeaderMatcher(name="authorization", string_match=bearer)],
+    )
+    return _unchecked_stream_route("volume-content", match, VOLUME_CONTENT_CLUSTER)
 
 
 def template_files_route() -> Route:
     """Template build file uploads (the SDK's `copy`), to the lifecycle's upload server:
     only a path under the upload prefix with the link's query; the server checks the
-    signature. No ext_authz (the signed link is the credential; the SDK sends no API key)
-    and no ext_proc, so archives of any size stream through."""
-    return Route(
-        name="template-files",
-        match=RouteMatch(
-            prefix=TEMPLATE_FILES_PREFIX,
-            query_parameters=[
-                QueryParameterMatcher(name=name, present_match=True)
-                for name in TEMPLATE_FILES_QUERY
-            ],
-        ),
-        route=RouteAction(
-            cluster=TEMPLATE_FILES_CLUSTER,
-            timeout=timedelta(0),
-            idle_timeout=SANDBOX_IDLE_TIMEOUT,
-        ),
-        typed_per_filter_config={
-            EXT_AUTHZ: Any.pack(ExtAuthzPerRoute(disabled=True)),
-            EXT_PROC: Any.pack(ExtProcPerRoute(disabled=True)),
-        },
+    signature (the signed link is the credential; the SDK sends no API key)."""
+    match = RouteMatch(
+        prefix=TEMPLATE_FILES_PREFIX,
+        query_parameters=[
+            QueryParameterMatcher(name=name, present_match=True) for name in TEMPLATE_FILES_QUERY
+        ],
     )
+    return _unchecked_stream_route("template-files", match, TEMPLATE_FILES_CLUSTER)
 
 
 def route_configuration(settings: EnvoySettings) -> RouteConfiguration:

@@ -13,40 +13,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from extproc.core.addresses import HostPort as HostPort  # re-exported: Envoy's TCP endpoints
 from extproc.core.flags import UNIX_PREFIX, unix_socket_path
 
 DEFAULT_DOMAIN = "e2b.localhost"
-
-
-@dataclass(frozen=True)
-class HostPort:
-    """A literal `host:port` (Envoy's STATIC endpoints and listeners take IP literals)."""
-
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> HostPort:
-        """Parse `HOST:PORT` or `[V6]:PORT`; raise ValueError naming what was expected."""
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        host = host.removeprefix("[").removesuffix("]")
-        number = int(port)
-        if not 0 < number < 65536:
-            raise ValueError(f"port out of range in {text!r}")
-        return cls(host, number)
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
 
 
 @dataclass(frozen=True)
@@ -79,10 +49,10 @@ class EnvoySettings:
     """Everything the bootstrap depends on; the defaults are the contract's local addresses."""
 
     # the public listener (HTTP/1.1 and h2c); default 127.0.0.1:8081
-    listen: HostPort = HostPort("127.0.0.1", 8081)
+    listen: HostPort = field(default=HostPort("127.0.0.1", 8081))
     # the admin interface: a unix socket (made 0600) or a loopback address (it can stop
     # Envoy); default 127.0.0.1:9901
-    admin: Endpoint = HostPort("127.0.0.1", 9901)
+    admin: Endpoint = field(default=HostPort("127.0.0.1", 9901))
     # the sandbox domain: `api.<domain>` is the platform API, `{port}-{id}.<domain>` sandboxes
     domain: str = DEFAULT_DOMAIN
     # the edge gRPC servers (ext_authz + ext_proc), one endpoint per edge process, each an IP

@@ -13,6 +13,16 @@ import contextlib
 import json
 import re
 
+from extproc.core.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+    send_json,
+)
+from extproc.core.daemon_auth import credentials
 from extproc.core.errors import DomainError, InvalidArgument, NotFound
 from extproc.interpreter import env_code
 from extproc.interpreter.auth import Authenticator
@@ -20,18 +30,7 @@ from extproc.interpreter.contexts import Contexts
 from extproc.interpreter.executing import Executor, Request
 from extproc.interpreter.outputs import END_OF_EXECUTION, Line, error_line
 from extproc.interpreter.settings import InterpreterSettings
-from extproc.interpreter.wire import (
-    Receive,
-    Scope,
-    Send,
-    json_object,
-    optional_str,
-    read_body,
-    send_empty,
-    send_error,
-    send_json,
-    string_map,
-)
+from extproc.interpreter.wire import json_object, optional_str, send_error, string_map
 
 CONTEXT_PATH = re.compile(r"^/contexts/(?P<id>[^/]+)(?P<restart>/restart)?$")
 NDJSON_HEADERS = [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-store")]
@@ -54,6 +53,8 @@ class InterpreterApp:
             await self._route(scope, receive, send)
         except DomainError as e:
             await send_error(send, e)
+        except ClientDisconnected:
+            pass  # it left mid-body: nobody to answer
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -72,10 +73,10 @@ class InterpreterApp:
             await send_json(send, 200, [c.to_json() for c in self._contexts.list()])
         elif (match := CONTEXT_PATH.match(path)) and method == "DELETE" and not match["restart"]:
             await self._contexts.remove(match["id"])
-            await send_empty(send, 204)
+            await respond(send, 204)
         elif match and method == "POST" and match["restart"]:
             await self._contexts.restart(match["id"])
-            await send_empty(send, 204)
+            await respond(send, 204)
         else:
             raise NotFound(f"no route for {method} {path}")
 
@@ -98,13 +99,8 @@ class InterpreterApp:
             context = await self._contexts.default(language)
         if env_vars:
             env_code.check(context.language, env_vars)  # 400 now, not mid-stream
-        token = bearer = None
-        for name, value in scope["headers"]:
-            if name == b"x-access-token":
-                token = value.decode("latin-1")
-            elif name == b"authorization" and value[:7].lower() == b"bearer ":
-                bearer = value[7:].decode("latin-1")
-        request = Request(code, env_vars, token, bearer)
+        presented = credentials(scope["headers"])
+        request = Request(code, env_vars, _text(presented.access_token), _text(presented.bearer))
 
         await send({"type": "http.response.start", "status": 200, "headers": NDJSON_HEADERS})
 
@@ -137,6 +133,10 @@ class InterpreterApp:
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _text(header: bytes | None) -> str | None:
+    return None if header is None else header.decode("latin-1")
 
 
 def _line(line: Line) -> bytes:

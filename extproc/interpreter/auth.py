@@ -35,6 +35,7 @@ import hmac
 import logging
 import re
 
+from extproc.core.daemon_auth import credentials
 from extproc.core.errors import Unauthenticated
 from extproc.core.gateway_jwt import GatewayJwtVerifier, names_sandbox
 from extproc.interpreter.binding import BindingWatch
@@ -74,12 +75,8 @@ class Authenticator:
                 raise Unauthenticated(NOT_BOUND)
         if self._verifier is None and expected_token is None:
             raise Unauthenticated("unauthorized access: no credentials are configured")
-        bearer = token = None
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                bearer = value[7:]
-            elif name == b"x-access-token":
-                token = value
+        presented = credentials(headers)
+        bearer, token = presented.bearer, presented.access_token
         jwt_ok = False
         if bearer is not None and self._verifier is not None:
             claims = self._verifier.claims(bearer.decode("latin-1"))

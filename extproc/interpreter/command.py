@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from extproc.core.flags import EnvDefaults, listen_address, sandbox_daemon_auth
+from extproc.core.daemon_auth import add_auth_flags, auth_settings
+from extproc.core.flags import EnvDefaults, listen_address, usage_error
 from extproc.core.logs import add_log_flags, log_options, setup_logging
 from extproc.interpreter.settings import (
     DEFAULT_CWD,
@@ -34,19 +36,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=ENV.text("ENVD_URL") or DEFAULT_ENVD_URL,
         help=f"envd here, for the sandbox's env vars ('' to skip; default {DEFAULT_ENVD_URL})",
     )
-    parser.add_argument(
-        "--access-token",
-        default=ENV.text("ACCESS_TOKEN"),
-        help="E2B's X-Access-Token; when set, /execute requires it (a secure sandbox)",
-    )
-    parser.add_argument(
-        "--jwt-public-key",
-        default=ENV.text("JWT_PUBLIC_KEY"),
-        metavar="FILE",
-        help="PEM RSA public key of the gateway (RS256 JWTs)",
-    )
-    parser.add_argument(
-        "--sandbox-id", default=ENV.text("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
+    add_auth_flags(
+        parser,
+        ENV,
+        key_help="PEM RSA public key of the gateway (RS256 JWTs)",
+        access_help="E2B's X-Access-Token; when set, /execute requires it (a secure sandbox)",
     )
     parser.add_argument(
         "--binding-file",
@@ -54,12 +48,6 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="picod's binding.json (in its --state-dir): without --sandbox-id, serve the "
         "sandbox picod's /init binds, and nothing but /health before that",
-    )
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        default=ENV.flag("NO_AUTH"),
-        help="serve without any auth (local debugging only)",
     )
     parser.add_argument(
         "--cwd",
@@ -127,8 +115,8 @@ def _number(args: argparse.Namespace, flag: str, *, integer: bool = False) -> fl
 def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
     host, port = listen_address(str(args.listen))
-    key_pem = sandbox_daemon_auth(args.jwt_public_key, None, args.access_token, args.no_auth)
-    if key_pem and not args.sandbox_id and not args.binding_file:
+    auth = auth_settings(args)
+    if auth.jwt_public_key and not auth.sandbox_id and not args.binding_file:
         # It could never be bound, so it would refuse everything: say so now.
         raise ValueError(
             "--jwt-public-key without --sandbox-id: pass --binding-file (picod's binding.json) "
@@ -141,11 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> InterpreterSettings:
         host=host,
         port=port,
         envd_url=args.envd_url or None,
-        sandbox_id=args.sandbox_id or None,
+        **asdict(auth),
         binding_file=Path(args.binding_file) if args.binding_file else None,
-        jwt_public_key=key_pem,
-        access_token=args.access_token or None,
-        no_auth=bool(args.no_auth) and not (key_pem or args.access_token),
         cwd=cwd.resolve(),
         execution_timeout=_number(args, "execution-timeout"),
         keepalive_interval=_number(args, "keepalive-interval") or 5.0,
@@ -166,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
         setup_logging("interpreter", log_format, log_level, fields=fields)
         settings = settings_from_args(args)
     except ValueError as e:
-        print(f"agentcube-e2b interpreter: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error("interpreter", f"error: {e}")
     import uvloop
 
     from extproc.interpreter.server import run as serve

@@ -1,4 +1,5 @@
-"""Serving the interpreter: uvicorn in-process, a warm default kernel, a bounded shutdown.
+"""Serving the interpreter: uvicorn in-process (core/asgi_server.py), a warm default
+kernel, a bounded shutdown.
 
 The default Python context starts as a named task right after the socket is bound, so
 `/health` answers at once and the first `run_code` waits only for whatever is left of the
@@ -15,11 +16,9 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import uvicorn
-
+from extproc.core import asgi_server
 from extproc.core.request_context import AsgiRequestContext
 from extproc.interpreter.app import InterpreterApp
 from extproc.interpreter.contexts import Contexts
@@ -30,14 +29,6 @@ from extproc.interpreter.settings import InterpreterSettings
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 3.0
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn's version re-raises the signal after serving, which would end the process
-        # before the kernels were shut down; `serve` handles the signals itself.
-        yield
 
 
 async def _warm(contexts: Contexts) -> None:
@@ -56,21 +47,14 @@ async def run(settings: InterpreterSettings) -> None:
     contexts = Contexts(settings, runtime_dir)
     envs = SandboxEnvs(settings.envd_url)
     executor = Executor(settings, envs)
-    config = uvicorn.Config(
+    config = asgi_server.config(
         AsgiRequestContext(InterpreterApp(settings, contexts, executor)),
-        host=settings.host,
-        port=settings.port,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        server_header=False,
-        log_level="warning",
-        log_config=None,  # uvicorn's lines go through the process's handler (core/logs.py)
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+        settings.host,
+        settings.port,
+        grace_s=SHUTDOWN_GRACE_SECONDS,
         timeout_keep_alive=650,  # above the gateway's idle timeouts: reuse, do not race
     )
-    server = _Server(config)
+    server = asgi_server.Server(config)
     loop = asyncio.get_running_loop()
     if settings.jwt_public_key and settings.sandbox_id is None:
         log.info(

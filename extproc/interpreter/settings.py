@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from extproc.core.daemon_auth import DaemonAuthSettings
+
 # E2B's defaults: the Jupyter wrapper listens on 49999, envd on 49983, code runs in the
 # sandbox user's home.
 DEFAULT_PORT = 49999
@@ -15,28 +17,19 @@ DEFAULT_CWD = Path("/home/user")
 
 
 @dataclass(frozen=True)
-class InterpreterSettings:
+class InterpreterSettings(DaemonAuthSettings):
+    # The auth settings are the base's; with an access token, /execute requires it: a
+    # secure sandbox (see auth.py).
     # Address to listen on (default 0.0.0.0:49999, the SDK's JUPYTER_PORT).
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     # envd (picod) in the same sandbox; its GET /envs gives the sandbox's env vars.
     # None: do not fetch them.
     envd_url: str | None = DEFAULT_ENVD_URL
-    # This sandbox's id; a gateway JWT whose session_id differs is refused. None with a JWT
-    # key: unbound, every request but /health refused until `binding_file` names the sandbox
-    # (see binding.py). None without one: not checked.
-    sandbox_id: str | None = None
     # picod's binding file (`binding.json` in its state directory), where a warm-pool pod
     # learns its sandbox id and access token from picod's `/init`. Read only while there is
     # a JWT key and no `sandbox_id`. None (the default): none.
     binding_file: Path | None = None
-    # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
-    jwt_public_key: str | None = None
-    # E2B's envd access token (X-Access-Token). Set: a secure sandbox, and /execute requires
-    # it (see auth.py). None: not accepted as a credential.
-    access_token: str | None = None
-    # Explicitly serve without any auth (local debugging only).
-    no_auth: bool = False
     # Working directory of contexts created without a cwd (default /home/user).
     cwd: Path = DEFAULT_CWD
     # Seconds one execution may run before the kernel is interrupted; 0 = no server limit

@@ -43,10 +43,10 @@ from typing import Any, Protocol
 from kubernetes.client import ApiClient
 
 from extproc.k8s.informing import Informer
-from extproc.k8s.listwatch import KubeObject, WatchTarget
+from extproc.k8s.listwatch import KubeObject, Transform, WatchTarget
 from extproc.k8s.object_proof import SANDBOX_ID_LABEL as SANDBOX_ID_LABEL  # re-exported
 from extproc.k8s.object_proof import has_valid_proof
-from extproc.k8s.resources import POD, SANDBOX, cluster_list_call
+from extproc.k8s.resources import POD, SANDBOX, Kind, cluster_list_call
 from extproc.k8s.settings import InformerSettings
 
 log = logging.getLogger(__name__)
@@ -313,26 +313,22 @@ class SandboxInformers:
         if not proof_key:
             raise ValueError("the Sandbox proof key is empty")
         self.join = SandboxJoin(sink)
-        self.sandboxes = Informer(
-            WatchTarget(
-                name=SANDBOX.plural,
-                list_call=cluster_list_call(client, SANDBOX),
+
+        def informer(
+            kind: Kind, facts: Transform, changed: Callable[[KubeObject, bool], None]
+        ) -> Informer:
+            target = WatchTarget(
+                name=kind.plural,
+                list_call=cluster_list_call(client, kind),
                 label_selector=SANDBOX_ID_LABEL,
-                transform=functools.partial(sandbox_facts, proof_key),
-            ),
-            settings,
-            [_Handler(self.join.sandbox_changed)],
+                transform=facts,
+            )
+            return Informer(target, settings, [_Handler(changed)])
+
+        self.sandboxes = informer(
+            SANDBOX, functools.partial(sandbox_facts, proof_key), self.join.sandbox_changed
         )
-        self.pods = Informer(
-            WatchTarget(
-                name=POD.plural,
-                list_call=cluster_list_call(client, POD),
-                label_selector=SANDBOX_ID_LABEL,
-                transform=pod_facts,
-            ),
-            settings,
-            [_Handler(self.join.pod_changed)],
-        )
+        self.pods = informer(POD, pod_facts, self.join.pod_changed)
         self.synced = asyncio.Event()
 
     @property

@@ -59,6 +59,14 @@ def http_status(error: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def _secret_unavailable(error: Unavailable, *, forbidden: str, failed: str) -> SecretUnavailable:
+    """A 403 gets `forbidden`, which names the RBAC grant that is missing; any other failure
+    `failed` with the API's message."""
+    if http_status(error) == _FORBIDDEN:
+        return SecretUnavailable(forbidden)
+    return SecretUnavailable(f"{failed}: {error.message}")
+
+
 async def read_secret(api: Resources, namespace: str, name: str, *, missing: str) -> KubeObject:
     """GET Secret `namespace/name`. SecretMissing (with `missing`, the way out) when absent;
     SecretUnavailable naming the RBAC grant on 403, and for any other failure."""
@@ -68,13 +76,13 @@ async def read_secret(api: Resources, namespace: str, name: str, *, missing: str
     except NotFound as error:
         raise SecretMissing(f"Secret {where} not found: {missing}") from error
     except Unavailable as error:
-        if http_status(error) == _FORBIDDEN:
-            raise SecretUnavailable(
-                f"reading Secret {where} is forbidden: grant this service account `get` on "
-                f"secrets named {name} in namespace {namespace} (a Role and RoleBinding "
-                "there; see docs/kubernetes.md)"
-            ) from error
-        raise SecretUnavailable(f"cannot read Secret {where}: {error.message}") from error
+        raise _secret_unavailable(
+            error,
+            forbidden=f"reading Secret {where} is forbidden: grant this service account `get` "
+            f"on secrets named {name} in namespace {namespace} (a Role and RoleBinding there; "
+            "see docs/kubernetes.md)",
+            failed=f"cannot read Secret {where}",
+        ) from error
 
 
 async def read_or_create_secret(
@@ -99,13 +107,12 @@ async def read_or_create_secret(
     except AlreadyExists:
         return await read_secret(api, namespace, name, missing="deleted while being created")
     except Unavailable as error:
-        if http_status(error) == _FORBIDDEN:
-            raise SecretUnavailable(
-                f"creating Secret {namespace}/{name} is forbidden: grant this service account "
-                f"`create` on secrets in namespace {namespace}, or create the Secret yourself"
-            ) from error
-        raise SecretUnavailable(
-            f"cannot create Secret {namespace}/{name}: {error.message}"
+        raise _secret_unavailable(
+            error,
+            forbidden=f"creating Secret {namespace}/{name} is forbidden: grant this service "
+            f"account `create` on secrets in namespace {namespace}, or create the Secret "
+            "yourself",
+            failed=f"cannot create Secret {namespace}/{name}",
         ) from error
 
 

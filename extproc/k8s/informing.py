@@ -115,7 +115,7 @@ class Informer:
     ) -> None:
         self.target = target
         self._settings = settings
-        self._handlers = list(handlers)
+        self._handlers = tuple(handlers)
         self._clock = clock
         self._monotonic = monotonic
         self._rng = rng
@@ -126,9 +126,6 @@ class Informer:
         self._changed = asyncio.Condition()
         self._failures = 0
         self._stream: WatchStream | None = None
-
-    def add_handler(self, handler: InformerHandler) -> None:
-        self._handlers.append(handler)
 
     async def wait_for(self, predicate: Callable[[Informer], bool]) -> None:
         """Return once `predicate(self)` holds; it is re-checked after every change."""
@@ -178,10 +175,9 @@ class Informer:
         await asyncio.sleep(self._next_delay())
 
     def _next_delay(self) -> float:
-        settings = self._settings
-        delay = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0**self._failures)
+        delay = self._settings.backoff.delay(self._failures, self._rng)
         self._failures = min(self._failures + 1, 64)
-        return delay * (1.0 - settings.backoff_jitter * self._rng())
+        return delay
 
     async def _watch(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
         queue: asyncio.Queue[_Item] = asyncio.Queue()

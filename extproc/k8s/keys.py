@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
-from extproc.core.api_keys import EMPTY_INDEX, KeyIndex, parse_key_documents
+from extproc.core.api_keys import parse_key_documents
 from extproc.core.errors import InvalidArgument
+from extproc.core.key_source import KeySource
 from extproc.k8s.informing import Informer
 from extproc.k8s.listwatch import KubeObject, WatchTarget, field_selector_for_name
 from extproc.k8s.settings import InformerSettings, KeySourceSettings
@@ -47,38 +49,28 @@ def _only_data(obj: KubeObject) -> KubeObject:
     return kept
 
 
-class KeyInformers:
+class KeyInformers(KeySource):
     def __init__(
         self,
         client: ApiClient,
         keys: KeySourceSettings,
         settings: InformerSettings,
     ) -> None:
+        super().__init__()
         core = CoreV1Api(client)
-        self.index: KeyIndex = EMPTY_INDEX
-        self.loaded = asyncio.Event()
-        self._last_error: str | None = None
-        self._last_quota_error = ""
-        self.secret = Informer(
-            WatchTarget(
-                name=f"secret/{keys.secret_name}",
-                list_call=functools.partial(core.list_namespaced_secret, keys.namespace),
-                field_selector=field_selector_for_name(keys.secret_name),
+
+        # `list_namespaced`: the client's list method for the kind, namespace still unbound.
+        def informer(kind: str, name: str, list_namespaced: Callable[..., Any]) -> Informer:
+            target = WatchTarget(
+                name=f"{kind}/{name}",
+                list_call=functools.partial(list_namespaced, keys.namespace),
+                field_selector=field_selector_for_name(name),
                 transform=_only_data,
-            ),
-            settings,
-            [self],
-        )
-        self.config = Informer(
-            WatchTarget(
-                name=f"configmap/{keys.config_name}",
-                list_call=functools.partial(core.list_namespaced_config_map, keys.namespace),
-                field_selector=field_selector_for_name(keys.config_name),
-                transform=_only_data,
-            ),
-            settings,
-            [self],
-        )
+            )
+            return Informer(target, settings, [self])
+
+        self.secret = informer("secret", keys.secret_name, core.list_namespaced_secret)
+        self.config = informer("configmap", keys.config_name, core.list_namespaced_config_map)
 
     async def watch(self) -> None:
         """Run both informers until cancelled (the KeyStore.watch counterpart)."""
@@ -119,15 +111,7 @@ class KeyInformers:
         try:
             index = parse_key_documents(secret, config)
         except InvalidArgument as error:
-            if error.message != self._last_error:
-                log.warning("keeping the previous API key index: %s", error.message)
-                self._last_error = error.message
+            self.keep_previous(error.message)
             return
-        self._last_error = None
-        self.index = index
-        if index.quotas_error and index.quotas_error != self._last_quota_error:
-            log.warning("%s", index.quotas_error)
-        self._last_quota_error = index.quotas_error
-        if not self.loaded.is_set():
+        if self.publish(index):
             log.info("loaded %d API keys from the cluster", len(index))
-            self.loaded.set()

@@ -60,12 +60,9 @@ class WatchTarget:
     transform: Transform | None = None
 
     def selectors(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        if self.field_selector:
-            out["field_selector"] = self.field_selector
-        if self.label_selector:
-            out["label_selector"] = self.label_selector
-        return out
+        """The list and watch calls' selector arguments, the ones that are set."""
+        given = (("field_selector", self.field_selector), ("label_selector", self.label_selector))
+        return {argument: value for argument, value in given if value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +86,7 @@ def list_all(target: WatchTarget, settings: InformerSettings) -> Listing:
         if token:
             kwargs["_continue"] = token
         try:
-            response = target.list_call(
-                **kwargs, _preload_content=False, _request_timeout=timeout
-            )
+            response = target.list_call(**kwargs, _preload_content=False, _request_timeout=timeout)
         except ApiException as error:
             if error.status == 410:
                 raise ResourceGone(f"list continue token expired: {error.reason}") from error

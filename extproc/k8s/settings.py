@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc.core.api_keys import CONFIG_NAME, SECRET_NAME
+from extproc.core.backoff import Backoff
+
+INFORMER_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,26 +23,15 @@ class InformerSettings:
     read_grace_s: float = 15.0
     # Objects per list page (`limit`, with `continue` tokens). Default 500.
     page_size: int = 500
-    # First and largest seconds between retries after a failed list or watch (doubling,
-    # then jittered down by up to `backoff_jitter` of the delay). Defaults 0.5 and 30.0.
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    # Fraction in [0, 1] of each delay removed at random, so replicas do not retry in step.
-    # Default 0.5.
-    backoff_jitter: float = 0.5
+    # Seconds between retries after a failed list or watch: doubling from 0.5 to 30, each
+    # jittered down by up to half, so replicas do not retry in step.
+    backoff: Backoff = INFORMER_BACKOFF
 
     def __post_init__(self) -> None:
         if self.watch_timeout_s < 1:
             raise ValueError(f"watch_timeout_s must be >= 1, got {self.watch_timeout_s}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
-        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
-            raise ValueError(
-                "backoff must satisfy 0 < backoff_initial_s <= backoff_max_s, got "
-                f"{self.backoff_initial_s} and {self.backoff_max_s}"
-            )
-        if not 0.0 <= self.backoff_jitter <= 1.0:
-            raise ValueError(f"backoff_jitter must be in [0, 1], got {self.backoff_jitter}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,36 +21,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from extproc.core.tokens import access_token
-from extproc.lifecycle import relaunching, spawning
-from extproc.lifecycle.processes import (
-    Watched,
-    is_alive,
-    kill_group,
-    scan_supervisors,
-    start_ticks,
-)  # fmt: skip
-from extproc.lifecycle.sandboxes import PauseMode, State
-from extproc.lifecycle.store import Row
-
-if TYPE_CHECKING:
-    from extproc.lifecycle.local import LocalBackend
+from extproc.lifecycle.processes import Watched, is_alive, kill_group, scan_supervisors, start_ticks
+from extproc.lifecycle.sandboxes import PauseMode, Sandbox, State
+from extproc.lifecycle.store import Row, Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovery reads and calls, handed in by the backend."""
+
+    store: Store
+    sandboxes_dir: Path  # a directory per sandbox, named by its id
+    marker: str  # in the command line of every supervisor of this state dir (`spawning`)
+    clock: Callable[[], float]
+    token_of: Callable[[str], str]  # a sandbox id's access token (tokens are not stored)
+    is_healthy: Callable[[str], Awaitable[bool]]  # picod at this address answers /health
+    files_kept: Callable[[Sandbox], bool]  # a filesystem pause's files are there (`relaunching`)
+    adopt: Callable[[Row, Watched], None]  # serve it again: index, address, exit watch, reaper
+    free: Callable[[str, str], Awaitable[None]]  # (id, address): what a start took
+    remove_strays: Callable[[set[str]], Awaitable[None]]  # isolation's leftovers but these
 
 
 def _paused_to_files(row: Row) -> bool:
     return row.sandbox.state is State.PAUSED and row.sandbox.pause_mode is PauseMode.FILESYSTEM
 
 
-async def _alive(backend: LocalBackend, row: Row) -> bool:
+async def _alive(recovery: Recovery, row: Row) -> bool:
     if row.pooled:
         return False
     if _paused_to_files(row):
-        kept = relaunching.files_kept(backend, row.sandbox)
+        kept = recovery.files_kept(row.sandbox)
         if not kept:
             log.warning("sandbox %s was paused to its files, which are gone: it ends",
                         row.sandbox.sandbox_id)  # fmt: skip
@@ -58,58 +64,46 @@ async def _alive(backend: LocalBackend, row: Row) -> bool:
     if not is_alive(row.pid, row.pid_start):
         return False
     if row.sandbox.state is not State.PAUSED:
-        healthy = await backend.probe.is_healthy(row.sandbox.endpoint_host, limit_s=5.0)
+        healthy = await recovery.is_healthy(row.sandbox.endpoint_host)
         if not healthy:
             log.warning("sandbox %s runs but its /health is late; adopting it anyway",
                         row.sandbox.sandbox_id)  # fmt: skip
     return True
 
 
-async def recover(backend: LocalBackend) -> None:
-    from extproc.lifecycle.local import Live  # the backend module imports this one
-
+async def recover(recovery: Recovery) -> None:
     started = time.monotonic()
-    rows = await backend.store.load_live()
-    verdicts = await asyncio.gather(*(_alive(backend, r) for r in rows))
-    adopted, ended = 0, 0
+    rows = await recovery.store.load_live()
+    verdicts = await asyncio.gather(*(_alive(recovery, r) for r in rows))
+    adopted: dict[str, int] = {}  # id -> supervisor pid
+    ended = 0
     for row, alive in zip(rows, verdicts, strict=True):
-        token = access_token(backend.seed, row.sandbox.sandbox_id)
-        sandbox = replace(row.sandbox, envd_access_token=token)
+        sandbox = replace(row.sandbox, envd_access_token=recovery.token_of(row.sandbox.sandbox_id))
         if alive:
             if _paused_to_files(row):
                 # No process (a crash mid-pause may have left one: killed below as a stray).
                 process = Watched.absent()
             else:
                 process = Watched(row.pid, row.pid_start, None)
-            entry = Live(replace(row, sandbox=sandbox), process)
-            backend.live[sandbox.sandbox_id] = entry
-            if backend.isolation is not None:
-                backend.isolation.networks.take(sandbox.endpoint_host)
-            else:
-                backend.addresses.take(sandbox.endpoint_host)
-            backend.watch_exit(entry)
-            if sandbox.state is State.RUNNING:
-                backend.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
-            adopted += 1
+            recovery.adopt(replace(row, sandbox=sandbox), process)
+            adopted[sandbox.sandbox_id] = process.pid
             continue
         kill_group(row.pid, row.pid_start)  # a no-op for NO_PROCESS
         ended += 1
-        gone = replace(sandbox, state=State.ENDED, end_reason="died", end_at=backend.clock())
-        await backend.store.put(replace(row, sandbox=gone))
-    keep = {e.process.pid for e in backend.live.values()}
-    marker = spawning.marker(backend.settings, "")
-    strays = [pid for pid in scan_supervisors(marker) if pid not in keep]
+        gone = replace(sandbox, state=State.ENDED, end_reason="died", end_at=recovery.clock())
+        await recovery.store.put(replace(row, sandbox=gone))
+    keep = set(adopted.values())
+    strays = [pid for pid in scan_supervisors(recovery.marker) if pid not in keep]
     for pid in strays:
         ticks = start_ticks(pid)
         if ticks is not None:
             kill_group(pid, ticks)
     ended_rows = {r.sandbox.sandbox_id: r.sandbox.endpoint_host for r in rows}
-    for path in backend.sandboxes_dir.iterdir():
-        if path.name not in backend.live:
-            await backend.free(path.name, ended_rows.get(path.name, ""))
-    if backend.isolation is not None:
-        await asyncio.to_thread(backend.isolation.remove_strays, set(backend.live))
+    for path in recovery.sandboxes_dir.iterdir():
+        if path.name not in adopted:
+            await recovery.free(path.name, ended_rows.get(path.name, ""))
+    await recovery.remove_strays(set(adopted))
     log.info(
         "recovered state in %.0f ms: %d sandboxes adopted, %d ended, %d stray processes killed",
-        (time.monotonic() - started) * 1000, adopted, ended, len(strays),
+        (time.monotonic() - started) * 1000, len(adopted), ended, len(strays),
     )  # fmt: skip

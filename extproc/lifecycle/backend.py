@@ -13,6 +13,7 @@ from typing import Protocol
 from extproc.core.errors import DomainError
 from extproc.lifecycle.build_steps import BuildSpec
 from extproc.lifecycle.building import LogEntry
+from extproc.lifecycle.idempotency import KeyedBackend
 from extproc.lifecycle.sandboxes import (
     CreateSpec,
     Event,
@@ -23,9 +24,26 @@ from extproc.lifecycle.sandboxes import (
     Sandbox,
 )
 from extproc.lifecycle.templates import Build, Template
+from extproc.lifecycle.volumes import Volume
 
 
-class Backend(Protocol):
+class VolumeBackend(Protocol):
+    """What a backend offers for volumes (`volume_service`)."""
+
+    async def create_volume(self, tenant: str, name: str) -> Volume: ...
+
+    async def list_volumes(self, tenant: str) -> list[Volume]: ...
+
+    async def get_volume(self, tenant: str, volume_id: str) -> Volume: ...
+
+    async def delete_volume(self, tenant: str, volume_id: str) -> None: ...
+
+
+class Backend(KeyedBackend, VolumeBackend, Protocol):
+    """The servicers check the tenant rules before a call gets here (`service`): a method
+    that acts for one tenant is never called with an empty one. Create is wrapped in the
+    servicer's Idempotency-Key handling (`KeyedBackend`, `idempotency`)."""
+
     async def create(self, spec: CreateSpec) -> Sandbox: ...
 
     async def get(self, sandbox_id: str, tenant: str) -> Sandbox: ...

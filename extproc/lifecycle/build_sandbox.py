@@ -26,16 +26,13 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extproc.core.ids import new_sandbox_id
 from extproc.core.tokens import access_token
 from extproc.lifecycle import layers, spawning
+from extproc.lifecycle.build_host import BuildHost
 from extproc.lifecycle.build_steps import STAGING
 from extproc.lifecycle.processes import Watched
-
-if TYPE_CHECKING:
-    from extproc.lifecycle.local import LocalBackend
 
 _NAME = STAGING.strip("/")
 _INIT_LOG = spawning.SERVER_LOG_INSIDE.lstrip("/")
@@ -164,7 +161,7 @@ class _LogTail:
 
 
 async def run_step(
-    backend: LocalBackend,
+    backend: BuildHost,
     below: tuple[str, ...],
     script: str,
     *,

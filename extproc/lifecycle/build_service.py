@@ -1,12 +1,14 @@
 """gRPC servicers for TemplateBuildService and SnapshotService over a `Backend`.
 
-As in `service`: protobuf in, one backend call, protobuf out; domain errors become statuses
-through `status`. A fork's per-sandbox failures are answers, not errors: each carries the
-status code that a Create failing the same way would have had.
+As in `service`: protobuf in, one backend call, protobuf out; the RPCs that are nothing more
+are rows (`handling.OneCall`). Domain errors become statuses through `status` (`handling`).
+A fork's per-sandbox failures are answers, not errors: each carries the status code that a
+Create failing the same way would have had.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
@@ -15,7 +17,8 @@ from extproc.core import timeouts
 from extproc.core.errors import InvalidArgument
 from extproc.lifecycle.backend import Backend
 from extproc.lifecycle.build_steps import BuildSpec, Step
-from extproc.lifecycle.service import _optional, _ts, _unary, build_pb, sandbox_pb, template_pb
+from extproc.lifecycle.handling import OneCall, one_tenant, optional
+from extproc.lifecycle.messages import build_pb, each, sandbox_pb, template_pb, timestamp
 from extproc.lifecycle.status import to_status
 
 LEVELS = ("", "debug", "info", "warn", "error")
@@ -33,11 +36,20 @@ def spec_of(message: pb.TemplateBuildSpec) -> BuildSpec:
     )  # fmt: skip
 
 
+def _tags(tags: Sequence[str]) -> list[str]:
+    if not tags:
+        raise InvalidArgument("tags must not be empty")
+    return list(tags)
+
+
+_rpc = OneCall[Backend]()
+
+
 class TemplateBuildServicer(pb_grpc.TemplateBuildServiceServicer):  # type: ignore[misc]
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
 
-    @_unary
+    @one_tenant
     async def RequestTemplateBuild(
         self, request: Any, context: Any
     ) -> pb.RequestTemplateBuildResponse:
@@ -49,7 +61,7 @@ class TemplateBuildServicer(pb_grpc.TemplateBuildServiceServicer):  # type: igno
             template=template_pb(template), build_id=build.build_id, tags=list(build.tags)
         )
 
-    @_unary
+    @one_tenant
     async def GetTemplateFileUpload(
         self, request: Any, context: Any
     ) -> pb.GetTemplateFileUploadResponse:
@@ -58,14 +70,11 @@ class TemplateBuildServicer(pb_grpc.TemplateBuildServiceServicer):  # type: igno
         )
         return pb.GetTemplateFileUploadResponse(present=present, upload_path=path)
 
-    @_unary
-    async def StartTemplateBuild(self, request: Any, context: Any) -> pb.StartTemplateBuildResponse:
-        await self._backend.start_build(
-            request.tenant, request.template_id, request.build_id, spec_of(request.spec)
-        )
-        return pb.StartTemplateBuildResponse()
+    StartTemplateBuild = _rpc.answer(one_tenant,
+        lambda b, r: b.start_build(r.tenant, r.template_id, r.build_id, spec_of(r.spec)),
+        pb.StartTemplateBuildResponse)  # fmt: skip
 
-    @_unary
+    @one_tenant
     async def GetTemplateBuildStatus(
         self, request: Any, context: Any
     ) -> pb.GetTemplateBuildStatusResponse:
@@ -80,25 +89,21 @@ class TemplateBuildServicer(pb_grpc.TemplateBuildServiceServicer):  # type: igno
             build=build_pb(build),
             log_entries=[
                 pb.BuildLogEntry(
-                    timestamp=_ts(e.timestamp), level=e.level, message=e.message, step=e.step
+                    timestamp=timestamp(e.timestamp), level=e.level, message=e.message, step=e.step
                 )
                 for e in entries
             ],
         )
 
-    @_unary
+    @one_tenant
     async def AssignTemplateTags(self, request: Any, context: Any) -> pb.AssignTemplateTagsResponse:
-        if not request.tags:
-            raise InvalidArgument("tags must not be empty")
-        build = await self._backend.assign_tags(request.tenant, request.target, list(request.tags))
-        return pb.AssignTemplateTagsResponse(build_id=build.build_id, tags=list(request.tags))
+        tags = _tags(request.tags)
+        build = await self._backend.assign_tags(request.tenant, request.target, tags)
+        return pb.AssignTemplateTagsResponse(build_id=build.build_id, tags=tags)
 
-    @_unary
-    async def RemoveTemplateTags(self, request: Any, context: Any) -> pb.RemoveTemplateTagsResponse:
-        if not request.tags:
-            raise InvalidArgument("tags must not be empty")
-        await self._backend.remove_tags(request.tenant, request.name, list(request.tags))
-        return pb.RemoveTemplateTagsResponse()
+    RemoveTemplateTags = _rpc.answer(one_tenant,
+        lambda b, r: b.remove_tags(r.tenant, r.name, _tags(r.tags)),
+        pb.RemoveTemplateTagsResponse)  # fmt: skip
 
 
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):  # type: ignore[misc]
@@ -106,21 +111,16 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):  # type: ignore[misc]
         self._backend = backend
         self._max_timeout_s = max_timeout_s
 
-    @_unary
-    async def CreateSnapshot(self, request: Any, context: Any) -> pb.CreateSnapshotResponse:
-        snapshot = await self._backend.create_snapshot(
-            request.tenant, request.sandbox_id, request.name
-        )
-        return pb.CreateSnapshotResponse(snapshot=template_pb(snapshot))
+    CreateSnapshot = _rpc.answer(one_tenant,
+        lambda b, r: b.create_snapshot(r.tenant, r.sandbox_id, r.name),
+        pb.CreateSnapshotResponse, snapshot=template_pb)  # fmt: skip
+    ListSnapshots = _rpc.answer(one_tenant,
+        lambda b, r: b.list_snapshots(r.tenant, r.sandbox_id, r.name),
+        pb.ListSnapshotsResponse, snapshots=each(template_pb))  # fmt: skip
 
-    @_unary
-    async def ListSnapshots(self, request: Any, context: Any) -> pb.ListSnapshotsResponse:
-        found = await self._backend.list_snapshots(request.tenant, request.sandbox_id, request.name)
-        return pb.ListSnapshotsResponse(snapshots=[template_pb(t) for t in found])
-
-    @_unary
+    @one_tenant
     async def ForkSandbox(self, request: Any, context: Any) -> pb.ForkSandboxResponse:
-        asked = _optional(request, "timeout_seconds")
+        asked = optional(request, "timeout_seconds")
         timeout_s = timeouts.create_timeout(
             FORK_TIMEOUT_S if asked is None else asked, self._max_timeout_s
         )

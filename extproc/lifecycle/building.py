@@ -33,11 +33,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extproc.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from extproc.core.ids import new_sandbox_id
 from extproc.lifecycle import build_sandbox, rootfs
+from extproc.lifecycle.build_host import BuildHost
 from extproc.lifecycle.build_steps import (
     BASE_STEP,
     COPY,
@@ -69,9 +69,6 @@ from extproc.lifecycle.templates import (
     check_tag,
     split_tag,
 )
-
-if TYPE_CHECKING:
-    from extproc.lifecycle.local import LocalBackend
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +166,7 @@ def _members(archive: Path) -> list[tuple[str, bool]]:
 
 
 class Builder:
-    def __init__(self, backend: LocalBackend, logs_dir: Path) -> None:
+    def __init__(self, backend: BuildHost, logs_dir: Path) -> None:
         self._backend = backend
         self.logs = BuildLogs(logs_dir)
         self._slots = asyncio.Semaphore(_MAX_BUILDS)

@@ -15,27 +15,19 @@ already passed the interceptor, so it was authenticated or authentication is off
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from extproc.core.caller_token import ALL_TENANTS, AUTHORIZATION, BEARER, SCOPE
+from extproc.lifecycle.interceptors import HEALTH_PREFIX, HandlerInterceptor, metadata_value
 
-# grpc.health.v1: probes (up, kubelet, Envoy's health checks) carry no token
-_OPEN_PREFIX = "/grpc.health.v1.Health/"
 _DENIED = "the lifecycle service needs `authorization: Bearer <caller token>`"
 
 
-def _value(metadata: Any, key: str) -> str | None:
-    for name, value in metadata or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode("ascii", "replace")
-    return None
-
-
 def may_see_all_tenants(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
-    return _value(context.invocation_metadata(), SCOPE) == ALL_TENANTS
+    return metadata_value(context.invocation_metadata(), SCOPE) == ALL_TENANTS
 
 
 async def _deny_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -62,21 +54,16 @@ def _denial(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(unary)
 
 
-class CallerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio is untyped
+class CallerAuth(HandlerInterceptor):
     def __init__(self, token: str) -> None:
         self._expected = (BEARER + token).encode("ascii")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def serve(
+        self, method: str, metadata: Any, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_PREFIX):
+        if method.startswith(HEALTH_PREFIX):
             return handler
-        metadata = handler_call_details.invocation_metadata
-        given = _value(metadata, AUTHORIZATION) or ""
+        given = metadata_value(metadata, AUTHORIZATION) or ""
         if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
             return handler
         return _denial(handler)

@@ -167,6 +167,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"],
         help="kubernetes: access mode of volumes' PersistentVolumeClaims; ReadWriteMany shares "
              f"a volume across nodes (default {kube.volume_access_mode})")
+    add("--picod-bundle-image", default=ENV.text("PICOD_BUNDLE_IMAGE", kube.picod_bundle_image),
+        metavar="IMAGE", help="kubernetes: the gateway image, whose picod bundle templates "
+        "built from any image get (default: none, such builds are refused)")
     add("--picod-scheme", default=ENV.text("PICOD_SCHEME", kube.picod_scheme),
         choices=["http", "https"], help=f"kubernetes: picod's scheme (default {kube.picod_scheme})")
     add("--kill-on-exit", default=ENV.text("KILL_ON_EXIT", "off"), metavar="on|off",
@@ -261,6 +264,7 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         volume_mb=local.volume_mb,
         volume_storage_class=str(args.volume_storage_class),
         volume_access_mode=str(args.volume_access_mode),
+        picod_bundle_image=str(args.picod_bundle_image),
     )  # fmt: skip
     health_listen = grpc_address(str(args.health_listen), "--health-listen", optional=True)
     if health_listen and health_listen == listen:

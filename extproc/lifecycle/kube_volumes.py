@@ -15,6 +15,7 @@ does not run, so content requests get the platform API's 401 saying so.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass
 
 from extproc.core.errors import AlreadyExists, Conflict, NotFound
 from extproc.core.volumes import (
@@ -32,38 +33,38 @@ from extproc.lifecycle.volume_paths import checked_mounts
 from extproc.lifecycle.volumes import Volume
 
 
+@dataclass(eq=False, repr=False)
 class KubeVolumes:
-    def __init__(
-        self, api: Resources, *, size_mb: int, storage_class: str, access_mode: str,
-        seed: Callable[[], bytes], clock: Callable[[], float],
-    ) -> None:  # fmt: skip
-        if access_mode not in vm.ACCESS_MODES:
+    api: Resources
+    _: KW_ONLY
+    size_mb: int
+    storage_class: str
+    access_mode: str
+    seed: Callable[[], bytes]
+    clock: Callable[[], float]
+
+    def __post_init__(self) -> None:
+        if self.access_mode not in vm.ACCESS_MODES:
             raise ValueError(f"volume access mode must be one of {', '.join(vm.ACCESS_MODES)}")
-        self._api = api
-        self._size_mb = size_mb
-        self._storage_class = storage_class
-        self._access_mode = access_mode
-        self._seed = seed
-        self._clock = clock
 
     def _volume(self, tenant: str, claim: dict[str, object]) -> Volume | None:
         fields = vm.volume_fields(claim)
         if fields is None or not is_volume_id(fields[0]):
             return None
         volume_id, name, created = fields
-        token = volume_token(self._seed(), volume_id)
+        token = volume_token(self.seed(), volume_id)
         return Volume(volume_id, tenant, name, parse_time(created) or 0.0, token)
 
     async def create(self, tenant: str, name: str) -> Volume:
         check_volume_name(name)
         volume_id = new_volume_id()
         body = vm.claim_object(
-            name=name, volume_id=volume_id, namespace=tenant, size_mb=self._size_mb,
-            storage_class=self._storage_class, access_mode=self._access_mode,
-            created_at=rfc3339(self._clock()),
+            name=name, volume_id=volume_id, namespace=tenant, size_mb=self.size_mb,
+            storage_class=self.storage_class, access_mode=self.access_mode,
+            created_at=rfc3339(self.clock()),
         )  # fmt: skip
         try:
-            made = await self._api.create(PERSISTENT_VOLUME_CLAIM, tenant, body)
+            made = await self.api.create(PERSISTENT_VOLUME_CLAIM, tenant, body)
         except AlreadyExists as error:
             raise Conflict(f"a volume named {name!r} already exists") from error
         volume = self._volume(tenant, made or body)
@@ -72,14 +73,14 @@ class KubeVolumes:
         return volume
 
     async def owned(self, tenant: str) -> list[Volume]:
-        claims = await self._api.list(PERSISTENT_VOLUME_CLAIM, tenant, vm.LABEL_VOLUME_ID)
+        claims = await self.api.list(PERSISTENT_VOLUME_CLAIM, tenant, vm.LABEL_VOLUME_ID)
         found = [v for v in (self._volume(tenant, c) for c in claims) if v is not None]
         return sorted(found, key=lambda v: (v.created_at, v.volume_id))
 
     async def get(self, tenant: str, volume_id: str) -> Volume:
         if is_volume_id(volume_id):
             selector = f"{vm.LABEL_VOLUME_ID}={volume_id}"
-            for claim in await self._api.list(PERSISTENT_VOLUME_CLAIM, tenant, selector):
+            for claim in await self.api.list(PERSISTENT_VOLUME_CLAIM, tenant, selector):
                 volume = self._volume(tenant, claim)
                 if volume is not None and volume.volume_id == volume_id:
                     return volume
@@ -98,7 +99,7 @@ class KubeVolumes:
                 f"({shown}); kill them before deleting it"
             )
         try:
-            await self._api.delete(PERSISTENT_VOLUME_CLAIM, tenant, vm.claim_name(volume.name))
+            await self.api.delete(PERSISTENT_VOLUME_CLAIM, tenant, vm.claim_name(volume.name))
         except NotFound as error:
             raise volume_not_found(volume_id) from error
 
@@ -110,7 +111,7 @@ class KubeVolumes:
         for mount in checked_mounts(asked):
             claim = vm.claim_name(mount.name)
             try:
-                found = await self._api.get(PERSISTENT_VOLUME_CLAIM, tenant, claim)
+                found = await self.api.get(PERSISTENT_VOLUME_CLAIM, tenant, claim)
             except NotFound:
                 found = {}
             if self._volume(tenant, found) is None:

@@ -35,8 +35,11 @@ survives only where the template has a volume claim template (agent-sandbox keep
 So every pause is a filesystem pause at best, and is reported as `pauseMode: filesystem`
 whichever mode was asked for (E2B's `memory`, `autoPauseMemory`).
 
-Unsupported, with UNIMPLEMENTED: `allowPublicTraffic: false`, template writes
-(CodeInterpreters are applied with kubectl).
+Templates are CodeInterpreters (kube_templates.py: an operator's, or one a `from_image`
+build made, with picod injected; its start and ready commands run through picod before a
+Create or Resume returns, template_start.py). Unsupported, with UNIMPLEMENTED:
+`allowPublicTraffic: false`, build steps that run something in the image (no in-cluster
+builder), snapshots.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from extproc.core.errors import (
     NotFound,
     Unimplemented,
 )  # fmt: skip
-from extproc.core.ids import new_sandbox_id, not_found
+from extproc.core.ids import new_sandbox_id
 from extproc.core.tokens import access_token
 from extproc.k8s import object_proof
 from extproc.k8s.discovery import AgentSandboxKinds, discover
@@ -66,11 +69,13 @@ from extproc.k8s.informing import Informer, run_informers
 from extproc.k8s.listwatch import KubeObject
 from extproc.k8s.resources import CODE_INTERPRETER, POD, SECRET, Kind, Resources
 from extproc.k8s.settings import InformerSettings
-from extproc.lifecycle import listing
+from extproc.lifecycle import listing, template_start, tenancy
 from extproc.lifecycle import manifests as m
 from extproc.lifecycle import volume_manifests as vm
 from extproc.lifecycle.build_steps import BuildSpec
 from extproc.lifecycle.building import LogEntry
+from extproc.lifecycle.idempotency import RecordedKey
+from extproc.lifecycle.kube_templates import KubeTemplates, template_view
 from extproc.lifecycle.kube_volumes import KubeVolumes
 from extproc.lifecycle.metric_history import within
 from extproc.lifecycle.picod_client import PicodClient
@@ -101,12 +106,10 @@ _NO_PRIVATE_TRAFFIC = (
 # How long past its end a Create waits for the pod before it gives up (the controller's
 # deletion and the informers' news of it take a moment).
 _END_GRACE_S = 1.0
-_NO_BUILDS = ("building templates is not supported in Kubernetes mode (no in-cluster builder): "
-              "a template is a CodeInterpreter resource; write one with the image you need")
+# Kept of a Create's wait for the last ready command's run and the reply.
+_READY_MARGIN_S = 2.0
 _NO_SNAPSHOTS = ("snapshots and fork are not supported in Kubernetes mode: a pod's filesystem "
-                 "cannot be captured as an image here")
-_NO_TEMPLATE_WRITES = ("templates are CodeInterpreter resources in Kubernetes mode; create, "
-                       "change or delete them with kubectl in the tenant's namespace")  # fmt: skip
+                 "cannot be captured as an image here")  # fmt: skip
 
 
 def _revision(obj: KubeObject) -> int:
@@ -245,6 +248,9 @@ class KubernetesBackend:
             api, size_mb=settings.volume_mb, storage_class=settings.volume_storage_class,
             access_mode=settings.volume_access_mode, seed=lambda: self.seed, clock=clock,
         )  # fmt: skip
+        self.templates = KubeTemplates(
+            api, self._interpreters, bundle_image=settings.picod_bundle_image, clock=clock
+        )
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -384,11 +390,7 @@ class KubernetesBackend:
         return float("inf") if sandbox.state is State.PAUSED else sandbox.end_at
 
     def _find(self, sandbox_id: str, tenant: str) -> Sandbox:
-        sandbox = self._sandboxes.get(sandbox_id)
-        # Another tenant's sandbox is indistinguishable from a missing one.
-        if sandbox is None or (tenant and sandbox.tenant != tenant):
-            raise not_found(sandbox_id)
-        return sandbox
+        return tenancy.find(self._sandboxes, sandbox_id, tenant, lambda s: s.tenant)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -402,14 +404,9 @@ class KubernetesBackend:
     # -- create ---------------------------------------------------------------------------
 
     async def _code_interpreter(self, name: str, namespace: str) -> KubeObject:
-        """From the informer's cache; from the API when the cache has not seen it (yet)."""
-        cached = self._interpreters.get((namespace, name))
-        if cached is not None:
-            return cached
-        try:
-            return await self.api.get(CODE_INTERPRETER, namespace, name)
-        except NotFound:
-            raise NotFound(f"template {name[:80]!r} not found") from None
+        """By object name or template name (`name:tag` too); from the informer's cache, from
+        the API when the cache has not seen it (yet)."""
+        return await self.templates.code_interpreter(name, namespace)
 
     def _lifetimes(self, spec: CreateSpec, ci: KubeObject) -> tuple[int, int]:
         """(timeout, longest life) for a Create from `ci`: the CodeInterpreter's
@@ -423,7 +420,6 @@ class KubernetesBackend:
         return spec.timeout_s, longest
 
     async def create(self, spec: CreateSpec) -> Sandbox:
-        self._require_tenant(spec.tenant)
         kinds = self._kinds()
         if not spec.allow_public_traffic:
             # The edge's cluster directory routes from Sandbox/Pod informers and does not read
@@ -457,9 +453,11 @@ class KubernetesBackend:
         end_at = float(int(started + timeout_s))
         # A sandbox that pauses on timeout must not be deleted by the controller.
         shutdown_at = None if spec.on_timeout is OnTimeout.PAUSE else end_at
-        object_labels = m.labels(sandbox_id, spec.template)
+        template_id = _where(ci)[1]  # the object's name, whatever name the caller used
+        object_labels = m.labels(sandbox_id, template_id)
         notes = m.sandbox_annotations(
-            started_at=started, end_at=end_at, metadata=metadata, alias="",
+            started_at=started, end_at=end_at, metadata=metadata,
+            alias="" if spec.template == template_id else spec.template,
             on_timeout=spec.on_timeout, auto_resume=spec.auto_resume, token=token,
             max_duration_s=longest,
         )  # fmt: skip
@@ -473,7 +471,7 @@ class KubernetesBackend:
         # Create still waiting then has nothing left to wait for.
         wait_s = min(self.settings.ready_timeout_s, max(end_at - self.clock(), 0.0) + _END_GRACE_S)
         try:
-            async with asyncio.timeout(wait_s):
+            async with asyncio.timeout(wait_s) as budget:
                 if warm:
                     claim = m.claim_object(ci, kinds, sandbox_id=sandbox_id, namespace=ns,
                                            end_at=shutdown_at)  # fmt: skip
@@ -504,6 +502,9 @@ class KubernetesBackend:
                     phases.mark("pod ready")
                 await self.picod.wait_healthy(host)
                 phases.mark("healthy")
+                if await self._start_template(template_view(ci), host, sandbox_id, token,
+                                              budget):  # fmt: skip
+                    phases.mark("template started")
         except TimeoutError:
             await self._roll_back(ns, sandbox_id, created)
             if wait_s < self.settings.ready_timeout_s:
@@ -515,7 +516,7 @@ class KubernetesBackend:
             raise DeadlineExceeded(
                 f"sandbox {sandbox_id} from template {spec.template!r} was not ready within "
                 f"{self.settings.ready_timeout_s:g} s (pod Ready with an IP, then picod's "
-                "/health); it was deleted"
+                "/health, then the template's start and ready commands); it was deleted"
             ) from None
         except BaseException:
             await self._roll_back(ns, sandbox_id, created)
@@ -531,6 +532,22 @@ class KubernetesBackend:
         log.info("created sandbox %s in %s from %s (%s): %s", sandbox_id, ns, spec.template,
                  "warm pool" if warm else "cold", phases)  # fmt: skip
         return sandbox
+
+    async def _start_template(
+        self, template: Template, host: str, sandbox_id: str, token: str, budget: asyncio.Timeout
+    ) -> bool:
+        """Apply a built template's user, workdir, start and ready commands to the sandbox's
+        new pod (template_start.py), within what is left of `budget`; False: it has none."""
+        if not template_start.has_start_settings(template):
+            return False
+        # Less a margin: a ready command that keeps failing is reported as such (with its
+        # output), as in local mode, rather than as the wait's timeout.
+        left = (budget.when() or 0.0) - asyncio.get_running_loop().time() - _READY_MARGIN_S
+        await template_start.apply(
+            self.picod.poster(host, sandbox_id, token), template,
+            ready_within_s=float(max(int(left), 0)),
+        )  # fmt: skip
+        return True
 
     async def _create_cold(
         self, ci: KubeObject, ns: str, sandbox_id: str, token: str, env: dict[str, str],
@@ -666,6 +683,13 @@ class KubernetesBackend:
     async def get(self, sandbox_id: str, tenant: str) -> Sandbox:
         return self._find(sandbox_id, tenant)
 
+    async def recorded_keys(self, since: float) -> list[RecordedKey]:
+        return []  # Idempotency-Keys are kept by the servicer, in this replica's memory
+
+    async def keyed_sandbox(self, sandbox_id: str) -> Sandbox | None:
+        """Live only: an ended sandbox's CR is gone, so a retry after its end starts anew."""
+        return self._sandboxes.get(sandbox_id)
+
     async def list_sandboxes(self, query: ListQuery) -> Page:
         return listing.page(self._sandboxes.values(), query, lambda name: {name})
 
@@ -738,17 +762,11 @@ class KubernetesBackend:
         return self._publish_update(replace(current, end_at=end_at))
 
     @staticmethod
-    def _require_tenant(tenant: str) -> None:
-        if not tenant:
-            raise InvalidArgument("tenant is required")
-
-    @staticmethod
     def _require_unpaused(sandbox: Sandbox) -> None:
         if sandbox.state is State.PAUSED:
             raise Conflict(f"sandbox {sandbox.sandbox_id} is paused; connect to resume it first")
 
     async def set_timeout(self, sandbox_id: str, tenant: str, timeout_s: int) -> Sandbox:
-        self._require_tenant(tenant)
         self._find(sandbox_id, tenant)
         async with self._lock(sandbox_id):
             s = self._find(sandbox_id, tenant)
@@ -764,7 +782,6 @@ class KubernetesBackend:
         return float(int(end_at))
 
     async def refresh(self, sandbox_id: str, tenant: str, duration_s: int | None) -> Sandbox:
-        self._require_tenant(tenant)
         self._find(sandbox_id, tenant)
         async with self._lock(sandbox_id):
             s = self._find(sandbox_id, tenant)
@@ -774,7 +791,6 @@ class KubernetesBackend:
     async def connect(
         self, sandbox_id: str, tenant: str, timeout_s: int | None
     ) -> tuple[Sandbox, bool]:
-        self._require_tenant(tenant)
         self._find(sandbox_id, tenant)
         async with self._lock(sandbox_id):
             s = self._find(sandbox_id, tenant)
@@ -796,7 +812,6 @@ class KubernetesBackend:
         self, sandbox_id: str, tenant: str, mode: PauseMode = PauseMode.FULL
     ) -> Sandbox:
         # `mode` changes nothing here: a pod scaled down keeps no memory either way.
-        self._require_tenant(tenant)
         self._find(sandbox_id, tenant)
         async with self._lock(sandbox_id):
             return await self._pause_locked(self._find(sandbox_id, tenant))
@@ -805,13 +820,18 @@ class KubernetesBackend:
         end_at = self._extended_end(s, timeout_s)
         await self._write_state(s, end_at=end_at, running=True)
         try:
-            async with asyncio.timeout(self.settings.ready_timeout_s):
+            async with asyncio.timeout(self.settings.ready_timeout_s) as budget:
                 host = await self._wait_pod_ready(s.sandbox_id)
                 if self._claim_of(s.sandbox_id):
                     # The new pod comes from the pool's template: it must be bound again.
                     env = s.env_vars or await self._stored_env_vars(s)
                     await self.picod.bind(host, s.sandbox_id, s.envd_access_token, env)
                 await self.picod.wait_healthy(host)
+                # Its processes started afresh: the start command too, as local mode does.
+                await self._start_template(
+                    await self.templates.starts_with(s.template_id, s.tenant), host,
+                    s.sandbox_id, s.envd_access_token, budget,
+                )  # fmt: skip
         except TimeoutError:
             raise DeadlineExceeded(
                 f"sandbox {s.sandbox_id} was not running again within "
@@ -833,7 +853,6 @@ class KubernetesBackend:
         return m.env_vars_of(secret)
 
     async def resume(self, sandbox_id: str, tenant: str, timeout_s: int | None) -> Sandbox:
-        self._require_tenant(tenant)
         self._find(sandbox_id, tenant)
         async with self._lock(sandbox_id):
             s = self._find(sandbox_id, tenant)
@@ -844,47 +863,45 @@ class KubernetesBackend:
     # -- templates ------------------------------------------------------------------------
 
     async def list_templates(self, tenant: str) -> list[Template]:
-        self._require_tenant(tenant)
-        return [m.template_of(ci) for ci in await self.api.list(CODE_INTERPRETER, tenant)]
+        return await self.templates.listed(tenant)
 
     async def get_template(self, template: str, tenant: str) -> Template:
-        self._require_tenant(tenant)
-        return m.template_of(await self._code_interpreter(template, tenant))
+        return await self.templates.get(tenant, template)
 
     async def create_template(self, tenant: str, template: Template) -> Template:
-        raise Unimplemented(_NO_TEMPLATE_WRITES)
+        return await self.templates.create(tenant, template)
 
     async def update_template(self, tenant: str, template_id: str, public: bool) -> Template:
-        raise Unimplemented(_NO_TEMPLATE_WRITES)
+        return await self.templates.update(tenant, template_id, public)
 
     async def delete_template(self, tenant: str, template_id: str) -> None:
-        raise Unimplemented(_NO_TEMPLATE_WRITES)
+        await self.templates.delete(tenant, template_id)
 
-    # -- template builds and snapshots: not in Kubernetes mode ----------------------------
+    # -- template builds: an image, no steps (kube_templates.py); no snapshots ------------
 
     async def request_build(
         self, tenant: str, name: str, tags: list[str], cpu_count: int, memory_mb: int
     ) -> tuple[Template, Build]:
-        raise Unimplemented(_NO_BUILDS)
+        return self.templates.request(tenant, name, tags, cpu_count, memory_mb)
 
     async def file_upload(self, tenant: str, template_id: str, files_hash: str) -> tuple[bool, str]:
-        raise Unimplemented(_NO_BUILDS)
+        return self.templates.file_upload(tenant, template_id)
 
     async def start_build(
         self, tenant: str, template_id: str, build_id: str, spec: BuildSpec
     ) -> None:
-        raise Unimplemented(_NO_BUILDS)
+        await self.templates.start(tenant, template_id, build_id, spec)
 
     async def build_status(
         self, tenant: str, template_id: str, build_id: str, offset: int, limit: int, level: str
     ) -> tuple[Build, list[LogEntry]]:
-        raise Unimplemented(_NO_BUILDS)
+        return await self.templates.status(tenant, template_id, build_id, offset, limit, level)
 
     async def assign_tags(self, tenant: str, target: str, tags: list[str]) -> Build:
-        raise Unimplemented(_NO_BUILDS)
+        return await self.templates.assign_tags(tenant, target, tags)
 
     async def remove_tags(self, tenant: str, name: str, tags: list[str]) -> None:
-        raise Unimplemented(_NO_BUILDS)
+        await self.templates.remove_tags(tenant, name, tags)
 
     async def create_snapshot(self, tenant: str, sandbox_id: str, name: str) -> Template:
         raise Unimplemented(_NO_SNAPSHOTS)
@@ -900,19 +917,15 @@ class KubernetesBackend:
     # -- volumes: PersistentVolumeClaims in the tenant's namespace (kube_volumes.py) -----
 
     async def create_volume(self, tenant: str, name: str) -> Volume:
-        self._require_tenant(tenant)
         return await self.volumes.create(tenant, name)
 
     async def list_volumes(self, tenant: str) -> list[Volume]:
-        self._require_tenant(tenant)
         return await self.volumes.owned(tenant)
 
     async def get_volume(self, tenant: str, volume_id: str) -> Volume:
-        self._require_tenant(tenant)
         return await self.volumes.get(tenant, volume_id)
 
     async def delete_volume(self, tenant: str, volume_id: str) -> None:
-        self._require_tenant(tenant)
 
         def mounters(volume: Volume) -> list[str]:
             return [

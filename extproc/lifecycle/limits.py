@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from extproc.core.kernel_files import read_kernel_file, stat_fields
+
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -103,12 +105,12 @@ class Cgroups:
         for directory in self._dirs(sandbox_id):
             try:
                 if self.mode == "v2":
-                    charged = int(_read(directory / "memory.current"))
-                    stat = stat_fields(_read(directory / "memory.stat"))
+                    charged = int(read_kernel_file(directory / "memory.current"))
+                    stat = stat_fields(read_kernel_file(directory / "memory.stat"))
                     cache = stat.get("file", 0)
                 elif directory.parent.parent.name == "memory":
-                    charged = int(_read(directory / "memory.usage_in_bytes"))
-                    stat = stat_fields(_read(directory / "memory.stat"))
+                    charged = int(read_kernel_file(directory / "memory.usage_in_bytes"))
+                    stat = stat_fields(read_kernel_file(directory / "memory.stat"))
                     cache = stat.get("total_cache", stat.get("cache", 0))
                 else:
                     continue
@@ -126,7 +128,9 @@ class Cgroups:
             if "cpuacct" not in self.v1_controllers:
                 return None
             try:
-                usage = _read(CGROUP_ROOT / "cpuacct" / self.group / sandbox_id / "cpuacct.usage")
+                usage = read_kernel_file(
+                    CGROUP_ROOT / "cpuacct" / self.group / sandbox_id / "cpuacct.usage"
+                )
                 return int(usage) / 1e9
             except (OSError, ValueError):
                 return None
@@ -134,29 +138,9 @@ class Cgroups:
             return None
         for directory in self._dirs(sandbox_id):
             try:
-                stat = stat_fields(_read(directory / "cpu.stat"))
+                stat = stat_fields(read_kernel_file(directory / "cpu.stat"))
             except (OSError, ValueError):
                 return None
             if "usage_usec" in stat:
                 return stat["usage_usec"] / 1e6
         return None
-
-
-def _read(path: Path) -> str:
-    # os.read, not Path.read_text: the meter reads these for every sandbox every few
-    # seconds, and text mode's machinery costs twice the read itself.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 1 << 16).decode("ascii", "replace")
-    finally:
-        os.close(fd)
-
-
-def stat_fields(text: str) -> dict[str, int]:
-    """A cgroup `*.stat` file's `key value` lines (ValueError for a malformed value)."""
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value:
-            fields[key] = int(value)
-    return fields

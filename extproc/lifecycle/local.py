@@ -30,12 +30,12 @@ from extproc.core import timeouts
 from extproc.core.errors import (
     Conflict,
     DomainError,
-    InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )  # fmt: skip
-from extproc.core.ids import new_sandbox_id, not_found
+from extproc.core.ids import new_sandbox_id
+from extproc.core.request_context import outside_requests
 from extproc.core.tokens import access_token, load_or_create_seed
 from extproc.lifecycle import (
     adopting,
@@ -48,11 +48,13 @@ from extproc.lifecycle import (
     snapshots,
     spawning,
     template_start,
+    tenancy,
     uploads,
 )  # fmt: skip
 from extproc.lifecycle.addresses import Addresses
-from extproc.lifecycle.admission import IDEMPOTENCY_WINDOW_S, Admission, Idempotency
+from extproc.lifecycle.admission import Admission
 from extproc.lifecycle.build_steps import BuildSpec
+from extproc.lifecycle.idempotency import IDEMPOTENCY_WINDOW_S, RecordedKey
 from extproc.lifecycle.isolation import Isolation
 from extproc.lifecycle.measuring import Meter
 from extproc.lifecycle.pooling import Pool
@@ -91,7 +93,6 @@ def _pool_key(template: Template) -> str:
     """The pool a Create of `template` takes from: a built template's is its build's."""
     return f"{template.template_id}@{template.build_id}" if template.build_id else (
         template.template_id)  # fmt: skip
-
 
 
 @dataclass
@@ -134,8 +135,6 @@ class LocalBackend:
         # With isolation a sandbox's servers are reachable from the hub namespace only.
         connect = self.isolation.hub_sockets.open_connection if self.isolation else None
         self.probe = Probe(connect or asyncio.open_connection)
-        self.idempotency = Idempotency()
-        self._pruned_at = 0.0
         self.admission = Admission(settings.max_sandboxes, clock)
         self.volumes = LocalVolumes(
             self.dir, settings.volume_mb, settings.max_volumes, clock,
@@ -178,17 +177,23 @@ class LocalBackend:
         for database in self.dir.glob("lifecycle.sqlite3*"):
             database.chmod(0o600)
         await self.volumes.start(self.seed)
-        await adopting.recover(self)
+        await adopting.recover(adopting.Recovery(
+            store=self.store, sandboxes_dir=self.sandboxes_dir,
+            marker=spawning.marker(self.settings, ""), clock=self.clock,
+            token_of=functools.partial(access_token, self.seed),
+            is_healthy=functools.partial(self.probe.is_healthy, limit_s=5.0),
+            files_kept=lambda s: relaunching.files_kept(
+                s, self.sandboxes_dir / s.sandbox_id, self.isolation),
+            adopt=self._adopt, free=self.free, remove_strays=self._remove_strays,
+        ))  # fmt: skip
         await self.collect_layers()
         await self._upload_server.start()
         for sandbox_id, mounts in (await self.volumes.adopted(list(self.live))).items():
             entry = self.live[sandbox_id]
             entry.row = replace(entry.row, sandbox=replace(entry.sandbox, volume_mounts=mounts))
-        now = self.clock()
-        self._pruned_at = now
-        self.idempotency.load(await self.store.load_idempotency_keys(now - IDEMPOTENCY_WINDOW_S))
         tasks = [asyncio.create_task(self.reaper.run(), name="lifecycle-reaper"),
-                 asyncio.create_task(self.meter.run(), name="lifecycle-metrics")]  # fmt: skip
+                 asyncio.create_task(self.meter.run(), name="lifecycle-metrics"),
+                 asyncio.create_task(self._prune_ended(), name="lifecycle-prune")]  # fmt: skip
         sizes = {"base": self.settings.pool_size,
                  INTERPRETER_TEMPLATE: self.settings.interpreter_pool_size}  # fmt: skip
         for template_id, size in sizes.items():
@@ -219,7 +224,10 @@ class LocalBackend:
         for key in wanted - set(self.pools):
             pool = self._make_pool(key, size)
             self.pools[key] = pool
-            self._pool_tasks[key] = asyncio.create_task(pool.run(), name=f"lifecycle-pool-{key}")
+            # a build's or a Create's request may add the pool; the pool outlives it
+            self._pool_tasks[key] = asyncio.create_task(
+                pool.run(), name=f"lifecycle-pool-{key}", context=outside_requests()
+            )
 
     def _pool_can_run(self, template_id: str) -> bool:
         try:
@@ -311,11 +319,24 @@ class LocalBackend:
         return directory / "root" / "home" / "user" if self.isolation else directory / "home"
 
     def find(self, sandbox_id: str, tenant: str) -> Live:
-        entry = self.live.get(sandbox_id)
-        # Another tenant's sandbox is indistinguishable from a missing one: no enumeration.
-        if entry is None or (tenant and entry.sandbox.tenant != tenant):
-            raise not_found(sandbox_id)
-        return entry
+        return tenancy.find(self.live, sandbox_id, tenant, lambda e: e.sandbox.tenant)
+
+    def _adopt(self, row: Row, process: Watched) -> None:
+        """Serve again a sandbox the last lifecycle process left running (`adopting`)."""
+        entry = Live(row, process)
+        sandbox = entry.sandbox
+        self.live[sandbox.sandbox_id] = entry
+        if self.isolation is not None:
+            self.isolation.networks.take(sandbox.endpoint_host)
+        else:
+            self.addresses.take(sandbox.endpoint_host)
+        self.watch_exit(entry)
+        if sandbox.state is State.RUNNING:
+            self.reaper.schedule(sandbox.sandbox_id, sandbox.end_at)
+
+    async def _remove_strays(self, adopted: set[str]) -> None:
+        if self.isolation is not None:
+            await asyncio.to_thread(self.isolation.remove_strays, adopted)
 
     def watch_exit(self, entry: Live) -> None:
         """End the sandbox if its current processes die on their own."""
@@ -454,7 +475,10 @@ class LocalBackend:
         zygote = self.isolation.zygote if self.isolation else None
         process = await spawning.spawn(self.settings, launch, zygote)
         try:
-            await spawning.wait_ready(self.probe, process, launch, self.settings.ready_timeout_s)
+            await self.probe.wait_ready(
+                process, launch.host, self.settings.ready_timeout_s,
+                launch.access_token if launch.interpreter else None,
+            )  # fmt: skip
         except BaseException:
             # Also on cancellation (service stopping): wait for the exit, so that our child
             # is reaped rather than left running or a zombie.
@@ -498,29 +522,12 @@ class LocalBackend:
             return None
         return entry
 
-    async def create(self, spec: CreateSpec) -> Sandbox:
-        if not spec.tenant:
-            raise InvalidArgument("tenant is required")
-        if not spec.idempotency_key:
-            return await self._create(spec)
-        key = (spec.tenant, spec.idempotency_key)
-        known = await self._idempotent_sandbox(key)
-        if known is not None:
-            return known
-        return await self.idempotency.once(key, lambda: self._create(spec))
+    async def recorded_keys(self, since: float) -> list[RecordedKey]:
+        return await self.store.load_idempotency_keys(since)
 
-    async def _idempotent_sandbox(self, key: tuple[str, str]) -> Sandbox | None:
-        """The sandbox a key made within the window: live, or as it ended (E2B answers a
-        retry with the same sandbox even once it is gone)."""
-        now = self.clock()
-        cutoff = now - IDEMPOTENCY_WINDOW_S
-        self.idempotency.prune(cutoff)
-        if now - self._pruned_at >= _PRUNE_EVERY_S:
-            self._pruned_at = now
-            await self.store.prune(cutoff)
-        sandbox_id = self.idempotency.sandbox_id(key, cutoff)
-        if sandbox_id is None:
-            return None
+    async def keyed_sandbox(self, sandbox_id: str) -> Sandbox | None:
+        """Live, or as it ended (E2B answers a retry with the same sandbox even once it is
+        gone): its row stays in SQLite for the idempotency window (`_prune_ended`)."""
         current = self.live.get(sandbox_id)
         if current is not None:
             return current.sandbox
@@ -529,7 +536,13 @@ class LocalBackend:
             return None
         return replace(row.sandbox, envd_access_token=access_token(self.seed, sandbox_id))
 
-    async def _create(self, spec: CreateSpec) -> Sandbox:
+    async def _prune_ended(self) -> None:
+        """Drop the rows of sandboxes that ended before the idempotency window, hourly."""
+        while True:
+            await asyncio.sleep(_PRUNE_EVERY_S)
+            await self.store.prune(self.clock() - IDEMPOTENCY_WINDOW_S)
+
+    async def create(self, spec: CreateSpec) -> Sandbox:
         metadata = check_metadata(spec.metadata)
         env = check_env_vars(spec.env_vars)
         template, alias = self._catalog().resolve(spec.template, spec.tenant)
@@ -673,10 +686,6 @@ class LocalBackend:
 
     # -- timeouts, pause and resume -------------------------------------------------------
 
-    def _require_tenant(self, tenant: str) -> None:
-        if not tenant:
-            raise InvalidArgument("tenant is required")
-
     @staticmethod
     def _require_unpaused(entry: Live) -> Sandbox:
         s = entry.sandbox
@@ -685,7 +694,6 @@ class LocalBackend:
         return s
 
     async def set_timeout(self, sandbox_id: str, tenant: str, timeout_s: int) -> Sandbox:
-        self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
             s = self._require_unpaused(entry)
@@ -695,7 +703,6 @@ class LocalBackend:
             return await self._commit(entry, replace(s, end_at=end_at), EventType.UPDATED)
 
     async def refresh(self, sandbox_id: str, tenant: str, duration_s: int | None) -> Sandbox:
-        self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
             self._require_unpaused(entry)
@@ -744,7 +751,6 @@ class LocalBackend:
     async def pause(
         self, sandbox_id: str, tenant: str, mode: PauseMode = PauseMode.FULL
     ) -> Sandbox:
-        self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
             return await self._pause_locked(entry, mode)
@@ -776,7 +782,10 @@ class LocalBackend:
             # servers start without the template's start settings.
             template = Template(sandbox.template_id)
         async with self._start_slots:
-            launch = await relaunching.launch_of(self, sandbox, template)
+            launch = await relaunching.launch_of(
+                sandbox, template, self.sandboxes_dir / sandbox.sandbox_id, self.isolation,
+                self.settings.max_processes,
+            )  # fmt: skip
             try:
                 process = await self._start(launch)
             finally:
@@ -794,7 +803,6 @@ class LocalBackend:
     async def connect(
         self, sandbox_id: str, tenant: str, timeout_s: int | None
     ) -> tuple[Sandbox, bool]:
-        self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
             if entry.sandbox.state is State.PAUSED:
@@ -802,7 +810,6 @@ class LocalBackend:
             return await self._extend(entry, timeout_s), False
 
     async def resume(self, sandbox_id: str, tenant: str, timeout_s: int | None) -> Sandbox:
-        self._require_tenant(tenant)
         entry = self.find(sandbox_id, tenant)
         async with entry.lock:
             if entry.sandbox.state is not State.PAUSED:
@@ -818,17 +825,14 @@ class LocalBackend:
         return self._catalog().describe(template, tenant)
 
     async def create_template(self, tenant: str, template: Template) -> Template:
-        self._require_tenant(tenant)
         return self._catalog().create(tenant, template)
 
     async def update_template(self, tenant: str, template_id: str, public: bool) -> Template:
-        self._require_tenant(tenant)
         return self._catalog().update(tenant, template_id, public)
 
     async def delete_template(self, tenant: str, template_id: str) -> None:
         """Deleting is allowed while sandboxes or child templates use the template: its
         layers stay until the last user is gone (layers.py)."""
-        self._require_tenant(tenant)
         removed = self._catalog().delete(tenant, template_id)
         self.builder.logs.remove(list(building.builds_of([removed])))
         await self.refresh_template_pools()
@@ -853,11 +857,9 @@ class LocalBackend:
     async def request_build(
         self, tenant: str, name: str, tags: list[str], cpu_count: int, memory_mb: int
     ) -> tuple[Template, Build]:
-        self._require_tenant(tenant)
         return self.builder.request(tenant, name, tags, cpu_count, memory_mb)
 
     async def file_upload(self, tenant: str, template_id: str, files_hash: str) -> tuple[bool, str]:
-        self._require_tenant(tenant)
         self._catalog().owned(tenant, template_id)
         present = self.uploads.present(tenant, files_hash)
         return present, self.uploads.link(tenant, files_hash, self.clock())
@@ -865,36 +867,29 @@ class LocalBackend:
     async def start_build(
         self, tenant: str, template_id: str, build_id: str, spec: BuildSpec
     ) -> None:
-        self._require_tenant(tenant)
         self.builder.start(tenant, template_id, build_id, spec)
 
     async def build_status(
         self, tenant: str, template_id: str, build_id: str, offset: int, limit: int, level: str
     ) -> tuple[Build, list[building.LogEntry]]:
-        self._require_tenant(tenant)
         return self.builder.status(tenant, template_id, build_id, offset, limit, level)
 
     async def assign_tags(self, tenant: str, target: str, tags: list[str]) -> Build:
-        self._require_tenant(tenant)
         return self._catalog().assign_tags(tenant, target, tags)
 
     async def remove_tags(self, tenant: str, name: str, tags: list[str]) -> None:
-        self._require_tenant(tenant)
         self._catalog().remove_tags(tenant, name, tags)
         await self.collect_layers()
 
     async def create_snapshot(self, tenant: str, sandbox_id: str, name: str) -> Template:
-        self._require_tenant(tenant)
         return await snapshots.create(self, self.find(sandbox_id, tenant), tenant, name)
 
     async def list_snapshots(self, tenant: str, sandbox_id: str, name: str) -> list[Template]:
-        self._require_tenant(tenant)
         return snapshots.listed(self._catalog(), tenant, sandbox_id, name)
 
     async def fork(
         self, tenant: str, sandbox_id: str, count: int, timeout_s: int
     ) -> list[Sandbox | DomainError]:
-        self._require_tenant(tenant)
         return await snapshots.fork(self, self.find(sandbox_id, tenant), tenant, count, timeout_s)
 
     # -- volumes --------------------------------------------------------------------------
@@ -937,17 +932,13 @@ class LocalBackend:
             )
 
     async def create_volume(self, tenant: str, name: str) -> Volume:
-        self._require_tenant(tenant)
         return await self.volumes.create(tenant, name)
 
     async def list_volumes(self, tenant: str) -> list[Volume]:
-        self._require_tenant(tenant)
         return self.volumes.owned(tenant)
 
     async def get_volume(self, tenant: str, volume_id: str) -> Volume:
-        self._require_tenant(tenant)
         return self.volumes.get(tenant, volume_id)
 
     async def delete_volume(self, tenant: str, volume_id: str) -> None:
-        self._require_tenant(tenant)
         await self.volumes.delete(tenant, volume_id)

@@ -19,6 +19,14 @@ pool where a v1alpha1 claim names its template. Choices beyond them:
   checks only the envd access token (docs/kubernetes.md says what that means).
 - `sessionTimeout` is the default timeout, `maxSessionDuration` caps the life of a sandbox.
 - cpu_count and memory_mb come from the container's limits, else requests, else 2 / 512.
+- Injected picod: a CodeInterpreter annotated `e2b.agentcube.io/picod-bundle-image` (the
+  ones `from_image` builds make, kube_templates.py) runs an image that need not have picod
+  or even Python. Its Sandbox gets an init container of that image (the gateway image, which
+  carries picod's bundle, extproc/picod_bundle.py) copying the bundle into an `emptyDir`,
+  and the container's command is picod run from there; the image's own entrypoint does not
+  run. Such a template has no warm pool (`warm_pool_size` 0): AgentCube's pool pods come from
+  the CodeInterpreter alone, which has no field for an init container, so they would have
+  no picod.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from extproc.k8s.discovery import AgentSandboxKinds
 from extproc.lifecycle.sandboxes import OnTimeout, Sandbox, State
 from extproc.lifecycle.templates import ENVD_VERSION, Template
 from extproc.lifecycle.volume_manifests import volume_mounts_of
+from extproc.picod_bundle import launcher
 
 Obj = dict[str, Any]
 
@@ -61,6 +70,11 @@ PORTS = PREFIX + "ports"
 # delete on Kill; on any Sandbox, whether it came from a claim.
 CLAIM = PREFIX + "claim"
 POD_NAME = "agents.x-k8s.io/pod-name"  # agent-sandbox's, on every Sandbox it runs
+# On a CodeInterpreter: the image whose BUNDLE_SOURCE holds picod's bundle, to inject it.
+PICOD_BUNDLE_IMAGE = PREFIX + "picod-bundle-image"
+BUNDLE_SOURCE = "/opt/agentcube-e2b/picod"  # in the gateway image (k8s/gateway-image)
+BUNDLE_MOUNT = "/agentcube-e2b"  # the emptyDir, in both containers
+BUNDLE_VOLUME = "agentcube-e2b-picod"
 
 ENVD_PORT = 49983
 INTERPRETER_PORT = 49999
@@ -95,7 +109,7 @@ def parse_time(text: Any) -> float | None:
         return None
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")  # Go takes ASCII digits only
 _DURATION_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
@@ -112,7 +126,7 @@ def go_duration_s(text: Any, default: int) -> int:
 
 # -- CodeInterpreter -> Template ---------------------------------------------------------------
 
-_QUANTITY = re.compile(r"([0-9.]+)([a-zA-Z]*)")
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zA-Z]*)")
 _BYTES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}  # fmt: skip
 
@@ -174,9 +188,16 @@ def template_of(ci: Obj) -> Template:
     )  # fmt: skip
 
 
+def bundle_image(ci: Obj) -> str:
+    """The image to inject picod from, or '' when the template's image brings its own."""
+    notes = (ci.get("metadata") or {}).get("annotations") or {}
+    return str(notes.get(PICOD_BUNDLE_IMAGE) or "")
+
+
 def warm_pool_size(ci: Obj) -> int:
+    """0 for an injected template whatever it says: its pool's pods would have no picod."""
     size = (ci.get("spec") or {}).get("warmPoolSize")
-    return size if isinstance(size, int) and size > 0 else 0
+    return size if isinstance(size, int) and size > 0 and not bundle_image(ci) else 0
 
 
 def jwt_auth(ci: Obj) -> bool:
@@ -302,7 +323,7 @@ def sandbox_object(
         _from_secret(PICOD_ENV_JSON_ENV, name, SECRET_ENV_KEY),
     ]
     ports = [{"name": "envd", "containerPort": ENVD_PORT, "protocol": "TCP"}]
-    if INTERPRETER_PORT in ci_ports(ci):
+    if INTERPRETER_PORT in ci_ports(ci) and not bundle_image(ci):  # the bundle has none
         ports.append({"name": "jupyter", "containerPort": INTERPRETER_PORT, "protocol": "TCP"})
     else:
         env.append({"name": INTERPRETER_SWITCH_ENV, "value": "off"})
@@ -311,6 +332,8 @@ def sandbox_object(
         if tpl.get(key):
             container[key] = tpl[key]
     pod_spec: Obj = {"containers": [container]}
+    if bundle_image(ci):
+        _inject_picod(pod_spec, bundle_image(ci))
     if tpl.get("imagePullSecrets"):
         pod_spec["imagePullSecrets"] = tpl["imagePullSecrets"]
     if tpl.get("runtimeClassName"):
@@ -336,6 +359,21 @@ def sandbox_object(
         },
         "spec": sandbox_spec,
     }
+
+
+def _inject_picod(pod_spec: Obj, image: str) -> None:
+    """Run picod from its bundle, copied into an emptyDir by an init container of `image`."""
+    mount = {"name": BUNDLE_VOLUME, "mountPath": BUNDLE_MOUNT}
+    pod_spec["volumes"] = [{"name": BUNDLE_VOLUME, "emptyDir": {}}]
+    # cp -R, not -a: the gateway image runs as a non-root user, which cannot keep owners.
+    pod_spec["initContainers"] = [{
+        "name": "picod-bundle", "image": image,
+        "command": ["cp", "-R", f"{BUNDLE_SOURCE}/.", BUNDLE_MOUNT], "volumeMounts": [mount],
+    }]  # fmt: skip
+    container = pod_spec["containers"][0]
+    container["command"] = [*launcher(BUNDLE_MOUNT), "picod"]
+    container.pop("args", None)
+    container["volumeMounts"] = [{**mount, "readOnly": True}]
 
 
 def expiry(end_at: float | None) -> Obj:

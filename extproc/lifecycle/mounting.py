@@ -28,7 +28,7 @@ what it did without that flag.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import os
 import stat
 import subprocess
@@ -36,7 +36,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from extproc.core import namespaces
 from extproc.core.errors import Conflict, Unavailable
+
+# volume_mounting's own system calls share namespaces' libc handle and errno check.
+from extproc.core.namespaces import _check as _check
+from extproc.core.namespaces import _libc as _libc
 from extproc.lifecycle import writable_layer
 
 # ids 0..65535 of each sandbox map to host ids (8 + index) * 65536 onwards: the block
@@ -44,37 +49,6 @@ from extproc.lifecycle import writable_layer
 ID_BLOCK = 65536
 _FIRST_BLOCK = 8
 MAX_INDEX = 1879048191 // ID_BLOCK - _FIRST_BLOCK - 1
-
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-_OPEN_TREE_CLONE = 1
-_OPEN_TREE_CLOEXEC = 0o2000000
-_MOUNT_ATTR_RDONLY = 0x1
-_MOUNT_ATTR_NODEV = 0x4
-_MOUNT_ATTR_IDMAP = 0x100000
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MS_NODEV = 0x4
-_MNT_DETACH = 0x2
-_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-def _check(result: int, what: str) -> int:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return result
 
 
 def uid_base(index: int) -> int:
@@ -108,18 +82,11 @@ def new_user_namespace(base: int) -> int:
 def open_idmapped_tree(source: Path, userns_fd: int, attributes: int) -> int:
     """A detached copy of the mount at `source`, its ids seen through `userns_fd`'s mapping
     and `attributes` (MOUNT_ATTR_*) set; an fd for move_mount, which the caller closes."""
-    tree = _check(
-        _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, str(source).encode(),
-                      _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE),
-        f"open_tree({source})",
-    )  # fmt: skip
+    tree = namespaces.clone_mount(str(source), recursive=True)
     try:
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP | attributes, 0, 0, userns_fd)
-        _check(
-            _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
-                          ctypes.sizeof(attr)),
-            f"mount_setattr(idmap {source})",
-        )  # fmt: skip
+        namespaces.set_mount_attributes(
+            tree, namespaces.MOUNT_ATTR_IDMAP | attributes, userns_fd, recursive=False
+        )
     except BaseException:
         os.close(tree)
         raise
@@ -128,30 +95,30 @@ def open_idmapped_tree(source: Path, userns_fd: int, attributes: int) -> int:
 
 def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
     """Bind `source` read-only at `target`, its ids seen through `userns_fd`'s mapping."""
-    tree = open_idmapped_tree(source, userns_fd, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NODEV)
+    attributes = namespaces.MOUNT_ATTR_RDONLY | namespaces.MOUNT_ATTR_NODEV
+    tree = open_idmapped_tree(source, userns_fd, attributes)
     try:
-        _check(
-            _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, str(target).encode(),
-                          _MOVE_MOUNT_F_EMPTY_PATH),
-            f"move_mount({target})",
-        )  # fmt: skip
+        namespaces.attach(tree, str(target))
     finally:
         os.close(tree)
 
 
-def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
-    _check(
-        _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags,
-                    data.encode()),
-        f"mount {fstype} at {target}",
-    )  # fmt: skip
-
-
 def _unmount(target: Path) -> None:
-    if _libc.umount2(str(target).encode(), _MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
-            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+    try:
+        namespaces.unmount(str(target))
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOENT):  # not a mount point; gone
+            raise
+
+
+class _Below:
+    """The path `name` below a sandbox root's `dir`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, paths: SandboxRoot, owner: type) -> Path:
+        return paths.dir / self._name
 
 
 @dataclass(frozen=True)
@@ -161,30 +128,13 @@ class SandboxRoot:
     dir: Path
     uid_base: int
 
-    @property
-    def image(self) -> Path:
-        return self.dir / "layer.img"
-
-    @property
-    def layer(self) -> Path:
-        return self.dir / "layer"
-
-    @property
-    def lower(self) -> Path:
-        return self.dir / "lower"
-
-    @property
-    def layers(self) -> Path:
-        """Where the template's or snapshot's layers are bound, `layers/0` the top one."""
-        return self.dir / "layers"
-
-    @property
-    def root(self) -> Path:
-        return self.dir / "root"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "picod.log"
+    image = _Below("layer.img")
+    layer = _Below("layer")
+    lower = _Below("lower")
+    # Where the template's or snapshot's layers are bound, `layers/0` the top one.
+    layers = _Below("layers")
+    root = _Below("root")
+    log = _Below("picod.log")
 
 
 # Mount points the sandbox's init binds the runtime onto (see `spawning`).
@@ -251,7 +201,7 @@ def mount_root(paths: SandboxRoot, base: Path, userns_fd: int, layer_mb: int,
     )
     if len(options) > _MAX_OPTIONS:
         raise Conflict(f"too many filesystem layers ({len(layers)}) for one sandbox")
-    _mount("overlay", paths.root, "overlay", _MS_NODEV, options)
+    namespaces.mount("overlay", str(paths.root), "overlay", namespaces.MS_NODEV, options)
     refused = check_root(paths.root) if layers else ""
     if refused:
         raise Conflict(f"this template's files cannot be a sandbox's root: {refused}")

@@ -6,7 +6,10 @@ sandbox has one, the envd access token as well:
 - `health`: picod answers, the last step of a Create or Resume;
 - `bind`: envd's `POST /init`, which gives a warm-pool pod (started before its sandbox
   existed) its sandbox id (the JWT's session_id), access token and envVars;
-- `metrics`: picod's GET /metrics, the series of samples it keeps of itself.
+- `metrics`: picod's GET /metrics, the series of samples it keeps of itself;
+- `poster`: the calls that apply a built template's user, workdir, start and ready commands
+  (template_start.py), the user named in picod's user header (believed on a verified JWT
+  only), since `Authorization` carries the JWT.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from cryptography.hazmat.primitives import serialization
 
 from extproc.core.errors import Unavailable
 from extproc.core.request_context import REQUEST_ID_HEADER, current_request_id
+from extproc.lifecycle.template_start import CALL_S, PicodPost
+from extproc.picod.settings import USER_HEADER
 
 ISSUER = "agentcube-router"  # AgentCube's router's; its picods accept nothing else in kind
 LIFETIME_S = 60
@@ -89,6 +94,25 @@ class PicodClient:
             raise Unavailable(
                 f"sandbox {sandbox_id}: picod refused the binding (HTTP {response.status_code})"
             )
+
+    def poster(self, host: str, sandbox_id: str, token: str) -> PicodPost:
+        """POSTs to the picod at `host` of `sandbox_id` (template_start.PicodPost)."""
+
+        async def post(
+            path: str, headers: dict[str, str], body: bytes, user: str
+        ) -> tuple[int, bytes]:
+            sent = {**headers, **self._headers(sandbox_id, token)}
+            if user:
+                sent[USER_HEADER] = user
+            try:
+                response = await self._http.post(
+                    self._url(host, path), content=body, headers=sent, timeout=CALL_S
+                )
+            except httpx.HTTPError as error:
+                raise Unavailable(f"sandbox {sandbox_id}: picod {path} failed: {error}") from None
+            return response.status_code, response.content
+
+        return post
 
     async def metrics(
         self, host: str, sandbox_id: str, token: str, start: int | None = None,

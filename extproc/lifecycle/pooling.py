@@ -21,6 +21,7 @@ import collections
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -36,26 +37,20 @@ REFILL_NICE = 19
 _BACKOFF_S, _BACKOFF_MAX_S = 0.5, 30.0
 
 
+@dataclass(eq=False, repr=False)
 class Pool(Generic[T]):
-    def __init__(
-        self,
-        name: str,
-        size: int,
-        start: Callable[[], Awaitable[T]],
-        is_usable: Callable[[T], bool],
-        room: Callable[[], bool],
-        dispose: Callable[[T], None],
-    ) -> None:
-        self.name = name
-        self.size = size
-        self._start = start
-        self._is_usable = is_usable
-        self._room = room
-        # Called once for each item found dead in the pool: it is no longer the pool's.
-        self._dispose = dispose
-        self._ready: collections.deque[T] = collections.deque()
-        self._starting = 0
-        self._wanted = asyncio.Event()
+    name: str
+    size: int
+    start: Callable[[], Awaitable[T]]
+    is_usable: Callable[[T], bool]
+    room: Callable[[], bool]
+    # Called once for each item found dead in the pool: it is no longer the pool's.
+    dispose: Callable[[T], None]
+    _ready: collections.deque[T] = field(init=False, default_factory=collections.deque)
+    _starting: int = field(init=False, default=0)
+    _wanted: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
         self._wanted.set()
 
     def take(self) -> T | None:
@@ -63,16 +58,16 @@ class Pool(Generic[T]):
         self._wanted.set()
         while self._ready:
             item = self._ready.popleft()
-            if self._is_usable(item):
+            if self.is_usable(item):
                 return item
-            self._dispose(item)
+            self.dispose(item)
         return None
 
     def lost(self, item: T) -> None:
         """`item` died: if it still waits here, drop and dispose of it, and refill."""
         if item in self._ready:
             self._ready.remove(item)
-            self._dispose(item)
+            self.dispose(item)
             self._wanted.set()
 
     def drain(self) -> list[T]:
@@ -88,7 +83,7 @@ class Pool(Generic[T]):
         self._starting += 1
         token = BACKGROUND.set(True)
         try:
-            item = await self._start()
+            item = await self.start()
         except Exception as exc:
             log.warning("pool %s: warm start failed: %s", self.name, exc)
             return False
@@ -103,7 +98,7 @@ class Pool(Generic[T]):
         while True:
             await self._wanted.wait()
             self._wanted.clear()
-            if self.size - len(self._ready) - self._starting <= 0 or not self._room():
+            if self.size - len(self._ready) - self._starting <= 0 or not self.room():
                 continue
             # One start at a time (see the module docstring); then look again.
             if await self._one():

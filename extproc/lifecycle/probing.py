@@ -1,17 +1,26 @@
 """The few small HTTP requests the lifecycle service makes to a sandbox's own servers.
 
-Health during start and re-adoption, the interpreter's warm kernel, and `/init` for a warm
-sandbox. Connections go through `connect`: with namespace isolation a sandbox is reachable
-only from the hub namespace (`networking.HubSockets`); without it, over loopback.
+Health during start (`wait_ready`) and re-adoption, the interpreter's warm kernel, and
+`/init` for a warm sandbox. Connections go through `connect`: with namespace isolation a
+sandbox is reachable only from the hub namespace (`networking.HubSockets`); without it, over
+loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+
+from extproc.core.errors import Unavailable
+from extproc.core.readable import when_readable
+from extproc.lifecycle.pooling import BACKGROUND
+from extproc.lifecycle.processes import Watched
 
 PICOD_PORT = 49983
 INTERPRETER_PORT = 49999
+# How many times the ready deadline a pool refill's low-priority start gets.
+BACKGROUND_PATIENCE = 10
 
 Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -103,3 +112,53 @@ class Probe:
         except (OSError, TimeoutError):
             return False
         return status == 200 and body.lstrip()[:1] == b"[" and body.strip() != b"[]"
+
+    async def wait_ready(
+        self, process: Watched, host: str, deadline_s: float, kernel_token: str | None = None
+    ) -> None:
+        """Return when picod at `host` answers GET /health 204 and, given `kernel_token`
+        (an interpreter sandbox's access token), the interpreter has its warm kernel; raise
+        Unavailable if the sandbox dies or is late.
+
+        A forked picod says when it serves (a byte on `process.ready_fd`); then one /health
+        through the sandbox's network confirms it. Otherwise (no isolation, or the pipe
+        closed without a word) /health is polled with a short backoff (1 ms doubling to
+        20 ms): a refused connect costs ~50 µs. A pool refill's sandbox starts at a low
+        priority, which on a busy machine can take many times longer (an interpreter's
+        kernel most): it gets BACKGROUND_PATIENCE times the deadline, polled less often.
+        """
+        longest_delay = 0.02
+        if BACKGROUND.get():
+            deadline_s *= BACKGROUND_PATIENCE
+            longest_delay = 0.5
+        give_up = time.monotonic() + deadline_s
+        if process.ready_fd is not None:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    await _notified(process)
+            except TimeoutError:
+                pass  # the polling below reports it
+            finally:
+                process.close_ready()
+        delay = 0.001
+        picod_up = False
+        while True:
+            if process.exited.done():
+                raise Unavailable("the sandbox process exited during start; see its picod.log")
+            picod_up = picod_up or await self.is_healthy(host, limit_s=0.5)
+            if picod_up and (
+                kernel_token is None or await self.has_kernel(host, kernel_token, limit_s=0.5)
+            ):
+                return
+            if time.monotonic() > give_up:
+                raise Unavailable(f"the sandbox did not become ready within {deadline_s:g} s")
+            await asyncio.wait([process.exited], timeout=delay)
+            delay = min(delay * 2, longest_delay)
+
+
+async def _notified(process: Watched) -> None:
+    """Until picod's byte (or the pipe's end: picod gone) arrives, or the sandbox exits."""
+    if process.ready_fd is None:
+        return
+    async with when_readable(process.ready_fd) as readable:
+        await asyncio.wait([readable, process.exited], return_when=asyncio.FIRST_COMPLETED)

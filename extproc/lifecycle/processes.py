@@ -17,6 +17,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from extproc.core.kernel_files import read_kernel_file
+
 _PROC = Path("/proc")
 # A sandbox init's command line starts with this, then its marker (picod/sandbox_init.py).
 INIT_TITLE = b"agentcube-e2b-init"
@@ -29,7 +31,7 @@ NO_PROCESS = -1
 def start_ticks(pid: int) -> int | None:
     """Start time of `pid` in clock ticks since boot, or None if it is gone."""
     try:
-        raw = _read(f"/proc/{pid}/stat")
+        raw = read_kernel_file(f"/proc/{pid}/stat")
     except OSError:
         return None
     # Field 2 (comm) may hold spaces and ')'; fields after the last ')' are fixed.
@@ -40,15 +42,6 @@ def start_ticks(pid: int) -> int | None:
 def is_alive(pid: int, ticks: int) -> bool:
     """True if `pid` runs and is the same process that started at `ticks`."""
     return pid > 0 and start_ticks(pid) == ticks
-
-
-def _read(path: str) -> str:
-    # os-level reads: a kill walks these for every process of the sandbox
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 1 << 16).decode("ascii", "replace")
-    finally:
-        os.close(fd)
 
 
 def children(pid: int) -> list[int]:
@@ -62,7 +55,7 @@ def children(pid: int) -> list[int]:
         return found
     for path in paths:
         with contextlib.suppress(OSError):
-            found += [int(c) for c in _read(path).split()]
+            found += [int(c) for c in read_kernel_file(path).split()]
     return found
 
 
@@ -125,7 +118,7 @@ def kill_group(pid: int, ticks: int) -> list[int]:
 
 def _running(pid: int) -> bool:
     try:
-        raw = _read(f"/proc/{pid}/stat")
+        raw = read_kernel_file(f"/proc/{pid}/stat")
     except OSError:
         return False
     return raw[raw.rindex(")") + 2] != "Z"  # a zombie has released everything but its pid

@@ -27,38 +27,37 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extproc.core.errors import Unavailable
 from extproc.lifecycle import mounting, spawning
+from extproc.lifecycle.isolation import Isolation
 from extproc.lifecycle.sandboxes import Sandbox
 from extproc.lifecycle.templates import Template
 
-if TYPE_CHECKING:
-    from extproc.lifecycle.local import LocalBackend
 
-
-def files_kept(backend: LocalBackend, sandbox: Sandbox) -> bool:
-    """True if what a filesystem-paused `sandbox` resumes on is still there."""
-    directory = backend.sandboxes_dir / sandbox.sandbox_id
-    if backend.isolation is None:
+def files_kept(sandbox: Sandbox, directory: Path, isolation: Isolation | None) -> bool:
+    """True if what a filesystem-paused `sandbox` (kept in `directory`) resumes on is still
+    there."""
+    if isolation is None:
         return (directory / "home").is_dir()
-    link = backend.isolation.networks.link_of(sandbox.sandbox_id, sandbox.endpoint_host)
+    link = isolation.networks.link_of(sandbox.sandbox_id, sandbox.endpoint_host)
     root = mounting.SandboxRoot(directory, 0).root
     return link is not None and link.netns_path.exists() and os.path.ismount(root)
 
 
-async def launch_of(backend: LocalBackend, sandbox: Sandbox, template: Template) -> spawning.Launch:
-    """The launch that starts a filesystem-paused `sandbox` again on what it kept; the caller
-    closes its `userns_fd`. Unavailable if its files are gone."""
+async def launch_of(
+    sandbox: Sandbox, template: Template, directory: Path, isolation: Isolation | None,
+    max_processes: int,
+) -> spawning.Launch:  # fmt: skip
+    """The launch that starts a filesystem-paused `sandbox` again on what it kept in
+    `directory`; the caller closes its `userns_fd`. Unavailable if its files are gone."""
     sandbox_id, host = sandbox.sandbox_id, sandbox.endpoint_host
-    if not files_kept(backend, sandbox):
+    if not files_kept(sandbox, directory, isolation):
         raise Unavailable(
             f"sandbox {sandbox_id} cannot resume: the files it was paused with are gone"
         )
-    isolation = backend.isolation
     if isolation is None:
-        paths = mounting.SandboxRoot(backend.sandboxes_dir / sandbox_id, 0)
+        paths = mounting.SandboxRoot(directory, 0)
         return spawning.Launch(sandbox_id, sandbox.envd_access_token, host, paths,
                                sandbox.memory_mb, sandbox.env_vars,
                                interpreter=template.interpreter)  # fmt: skip
@@ -70,9 +69,7 @@ async def launch_of(backend: LocalBackend, sandbox: Sandbox, template: Template)
     def prepare() -> tuple[int, list[Path]]:
         userns_fd = mounting.new_user_namespace(paths.uid_base)
         try:
-            cgroups = isolation.cgroups.prepare(
-                sandbox_id, sandbox.memory_mb, backend.settings.max_processes
-            )
+            cgroups = isolation.cgroups.prepare(sandbox_id, sandbox.memory_mb, max_processes)
             # Set again: the hub's rule may predate a restart of the hub.
             isolation.allow_internet(sandbox_id, host, sandbox.allow_internet_access)
         except BaseException:

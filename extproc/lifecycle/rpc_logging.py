@@ -26,17 +26,9 @@ from extproc.core.request_context import (
     end_request,
     note_request,
 )
+from extproc.lifecycle.interceptors import HEALTH_PREFIX, HandlerInterceptor, metadata_value
 
 log = logging.getLogger(__name__)
-
-_UNLOGGED_PREFIX = "/grpc.health.v1.Health/"
-
-
-def _metadata_value(metadata: Any, key: str) -> str:
-    for name, value in metadata or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return ""
 
 
 def _status(context: Any, error: BaseException | None) -> str:
@@ -92,17 +84,12 @@ def logged(method: str, request_id: str, handler: grpc.RpcMethodHandler) -> grpc
     )
 
 
-class RpcLogging(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio is untyped
+class RpcLogging(HandlerInterceptor):
     """Outermost interceptor, so a call another interceptor refuses is logged too."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def serve(
+        self, method: str, metadata: Any, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_UNLOGGED_PREFIX):
+        if handler.unary_unary is None or method.startswith(HEALTH_PREFIX):
             return handler
-        metadata = handler_call_details.invocation_metadata
-        return logged(method, _metadata_value(metadata, REQUEST_ID_HEADER), handler)
+        return logged(method, metadata_value(metadata, REQUEST_ID_HEADER) or "", handler)

@@ -34,6 +34,7 @@ from extproc.core.identity import TlsIdentity
 from extproc.lifecycle.backend import Backend
 from extproc.lifecycle.build_service import SnapshotServicer, TemplateBuildServicer
 from extproc.lifecycle.caller_auth import CallerAuth
+from extproc.lifecycle.interceptors import HandlerInterceptor
 from extproc.lifecycle.rpc_logging import RpcLogging
 from extproc.lifecycle.service import SandboxServicer, TemplateServicer
 from extproc.lifecycle.settings import LifecycleSettings
@@ -155,19 +156,16 @@ def _guarded(
     return grpc.stream_unary_rpc_method_handler(refuse, **codecs)
 
 
-class PeerCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio is untyped
+class PeerCheck(HandlerInterceptor):
     """Every RPC's verified TLS peer must pass `allowed` (mutual TLS only)."""
 
     def __init__(self, allowed: Callable[[AuthContext], bool]) -> None:
         self._allowed = allowed
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def serve(
+        self, method: str, metadata: Any, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        return None if handler is None else _guarded(handler, self._allowed)
+        return _guarded(handler, self._allowed)
 
 
 def _callers(tls: TlsIdentity | None, caller_token: str | None) -> str:

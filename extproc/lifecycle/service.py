@@ -1,156 +1,51 @@
 """gRPC servicers for SandboxService and TemplateService over a `Backend`.
 
-Handlers only translate: protobuf in, a backend call, protobuf out. Every domain error
-becomes a status through the one table in `status`.
+Handlers only translate: protobuf in, a backend call, protobuf out (`messages`). The RPCs
+that are nothing more are rows (`handling.OneCall`); the others are methods.
 
-The backends read an empty tenant as "every tenant" (the edge's routing directory needs
-that), so the servicers refuse one with INVALID_ARGUMENT unless the call carries
-`x-agentcube-e2b-scope: all-tenants` (`caller_auth`). WatchSandboxes has no tenant: it always
-covers every tenant, so it always needs the scope.
+The tenant rules live in `handling`, for every servicer and both backends (with `tenancy`,
+the lookup that hides another tenant's sandbox, which both backends' indexes are read
+through): an empty tenant means every tenant and needs `x-agentcube-e2b-scope: all-tenants`
+(`unary`); calls that act for one tenant (creating, changing or pausing a sandbox, writing
+templates, builds, snapshots, volumes: `one_tenant`) refuse it whatever the scope.
+WatchSandboxes has no tenant: it always covers every tenant, so it always needs the scope.
+Create's Idempotency-Key is handled here too (`idempotency`), so every backend honours it.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
-
-import grpc
-from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyped]
+from typing import Any
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core import timeouts
-from extproc.core.errors import DomainError, InvalidArgument, ResourceExhausted
+from extproc.core.errors import DomainError, InvalidArgument
 from extproc.lifecycle.backend import Backend
-from extproc.lifecycle.caller_auth import may_see_all_tenants
+from extproc.lifecycle.handling import (
+    Handler,
+    OneCall,
+    abort,
+    one_tenant,
+    optional,
+    require_all_tenants,
+    unary,
+)
+from extproc.lifecycle.idempotency import IdempotentCreates
+from extproc.lifecycle.messages import each, enum_number, metric_pb, sandbox_pb, template_pb
 from extproc.lifecycle.metric_history import check_window
 from extproc.lifecycle.sandboxes import (
     CreateSpec,
     ListQuery,
-    Metric,
     OnTimeout,
     PauseMode,
     Sandbox,
     State,
     VolumeMount,
-)  # fmt: skip
-from extproc.lifecycle.status import to_status
-from extproc.lifecycle.templates import Build, Template
+)
+from extproc.lifecycle.templates import Template
 
-log = logging.getLogger(__name__)
-R = TypeVar("R")
-
-
-def _enum(value: int) -> Any:
-    # Our IntEnums share the proto's numbers; the stubs type enum fields by their proto
-    # enum class, which an int is at run time.
-    return int(value)
-
-
-def _ts(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def sandbox_pb(s: Sandbox) -> pb.Sandbox:
-    return pb.Sandbox(
-        sandbox_id=s.sandbox_id, template_id=s.template_id, alias=s.alias, tenant=s.tenant,
-        metadata=s.metadata, env_vars=s.env_vars, started_at=_ts(s.started_at),
-        end_at=_ts(s.end_at), state=_enum(s.state), cpu_count=s.cpu_count,
-        memory_mb=s.memory_mb, disk_size_mb=s.disk_size_mb, envd_version=s.envd_version,
-        envd_access_token=s.envd_access_token, endpoint_host=s.endpoint_host,
-        on_timeout=_enum(s.on_timeout), auto_resume=s.auto_resume, secure=s.secure,
-        allow_internet_access=s.allow_internet_access, end_reason=s.end_reason,
-        allow_public_traffic=s.allow_public_traffic,
-        traffic_access_token=s.traffic_access_token,
-        pause_mode=_enum(s.pause_mode if s.state is State.PAUSED else 0),
-        volume_mounts=[pb.VolumeMount(name=m.name, path=m.path) for m in s.volume_mounts],
-    )  # fmt: skip
-
-
-# templates.py's build statuses and kinds -> the proto's enums.
-BUILD_STATUS = {"waiting": pb.BUILD_STATUS_WAITING, "building": pb.BUILD_STATUS_BUILDING,
-                "ready": pb.BUILD_STATUS_READY, "error": pb.BUILD_STATUS_ERROR}  # fmt: skip
-_KINDS = {"template": pb.TEMPLATE_KIND_TEMPLATE, "snapshot": pb.TEMPLATE_KIND_SNAPSHOT}
-
-
-def build_pb(b: Build) -> pb.TemplateBuild:
-    return pb.TemplateBuild(
-        build_id=b.build_id, status=BUILD_STATUS[b.status], created_at=_ts(b.created_at),
-        finished_at=_ts(b.finished_at) if b.finished_at else None, tags=list(b.tags),
-        cpu_count=b.cpu_count, memory_mb=b.memory_mb, reason=b.reason,
-        reason_step=b.reason_step,
-    )  # fmt: skip
-
-
-def template_pb(t: Template) -> pb.Template:
-    return pb.Template(
-        template_id=t.template_id, aliases=list(t.aliases), tenant=t.tenant, public=t.public,
-        cpu_count=t.cpu_count, memory_mb=t.memory_mb, disk_size_mb=t.disk_size_mb,
-        envd_version=t.envd_version, created_at=_ts(t.created_at),
-        updated_at=_ts(t.updated_at), ports=list(t.ports), build_id=t.build_id,
-        build_status=BUILD_STATUS[t.build_status], builds=[build_pb(b) for b in t.builds],
-        kind=_KINDS[t.kind], source_sandbox_id=t.source_sandbox_id,
-    )  # fmt: skip
-
-
-def metric_pb(m: Metric) -> pb.SandboxMetric:
-    return pb.SandboxMetric(
-        timestamp=_ts(m.timestamp), cpu_count=m.cpu_count, cpu_used_pct=m.cpu_used_pct,
-        mem_used=m.mem_used, mem_total=m.mem_total, mem_cache=m.mem_cache,
-        disk_used=m.disk_used, disk_total=m.disk_total,
-    )  # fmt: skip
-
-
-def _domain(exc: BaseException) -> BaseException:
-    """A full disk anywhere below the state directory is the operator's to fix, not our bug."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return ResourceExhausted(
-            f"no space left on device ({exc.filename or 'state directory'}); free space and retry"
-        )
-    return exc
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    if (domain := _domain(exc)) is not exc:
-        log.warning("lifecycle RPC failed: %s", exc)
-        exc = domain
-    code, message = to_status(exc)
-    if not isinstance(exc, DomainError):
-        log.exception("unexpected error in a lifecycle RPC", exc_info=exc)
-    await context.abort(code, message)
-
-
-def _unary(
-    handler: Callable[[Any, Any, Any], Awaitable[R]],
-) -> Callable[[Any, Any, Any], Awaitable[R]]:
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: Any) -> R:
-        try:
-            if not request.tenant:
-                _require_all_tenants(context)
-            return await handler(self, request, context)
-        except (DomainError, Exception) as exc:
-            await _abort(context, exc)
-            raise  # abort raises; this line is for type checkers
-
-    return wrapper
-
-
-def _require_all_tenants(context: Any) -> None:
-    if not may_see_all_tenants(context):
-        raise InvalidArgument(
-            "tenant is required: only a caller that sends x-agentcube-e2b-scope: all-tenants "
-            "may leave it empty to cover every tenant"
-        )
-
-
-def _optional(request: Any, name: str) -> int | None:
-    return int(getattr(request, name)) if request.HasField(name) else None
+_rpc = OneCall[Backend]()
 
 
 def _on_timeout(value: int) -> OnTimeout:
@@ -197,15 +92,36 @@ def _states(values: Any) -> frozenset[State]:
         raise InvalidArgument(f"unknown sandbox state in {list(values)}") from exc
 
 
+def _template_of(t: pb.Template) -> Template:
+    """A template as CreateTemplate asks for it; an unset CPU count or memory is 2 or 512 MiB."""
+    return Template(
+        template_id=t.template_id, aliases=tuple(t.aliases), public=t.public,
+        cpu_count=t.cpu_count or 2, memory_mb=t.memory_mb or 512,
+        disk_size_mb=t.disk_size_mb, ports=tuple(t.ports),
+    )  # fmt: skip
+
+
+def _changing(
+    method: Callable[[Backend], Callable[[str, str, Any], Awaitable[Sandbox]]],
+    argument: Callable[[Any], Any],
+    response: Callable[..., Any],
+) -> Handler[Any]:
+    """The handler of an RPC that changes one sandbox of one tenant: `method` of the backend
+    with the request's id, tenant and `argument`, answered as `response(sandbox=...)`."""
+    return _rpc.answer(one_tenant, lambda b, r: method(b)(r.sandbox_id, r.tenant, argument(r)),
+        response, sandbox=sandbox_pb)  # fmt: skip
+
+
 class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
     def __init__(self, backend: Backend, max_timeout_s: int) -> None:
         self._backend = backend
+        self._creates = IdempotentCreates(backend)
         self._max_timeout_s = max_timeout_s
 
-    @_unary
+    @one_tenant
     async def CreateSandbox(self, request: Any, context: Any) -> pb.CreateSandboxResponse:
         timeout_s = timeouts.create_timeout(
-            _optional(request, "timeout_seconds"), self._max_timeout_s
+            optional(request, "timeout_seconds"), self._max_timeout_s
         )
         spec = CreateSpec(
             tenant=request.tenant, template=request.template_id or "base", timeout_s=timeout_s,
@@ -220,14 +136,9 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
             creates_per_minute=request.quota.creates_per_minute,
             volume_mounts=tuple(VolumeMount(m.name, m.path) for m in request.volume_mounts),
         )  # fmt: skip
-        return pb.CreateSandboxResponse(sandbox=sandbox_pb(await self._backend.create(spec)))
+        return pb.CreateSandboxResponse(sandbox=sandbox_pb(await self._creates.create(spec)))
 
-    @_unary
-    async def GetSandbox(self, request: Any, context: Any) -> pb.GetSandboxResponse:
-        sandbox = await self._backend.get(request.sandbox_id, request.tenant)
-        return pb.GetSandboxResponse(sandbox=sandbox_pb(sandbox))
-
-    @_unary
+    @unary
     async def ListSandboxes(self, request: Any, context: Any) -> pb.ListSandboxesResponse:
         after, before = (
             getattr(request, name).ToNanoseconds() / 1e9 if request.HasField(name) else None
@@ -248,47 +159,30 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
             next_page_token=page.next_page_token, total_running=page.total_running,
         )
 
-    @_unary
-    async def KillSandbox(self, request: Any, context: Any) -> pb.KillSandboxResponse:
-        await self._backend.kill(request.sandbox_id, request.tenant)
-        return pb.KillSandboxResponse()
+    # The RPCs that are one backend call and its answer, one row each (`OneCall`).
+    GetSandbox = _rpc.answer(unary, lambda b, r: b.get(r.sandbox_id, r.tenant),
+        pb.GetSandboxResponse, sandbox=sandbox_pb)  # fmt: skip
+    KillSandbox = _rpc.answer(unary, lambda b, r: b.kill(r.sandbox_id, r.tenant),
+        pb.KillSandboxResponse)  # fmt: skip
+    # The RPCs that change one sandbox and answer it: (the backend's method, what it is
+    # given besides the id and the tenant, the reply), one row each.
+    SetSandboxTimeout = _changing(lambda b: b.set_timeout, lambda r: r.timeout_seconds,
+                                  pb.SetSandboxTimeoutResponse)  # fmt: skip
+    RefreshSandbox = _changing(lambda b: b.refresh, lambda r: optional(r, "duration_seconds"),
+                               pb.RefreshSandboxResponse)  # fmt: skip
+    PauseSandbox = _changing(lambda b: b.pause, lambda r: _pause_mode(r, "memory"),
+                             pb.PauseSandboxResponse)  # fmt: skip
+    ResumeSandbox = _changing(lambda b: b.resume, lambda r: optional(r, "timeout_seconds"),
+                              pb.ResumeSandboxResponse)  # fmt: skip
 
-    @_unary
-    async def SetSandboxTimeout(self, request: Any, context: Any) -> pb.SetSandboxTimeoutResponse:
-        sandbox = await self._backend.set_timeout(
-            request.sandbox_id, request.tenant, request.timeout_seconds
-        )
-        return pb.SetSandboxTimeoutResponse(sandbox=sandbox_pb(sandbox))
-
-    @_unary
-    async def RefreshSandbox(self, request: Any, context: Any) -> pb.RefreshSandboxResponse:
-        sandbox = await self._backend.refresh(
-            request.sandbox_id, request.tenant, _optional(request, "duration_seconds")
-        )
-        return pb.RefreshSandboxResponse(sandbox=sandbox_pb(sandbox))
-
-    @_unary
+    @one_tenant
     async def ConnectSandbox(self, request: Any, context: Any) -> pb.ConnectSandboxResponse:
         sandbox, resumed = await self._backend.connect(
-            request.sandbox_id, request.tenant, _optional(request, "timeout_seconds")
+            request.sandbox_id, request.tenant, optional(request, "timeout_seconds")
         )
         return pb.ConnectSandboxResponse(sandbox=sandbox_pb(sandbox), resumed=resumed)
 
-    @_unary
-    async def PauseSandbox(self, request: Any, context: Any) -> pb.PauseSandboxResponse:
-        sandbox = await self._backend.pause(
-            request.sandbox_id, request.tenant, _pause_mode(request, "memory")
-        )
-        return pb.PauseSandboxResponse(sandbox=sandbox_pb(sandbox))
-
-    @_unary
-    async def ResumeSandbox(self, request: Any, context: Any) -> pb.ResumeSandboxResponse:
-        sandbox = await self._backend.resume(
-            request.sandbox_id, request.tenant, _optional(request, "timeout_seconds")
-        )
-        return pb.ResumeSandboxResponse(sandbox=sandbox_pb(sandbox))
-
-    @_unary
+    @unary
     async def GetSandboxMetrics(self, request: Any, context: Any) -> pb.GetSandboxMetricsResponse:
         start, end = (
             getattr(request, name).seconds if request.HasField(name) else None
@@ -307,50 +201,33 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
         self, request: Any, context: Any
     ) -> AsyncIterator[pb.WatchSandboxesResponse]:
         try:
-            _require_all_tenants(context)
+            require_all_tenants(context)
             async for event in self._backend.watch():
                 yield pb.WatchSandboxesResponse(
-                    type=_enum(event.type),
+                    type=enum_number(event.type),
                     sandbox=sandbox_pb(event.sandbox) if event.sandbox else None,
                     revision=event.revision,
                 )
         except DomainError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
 
 class TemplateServicer(pb_grpc.TemplateServiceServicer):  # type: ignore[misc]
+    """Every RPC is one backend call and its answer: one row each (`OneCall`)."""
+
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
 
-    @_unary
-    async def ListTemplates(self, request: Any, context: Any) -> pb.ListTemplatesResponse:
-        templates = await self._backend.list_templates(request.tenant)
-        return pb.ListTemplatesResponse(templates=[template_pb(t) for t in templates])
-
-    @_unary
-    async def GetTemplate(self, request: Any, context: Any) -> pb.GetTemplateResponse:
-        template = await self._backend.get_template(request.template_id, request.tenant)
-        return pb.GetTemplateResponse(template=template_pb(template))
-
-    @_unary
-    async def CreateTemplate(self, request: Any, context: Any) -> pb.CreateTemplateResponse:
-        t = request.template
-        template = Template(
-            template_id=t.template_id, aliases=tuple(t.aliases), public=t.public,
-            cpu_count=t.cpu_count or 2, memory_mb=t.memory_mb or 512,
-            disk_size_mb=t.disk_size_mb, ports=tuple(t.ports),
-        )  # fmt: skip
-        created = await self._backend.create_template(request.tenant, template)
-        return pb.CreateTemplateResponse(template=template_pb(created))
-
-    @_unary
-    async def UpdateTemplate(self, request: Any, context: Any) -> pb.UpdateTemplateResponse:
-        template = await self._backend.update_template(
-            request.tenant, request.template_id, request.public
-        )
-        return pb.UpdateTemplateResponse(template=template_pb(template))
-
-    @_unary
-    async def DeleteTemplate(self, request: Any, context: Any) -> pb.DeleteTemplateResponse:
-        await self._backend.delete_template(request.tenant, request.template_id)
-        return pb.DeleteTemplateResponse()
+    ListTemplates = _rpc.answer(unary, lambda b, r: b.list_templates(r.tenant),
+        pb.ListTemplatesResponse, templates=each(template_pb))  # fmt: skip
+    GetTemplate = _rpc.answer(unary, lambda b, r: b.get_template(r.template_id, r.tenant),
+        pb.GetTemplateResponse, template=template_pb)  # fmt: skip
+    CreateTemplate = _rpc.answer(one_tenant,
+        lambda b, r: b.create_template(r.tenant, _template_of(r.template)),
+        pb.CreateTemplateResponse, template=template_pb)  # fmt: skip
+    UpdateTemplate = _rpc.answer(one_tenant,
+        lambda b, r: b.update_template(r.tenant, r.template_id, r.public),
+        pb.UpdateTemplateResponse, template=template_pb)  # fmt: skip
+    DeleteTemplate = _rpc.answer(one_tenant,
+        lambda b, r: b.delete_template(r.tenant, r.template_id),
+        pb.DeleteTemplateResponse)  # fmt: skip

@@ -155,6 +155,9 @@ class KubernetesSettings:
     volume_mb: int = 10240
     volume_storage_class: str = ""
     volume_access_mode: str = "ReadWriteOnce"
+    # The image that carries picod's bundle (the gateway image), injected into templates
+    # built from an image (lifecycle/kube_templates.py); "" refuses such builds (default "").
+    picod_bundle_image: str = ""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ import logging
 import signal
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
 
 from extproc.core.errors import (
     AlreadyExists,
@@ -39,7 +41,8 @@ from extproc.core.errors import (
 )  # fmt: skip
 from extproc.core.ids import new_sandbox_id, not_found
 from extproc.lifecycle import layers
-from extproc.lifecycle.processes import signal_tree
+from extproc.lifecycle.isolation import Isolation
+from extproc.lifecycle.processes import Watched, signal_tree
 from extproc.lifecycle.sandboxes import CreateSpec, Sandbox, State
 from extproc.lifecycle.templates import (
     DEFAULT_TAG,
@@ -52,15 +55,45 @@ from extproc.lifecycle.templates import (
     split_tag,
 )  # fmt: skip
 
-if TYPE_CHECKING:
-    from extproc.lifecycle.local import Live, LocalBackend
-
 log = logging.getLogger(__name__)
 
 
-async def capture(
-    backend: LocalBackend, entry: Live, tenant: str, layer_id: str
-) -> tuple[str, ...]:
+class Source(Protocol):
+    """A live sandbox of the local backend, as a snapshot reads it."""
+
+    @property
+    def sandbox(self) -> Sandbox: ...
+
+    process: Watched
+    lock: asyncio.Lock  # the sandbox's: held for the capture
+
+
+class Host(Protocol):
+    """What snapshots need of the local backend."""
+
+    @property
+    def isolation(self) -> Isolation | None: ...
+
+    @property
+    def sandboxes_dir(self) -> Path: ...
+
+    @property
+    def layers(self) -> layers.LayerStore: ...
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def live(self) -> Mapping[str, object]: ...
+
+    def catalog_of(self) -> Catalog: ...
+
+    async def create(self, spec: CreateSpec) -> Sandbox: ...
+
+    async def collect_layers(self) -> None: ...
+
+
+async def capture(backend: Host, entry: Source, tenant: str, layer_id: str) -> tuple[str, ...]:
     """Freeze `entry`'s files as the layer `layer_id`; returns the snapshot's layers, top
     first. The caller holds the entry's lock and has pinned `layer_id`."""
     isolation = backend.isolation
@@ -95,7 +128,7 @@ def _start_settings(catalog: Catalog, sandbox: Sandbox) -> Template:
                         cpu_count=sandbox.cpu_count)  # fmt: skip
 
 
-async def create(backend: LocalBackend, entry: Live, tenant: str, name: str) -> Template:
+async def create(backend: Host, entry: Source, tenant: str, name: str) -> Template:
     """`POST /sandboxes/{id}/snapshots`: a new snapshot template, or with `name` a new
     build of the tenant's snapshot of that name."""
     catalog = backend.catalog_of()
@@ -152,7 +185,7 @@ def listed(catalog: Catalog, tenant: str, sandbox_id: str, name: str) -> list[Te
 
 
 async def fork(
-    backend: LocalBackend, entry: Live, tenant: str, count: int, timeout_s: int
+    backend: Host, entry: Source, tenant: str, count: int, timeout_s: int
 ) -> list[Sandbox | DomainError]:
     """`POST /sandboxes/{id}/fork`: `count` sandboxes from one snapshot that is not kept.
     Each fork succeeds or fails on its own; the source's settings carry over."""

@@ -39,7 +39,6 @@ documented as unsafe.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import json
@@ -47,18 +46,16 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extproc.core import namespaces
-from extproc.core.errors import Unavailable
 from extproc.core.sandbox_spec import SandboxSpec, write_spec
 from extproc.lifecycle import data_stack
 from extproc.lifecycle.mounting import SandboxRoot
 from extproc.lifecycle.pooling import BACKGROUND, REFILL_NICE
-from extproc.lifecycle.probing import INTERPRETER_PORT, PICOD_PORT, Probe
+from extproc.lifecycle.probing import INTERPRETER_PORT, PICOD_PORT
 from extproc.lifecycle.processes import Watched, start_ticks, tree
 from extproc.lifecycle.settings import LocalSettings, default_interpreter_command
 
@@ -76,8 +73,6 @@ PYTHON_INSIDE = "/usr/bin/python3"
 DEPTH = 1
 # Without isolation: sh -> picod (or the shell running both servers).
 DEPTH_UNISOLATED = 1
-# How many times the ready deadline a pool refill's low-priority start gets.
-BACKGROUND_PATIENCE = 10
 # The default `picod_command`: such a picod is forked from the zygote, not exec'd.
 _FORKED_PICOD = (sys.executable, "-m", "extproc.cli", "picod")
 # The environment of the zygote and of every sandbox's servers: none of the lifecycle
@@ -312,63 +307,3 @@ def _unisolated_env(launch: Launch) -> dict[str, str]:
     # Unisolated, HOME would be this user's: Jupyter and IPython write their state there.
     env["HOME"] = str(launch.paths.dir / "home")
     return env
-
-
-async def wait_ready(probe: Probe, process: Watched, launch: Launch, deadline_s: float) -> None:
-    """Return when picod answers GET /health 204 and, for interpreter sandboxes, the
-    interpreter has its warm kernel; raise Unavailable if the sandbox dies or is late.
-
-    A forked picod says when it serves (a byte on `process.ready_fd`); then one /health
-    through the sandbox's network confirms it. Otherwise (no isolation, or the pipe closed
-    without a word) /health is polled with a short backoff (1 ms doubling to 20 ms): a
-    refused connect costs ~50 µs. A pool refill's sandbox starts at a low priority, which on
-    a busy machine can take many times longer (an interpreter's kernel most): it gets
-    BACKGROUND_PATIENCE times the deadline, polled less often.
-    """
-    longest_delay = 0.02
-    if BACKGROUND.get():
-        deadline_s *= BACKGROUND_PATIENCE
-        longest_delay = 0.5
-    give_up = time.monotonic() + deadline_s
-    if process.ready_fd is not None:
-        try:
-            async with asyncio.timeout(deadline_s):
-                await _notified(process)
-        except TimeoutError:
-            pass  # the polling below reports it
-        finally:
-            process.close_ready()
-    delay = 0.001
-    picod_up = False
-    while True:
-        if process.exited.done():
-            raise Unavailable("the sandbox process exited during start; see its picod.log")
-        picod_up = picod_up or await probe.is_healthy(launch.host, limit_s=0.5)
-        if picod_up and (
-            not launch.interpreter
-            or await probe.has_kernel(launch.host, launch.access_token, limit_s=0.5)
-        ):
-            return
-        if time.monotonic() > give_up:
-            raise Unavailable(f"the sandbox did not become ready within {deadline_s:g} s")
-        await asyncio.wait([process.exited], timeout=delay)
-        delay = min(delay * 2, longest_delay)
-
-
-async def _notified(process: Watched) -> None:
-    """Until picod's byte (or the pipe's end: picod gone) arrives, or the sandbox exits."""
-    fd = process.ready_fd
-    if fd is None:
-        return
-    loop = asyncio.get_running_loop()
-    readable: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not readable.done():
-            readable.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await asyncio.wait([readable, process.exited], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        loop.remove_reader(fd)

@@ -3,7 +3,10 @@
 A template's build can set the sandbox's default user and working directory (USER,
 WORKDIR), a start command and a ready command. Once picod answers, the lifecycle service
 applies them through picod itself, as a client would: `POST /init` for the defaults, and
-envd's `process.Process/Start` for the commands. The start command is started in the
+envd's `process.Process/Start` for the commands. Both backends do (`apply`); only how a call
+reaches picod differs (`PicodPost`): locally straight to its address with the user in Basic
+auth (`prepare`), in Kubernetes mode with the router's JWT and the user in picod's user
+header (picod_client.py). The start command is started in the
 background as the template's user, in its working directory, with the sandbox's env vars
 (its output goes to /tmp/agentcube-start.log inside); then the ready command runs every
 0.2-1 s until it exits 0, and only then is the sandbox handed out, or put in the warm pool,
@@ -21,14 +24,14 @@ import base64
 import json
 import struct
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from extproc.core.errors import Unavailable
 from extproc.lifecycle.probing import PICOD_PORT, Probe
 from extproc.lifecycle.templates import Template
 
 READY_TIMEOUT_S = 60.0
-_CALL_S = 30.0
+CALL_S = 30.0  # one call to picod: the ready command's run included
 _START = 'nohup /bin/sh -c "$1" </dev/null >>/tmp/agentcube-start.log 2>&1 &'
 
 
@@ -58,29 +61,54 @@ def _outcome(raw: bytes) -> tuple[int | None, str]:
     return code, output
 
 
-async def _run(
-    probe: Probe, host: str, token: str, user: str, cwd: str, args: list[str]
-) -> tuple[int | None, str]:
+class PicodPost(Protocol):
+    """One POST to a sandbox's picod with its access token, as `user` when given: (status,
+    raw body). Raises OSError, TimeoutError or Unavailable when picod cannot be reached."""
+
+    async def __call__(
+        self, path: str, headers: dict[str, str], body: bytes, user: str
+    ) -> tuple[int, bytes]: ...
+
+
+def direct(probe: Probe, host: str, token: str) -> PicodPost:
+    """Calls to the picod at `host`, reached through `probe` (local mode)."""
+
+    async def post(path: str, headers: dict[str, str], body: bytes, user: str) -> tuple[int, bytes]:
+        sent = {**headers, "X-Access-Token": token}
+        if user:
+            sent["Authorization"] = "Basic " + base64.b64encode(f"{user}:".encode()).decode()
+        return await probe.request(host, PICOD_PORT, "POST", path, sent, body, CALL_S)
+
+    return post
+
+
+async def _run(post: PicodPost, user: str, cwd: str, args: list[str]) -> tuple[int | None, str]:
     process: dict[str, Any] = {"cmd": "/bin/sh", "args": args}
     if cwd:
         process["cwd"] = cwd
-    headers = {
-        "Content-Type": "application/connect+json",
-        "Connect-Protocol-Version": "1",
-        "X-Access-Token": token,
-        "Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode(),
-    }
-    status, body = await probe.request(
-        host, PICOD_PORT, "POST", "/process.Process/Start", headers,
-        _envelope({"process": process}), _CALL_S,
-    )  # fmt: skip
+    headers = {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+    status, body = await post("/process.Process/Start", headers, _envelope({"process": process}),
+                              user)  # fmt: skip
     if status != 200:
         raise Unavailable(f"picod refused to start a template command (HTTP {status})")
     return _outcome(body)
 
 
+def has_start_settings(template: Template) -> bool:
+    """Whether a sandbox of `template` has anything to apply before it is handed out."""
+    return bool(template.user or template.workdir or template.start_cmd or template.ready_cmd)
+
+
 async def prepare(probe: Probe, host: str, token: str, template: Template) -> None:
-    """Apply `template`'s defaults and commands to the sandbox at `host` (see above)."""
+    """Apply `template`'s defaults and commands to the sandbox at `host` (local mode)."""
+    await apply(direct(probe, host, token), template)
+
+
+async def apply(
+    post: PicodPost, template: Template, ready_within_s: float = READY_TIMEOUT_S
+) -> None:
+    """Apply `template`'s defaults and commands through `post` (see above); Unavailable when
+    the ready command has not succeeded within `ready_within_s`."""
     user = template.user or "user"
     if template.user or template.workdir:
         init: dict[str, str] = {}
@@ -88,29 +116,24 @@ async def prepare(probe: Probe, host: str, token: str, template: Template) -> No
             init["defaultUser"] = template.user
         if template.workdir:
             init["defaultWorkdir"] = template.workdir
-        headers = {"X-Access-Token": token, "Content-Type": "application/json"}
-        status, _ = await probe.request(
-            host, PICOD_PORT, "POST", "/init", headers, json.dumps(init).encode(), _CALL_S
-        )
+        headers = {"Content-Type": "application/json"}
+        status, _ = await post("/init", headers, json.dumps(init).encode(), "")
         if status // 100 != 2:
             raise Unavailable(f"picod refused the template's user and workdir (HTTP {status})")
     if template.start_cmd:
-        await _run(probe, host, token, user, template.workdir, ["-c", _START, "sh",
-                                                                template.start_cmd])  # fmt: skip
+        await _run(post, user, template.workdir, ["-c", _START, "sh", template.start_cmd])
     if not template.ready_cmd:
         return
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_within_s
     delay = 0.2
     while True:
-        code, output = await _run(
-            probe, host, token, user, template.workdir, ["-c", template.ready_cmd]
-        )
+        code, output = await _run(post, user, template.workdir, ["-c", template.ready_cmd])
         if code == 0:
             return
         if time.monotonic() + delay > deadline:
             raise Unavailable(
                 f"template {template.template_id}: its ready command did not succeed within "
-                f"{READY_TIMEOUT_S:g} s (last exit code {code}; output: {output[-300:]!r})"
+                f"{ready_within_s:g} s (last exit code {code}; output: {output[-300:]!r})"
             )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 1.0)

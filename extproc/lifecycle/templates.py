@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from extproc.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 
@@ -42,6 +42,7 @@ _TAG = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
 BUILDING, READY, FAILED = "building", "ready", "error"
 TEMPLATE, SNAPSHOT = "template", "snapshot"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,22 @@ class Build:
     # Why a build failed, and the step ("base", "finalize" or the step's index).
     reason: str = ""
     reason_step: str = ""
+
+
+class _OfBuild(Generic[T]):
+    """A field of the build a template starts sandboxes from (`Template.build`), or `empty`
+    for a template without one (an operator's)."""
+
+    def __init__(self, empty: T) -> None:
+        self._empty = empty
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, template: Template, owner: type) -> T:
+        build = template.build
+        return self._empty if build is None else cast(T, getattr(build, self._name))
 
 
 @dataclass(frozen=True)
@@ -104,35 +121,17 @@ class Template:
     def build(self) -> Build | None:
         return next((b for b in self.builds if b.build_id == self.build_id), None)
 
-    @property
-    def layers(self) -> tuple[str, ...]:
-        build = self.build
-        return build.layers if build else ()
+    # What a sandbox of this template starts with, from its build.
+    layers = _OfBuild[tuple[str, ...]](())
+    user = _OfBuild("")
+    workdir = _OfBuild("")
+    start_cmd = _OfBuild("")
+    ready_cmd = _OfBuild("")
 
     @property
     def env(self) -> dict[str, str]:
         build = self.build
         return dict(build.env) if build else {}
-
-    @property
-    def user(self) -> str:
-        build = self.build
-        return build.user if build else ""
-
-    @property
-    def workdir(self) -> str:
-        build = self.build
-        return build.workdir if build else ""
-
-    @property
-    def start_cmd(self) -> str:
-        build = self.build
-        return build.start_cmd if build else ""
-
-    @property
-    def ready_cmd(self) -> str:
-        build = self.build
-        return build.ready_cmd if build else ""
 
     @property
     def build_status(self) -> str:

@@ -23,15 +23,14 @@ import logging
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-import uvicorn
-
-from extproc.core import errors
+from extproc.core import asgi, asgi_server, errors
+from extproc.core.addresses import HostPort
 from extproc.core.flags import unix_socket_path
 from extproc.core.volumes import CONTENT_PATH_PATTERN
 from extproc.lifecycle.volume_files import (
@@ -45,41 +44,25 @@ from extproc.lifecycle.volume_paths import content_path
 from extproc.lifecycle.volumes import LocalVolumes
 
 log = logging.getLogger(__name__)
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 CHUNK = 1024 * 1024
 IO_THREADS = 4
 T = TypeVar("T")
 MAX_JSON_BODY = 64 * 1024
 _ROUTE = re.compile(CONTENT_PATH_PATTERN)
-STATUS: dict[type[errors.DomainError], int] = {
-    errors.InvalidArgument: 400,
-    errors.Unauthenticated: 401,
-    errors.NotFound: 404,
-    errors.Conflict: 409,
-    errors.ResourceExhausted: 507,
-    errors.Unimplemented: 501,
-    errors.Unavailable: 503,
-}
+# A full volume is 507, as a full disk; a PATCH body over MAX_JSON_BODY is 413.
+STATUS = {**asgi.ERROR_STATUS, errors.ResourceExhausted: 507, asgi.BodyTooLarge: 413}
 _ALLOWED = {"path": ("GET", "PATCH", "DELETE"), "dir": ("GET", "POST"), "file": ("GET", "PUT")}
 _TRUE = ("1", "t", "T", "true", "TRUE", "True")  # Go's strconv.ParseBool, as E2B's server
 _FALSE = ("0", "f", "F", "false", "FALSE", "False")
 
 
-async def _json(send: Send, status: int, value: Any, extra: tuple[Any, ...] = ()) -> None:
-    body = json.dumps(value, separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        *extra]})  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _error(send: Send, error: Exception) -> None:
-    status, message = 500, "internal error in the volume content API; see the lifecycle log"
-    if isinstance(error, errors.DomainError):
-        status, message = STATUS.get(type(error), 500), error.message
-    await _json(send, status, {"code": status, "message": message})
+async def _error(send: asgi.Send, error: Exception) -> None:
+    status = asgi.status_for(error, STATUS)
+    if status is None or not isinstance(error, errors.DomainError):
+        status, message = 500, "internal error in the volume content API; see the lifecycle log"
+    else:
+        message = error.message
+    await asgi.send_error(send, status, message)
 
 
 class _Query:
@@ -124,25 +107,13 @@ class _Query:
         raise errors.InvalidArgument(f"{name} must be true or false")
 
 
-def _bearer(scope: Scope) -> str | None:
+def _bearer(scope: asgi.Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
             text = bytes(value).decode("latin-1")
             if text[:7].lower() == "bearer ":
                 return text[7:].strip()
     return None
-
-
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("the client went away mid-request")
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 class VolumeContentApp:
@@ -166,28 +137,27 @@ class VolumeContentApp:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] != "http":
             return
         route = _ROUTE.fullmatch(scope["path"])
         if route is None:
-            await _json(send, 404, {"code": 404, "message": "no such volume content endpoint"})
+            await asgi.send_error(send, 404, "no such volume content endpoint")
             return
         volume_id, kind = route.group(1), route.group(2)
         token = _bearer(scope)
         if not token:
             message = "the volume content API needs `Authorization: Bearer <volume token>`"
-            await _json(send, 401, {"code": 401, "message": message})
+            await asgi.send_error(send, 401, message)
             return
         volume = self._volumes.for_token(volume_id, token)
         if volume is None:
-            await _json(send, 404, {"code": 404, "message": f"volume {volume_id} not found"})
+            await asgi.send_error(send, 404, f"volume {volume_id} not found")
             return
         operation = self._operations.get((kind, scope["method"]))
         if operation is None:
             allowed = ", ".join(_ALLOWED[kind])
-            await _json(send, 405, {"code": 405, "message": f"allowed: {allowed}"},
-                        ((b"allow", allowed.encode()),))  # fmt: skip
+            await asgi.send_error(send, 405, f"allowed: {allowed}", ((b"allow", allowed.encode()),))
             return
         started = False
 
@@ -212,13 +182,17 @@ class VolumeContentApp:
 
     # -- operations -----------------------------------------------------------------------
 
-    async def _stat(self, files: VolumeFiles, query: _Query, receive: Receive, send: Send) -> None:
+    async def _stat(
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
         entry = await self._io(files.stat, query.path())
-        await _json(send, 200, entry.json())
+        await asgi.send_json(send, 200, entry.json())
 
-    async def _patch(self, files: VolumeFiles, query: _Query, receive: Receive, send: Send) -> None:
+    async def _patch(
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
         parts = query.path()
-        raw = b"".join([chunk async for chunk in _limited(_body(receive), MAX_JSON_BODY)])
+        raw = await asgi.read_body(receive, MAX_JSON_BODY)
         try:
             body = json.loads(raw or b"{}")
         except ValueError as error:
@@ -235,35 +209,39 @@ class VolumeContentApp:
         entry = await self._io(
             files.set_metadata, parts, values["uid"], values["gid"], values["mode"]
         )
-        await _json(send, 200, entry.json())
+        await asgi.send_json(send, 200, entry.json())
 
     async def _remove(
-        self, files: VolumeFiles, query: _Query, receive: Receive, send: Send
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
     ) -> None:
         await self._io(files.remove, query.path())
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await asgi.respond(send, 204)
 
-    async def _list(self, files: VolumeFiles, query: _Query, receive: Receive, send: Send) -> None:
+    async def _list(
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
         depth = query.integer("depth")
         listed = await self._io(files.list_dir, query.path(), 1 if depth is None else depth)
-        await _json(send, 200, [entry.json() for entry in listed])
+        await asgi.send_json(send, 200, [entry.json() for entry in listed])
 
-    def _owner(self, query: _Query, mode: int) -> tuple[int, int, int]:
+    def _new_entry(self, query: _Query, mode: int) -> tuple[tuple[str, ...], int, int, int, bool]:
+        """What creating a directory or file takes from the query: its path, owner, mode
+        (default `mode`) and `force`."""
+        parts = query.path()
         uid, gid, asked = query.integer("uid"), query.integer("gid"), query.integer("mode")
         check_owner(uid, gid, asked)
-        return (USER_ID if uid is None else uid, USER_ID if gid is None else gid,
-                mode if asked is None else asked)  # fmt: skip
+        return (parts, USER_ID if uid is None else uid, USER_ID if gid is None else gid,
+                mode if asked is None else asked, query.flag("force"))  # fmt: skip
 
     async def _make_dir(
-        self, files: VolumeFiles, query: _Query, receive: Receive, send: Send
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
     ) -> None:
-        parts, force = query.path(), query.flag("force")
-        uid, gid, mode = self._owner(query, DIR_MODE)
-        entry = await self._io(files.make_dir, parts, uid, gid, mode, force)
-        await _json(send, 201, entry.json())
+        entry = await self._io(files.make_dir, *self._new_entry(query, DIR_MODE))
+        await asgi.send_json(send, 201, entry.json())
 
-    async def _read(self, files: VolumeFiles, query: _Query, receive: Receive, send: Send) -> None:
+    async def _read(
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
         fd, size = await self._io(files.open_read, query.path())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [
@@ -282,14 +260,14 @@ class VolumeContentApp:
         finally:
             os.close(fd)
 
-    async def _write(self, files: VolumeFiles, query: _Query, receive: Receive, send: Send) -> None:
-        parts, force = query.path(), query.flag("force")
-        uid, gid, mode = self._owner(query, FILE_MODE)
-        upload = await self._io(files.begin_write, parts, uid, gid, mode, force)
+    async def _write(
+        self, files: VolumeFiles, query: _Query, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
+        upload = await self._io(files.begin_write, *self._new_entry(query, FILE_MODE))
         try:
             pending: list[bytes] = []
             buffered = 0
-            async for chunk in _body(receive):
+            async for chunk in asgi.body_chunks(receive):
                 pending.append(chunk)
                 buffered += len(chunk)
                 if buffered >= CHUNK:
@@ -300,31 +278,7 @@ class VolumeContentApp:
             entry = await self._io(upload.finish)
         finally:
             await self._io(upload.abort)
-        await _json(send, 201, entry.json())
-
-
-async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    total = 0
-    async for chunk in chunks:
-        total += len(chunk)
-        if total > limit:
-            raise errors.InvalidArgument(f"request body is larger than {limit} bytes")
-        yield chunk
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # The lifecycle service handles SIGTERM itself and stops this server in order.
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
+        await asgi.send_json(send, 201, entry.json())
 
 
 def _unix_listener(path: Path) -> socket.socket:
@@ -348,16 +302,10 @@ async def serving(volumes: LocalVolumes, listen: str) -> AsyncIterator[None]:
     """Serve the content API on `listen` (unix:PATH or HOST:PORT) while inside."""
     path = unix_socket_path(listen)
     sockets = [_unix_listener(path)] if path is not None else None
-    host, _, port = listen.rpartition(":")
+    tcp = HostPort("127.0.0.1", 0) if path is not None else HostPort.parse(listen, port_zero=True)
     app = VolumeContentApp(volumes)
-    config = uvicorn.Config(
-        app, host=host or "127.0.0.1",
-        port=int(port) if path is None else 0, loop="none", http="httptools", ws="none",
-        lifespan="off", interface="asgi3", proxy_headers=False, access_log=False,
-        server_header=False, date_header=False, log_level="warning", log_config=None,
-        timeout_graceful_shutdown=5,
-    )  # fmt: skip
-    server = _Server(config)
+    config = asgi_server.config(app, tcp.host, tcp.port, grace_s=5, date_header=False)
+    server = asgi_server.Server(config)
     task = asyncio.create_task(server.serve(sockets), name="volume-content")
     listening = asyncio.create_task(server.listening.wait())
     await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)

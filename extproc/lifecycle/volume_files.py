@@ -45,6 +45,7 @@ from extproc.core.errors import (
     ResourceExhausted,
     Unavailable,
 )  # fmt: skip
+from extproc.core.os_errors import reraised
 from extproc.lifecycle.volume_paths import shown
 
 USER_ID = 1000  # `user` inside every sandbox
@@ -97,8 +98,8 @@ def _entry(parts: tuple[str, ...], st: os.stat_result, target: str | None = None
     )  # fmt: skip
 
 
-def domain_error(error: OSError, parts: tuple[str, ...]) -> DomainError | OSError:
-    """What a file operation's failure means to the caller (the OSError itself if nothing)."""
+def domain_error(error: OSError, parts: tuple[str, ...]) -> DomainError | None:
+    """What a file operation's failure means to the caller; None: nothing known."""
     where = shown(parts)
     if error.errno in (errno.ENOENT, errno.ENOTDIR):
         return NotFound(f"path {where} not found")
@@ -116,18 +117,11 @@ def domain_error(error: OSError, parts: tuple[str, ...]) -> DomainError | OSErro
         return InvalidArgument(f"path {where} is too long")
     if error.errno == errno.EROFS:
         return Unavailable("the volume is read-only after a filesystem error")
-    return error
+    return None
 
 
-@contextlib.contextmanager
-def _errors(parts: tuple[str, ...]) -> Iterator[None]:
-    try:
-        yield
-    except OSError as error:
-        mapped = domain_error(error, parts)
-        if mapped is error:
-            raise
-        raise mapped from error
+def _errors(parts: tuple[str, ...]) -> contextlib.AbstractContextManager[None]:
+    return reraised(lambda error: domain_error(error, parts))
 
 
 def check_owner(uid: int | None, gid: int | None, mode: int | None) -> None:

@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 
 from extproc.core.errors import Unavailable
+from extproc.core.readable import when_readable
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Zygote:
                         for fd in fds:
                             os.close(fd)
                         fds = []
-                        message, pidfds = await _receive(asyncio.get_running_loop(), control)
+                        message, pidfds = await _receive(control)
                 except (OSError, TimeoutError) as error:
                     await asyncio.to_thread(self.close)  # broken: the next request restarts it
                     raise Unavailable(f"the sandbox zygote failed: {error}") from error
@@ -171,33 +172,18 @@ class Zygote:
             self._process = None
 
 
-async def _receive(
-    loop: asyncio.AbstractEventLoop, control: socket.socket
-) -> tuple[bytes, list[int]]:
+async def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
     """One message and the fds it carries, without blocking the loop."""
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, 4096, 4)
         except BlockingIOError:
-            await _readable(loop, control)
+            async with when_readable(control) as readable:
+                await readable
             continue
         if not message:
             raise ConnectionResetError("the sandbox zygote closed its socket")
         return message, fds
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, control: socket.socket) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(control, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(control)
 
 
 def log_tail(path: Path, size: int = 2048) -> str:

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from extproc.core.flags import EnvDefaults, grpc_address, integer_arg, number_arg
+from extproc.core.flags import EnvDefaults, grpc_address, integer_arg, number_arg, usage_error
 from extproc.loadtest.settings import (
     DATA_PLANE,
     ENVD_REQUESTS,
@@ -135,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
     except ValueError as error:
-        print(f"{_PROG}: {error}", file=sys.stderr)
-        return 2
+        return usage_error("loadtest", error)
     try:
         from extproc.loadtest.running import run_loadtest  # the E2B SDK: only when used
     except ImportError as error:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from e2b import AsyncSandbox
@@ -27,21 +28,14 @@ _RETRY_PAUSE_S = 0.2
 _FILE_PATH = "/tmp/agentcube-e2b-loadtest.bin"  # noqa: S108 (inside the sandbox)
 
 
+@dataclass
 class LifecycleLoop:
-    def __init__(
-        self,
-        settings: LifecycleSettings,
-        template: str,
-        sandbox_timeout_s: int,
-        recorder: Recorder,
-        stop: asyncio.Event,
-    ) -> None:
-        self.settings = settings
-        self.template = template
-        self.sandbox_timeout_s = sandbox_timeout_s
-        self.recorder = recorder
-        self.stop = stop
-        self.iterations = 0
+    settings: LifecycleSettings
+    template: str
+    sandbox_timeout_s: int
+    recorder: Recorder
+    stop: asyncio.Event
+    iterations: int = field(default=0, init=False)
 
     async def run(self, duration_s: float) -> None:
         deadline = asyncio.get_running_loop().time() + duration_s

@@ -15,11 +15,10 @@ file. Building them is synchronous, so two first requests cannot build twice.
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from extproc._gen.process.process_connect import ProcessASGIApplication
-from extproc.core import errors
+from extproc.core import asgi, errors
 from extproc.picod.auth import BIND_SESSION, AuthMiddleware
 from extproc.picod.binding import Binding
 from extproc.picod.environment import Environment
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from extproc.picod.files import FilesEndpoint
     from extproc.picod.filesystem import FilesystemService
 
-ASGIApp = Any
-Scope = MutableMapping[str, Any]
 INIT_MAX_BYTES = 1024 * 1024
 # envd's small HTTP endpoints and the one method each answers.
 _METHODS = {"/health": "GET", "/envs": "GET", "/metrics": "GET", "/init": "POST"}
@@ -46,45 +43,6 @@ CORS_EXPOSE = (
     b"Connect-Protocol-Version, Connect-Content-Encoding, Connect-Accept-Encoding, "
     b"Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, X-Envd-Version"
 )
-
-
-async def respond(
-    send: Any,
-    status: int,
-    body: bytes = b"",
-    content_type: bytes | None = None,
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
-    head = [(b"content-length", str(len(body)).encode()), *headers]
-    if content_type is not None:
-        head.append((b"content-type", content_type))
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def respond_json(send: Any, status: int, value: Any) -> None:
-    await respond(send, status, json.dumps(value).encode(), b"application/json")
-
-
-async def error(send: Any, status: int, message: str) -> None:
-    await respond_json(send, status, {"code": status, "message": message})
-
-
-async def read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole request body, or None when it exceeds `limit` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 # How a refused bind answers /init.
@@ -107,7 +65,7 @@ class Router:
             ProcessService(self.environment, self.processes), **self._rpc_options()
         )
         self._filesystem: FilesystemService | None = None
-        self._filesystem_rpc: ASGIApp | None = None
+        self._filesystem_rpc: asgi.ASGIApp | None = None
         self._files: FilesEndpoint | None = None
 
     def _rpc_options(self) -> dict[str, Any]:
@@ -118,7 +76,7 @@ class Router:
             "compressions": compressions(),
         }
 
-    def filesystem_rpc(self) -> ASGIApp:
+    def filesystem_rpc(self) -> asgi.ASGIApp:
         """The `filesystem.Filesystem` Connect app, built on first use."""
         if self._filesystem_rpc is None:
             from extproc._gen.filesystem.filesystem_connect import FilesystemASGIApplication
@@ -145,7 +103,7 @@ class Router:
         if self._filesystem is not None:
             self._filesystem.close()
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -162,37 +120,41 @@ class Router:
         elif path in _METHODS:
             allowed = _METHODS[path]
             if method != allowed and not (method == "HEAD" and allowed == "GET"):
-                await error(send, 405, f"method {method} is not allowed here; use {allowed}")
+                await asgi.send_error(
+                    send, 405, f"method {method} is not allowed here; use {allowed}"
+                )
             elif path == "/health":
-                await respond(send, 204)
+                await asgi.respond(send, 204)
             elif path == "/envs":
-                await respond_json(send, 200, self.environment.env_vars)
+                await asgi.send_json(send, 200, self.environment.env_vars)
             elif path == "/metrics":
                 await self._metrics(scope, send)
             else:
                 await self._init(scope, receive, send)
         else:
-            await error(send, 404, "no such route")
+            await asgi.send_error(send, 404, "no such route")
 
-    async def _metrics(self, scope: Scope, send: Any) -> None:
+    async def _metrics(self, scope: asgi.Scope, send: asgi.Send) -> None:
         """Without a query, the sample taken now (what older lifecycle services read); with
         `start`, `end` or `series=1`, `{"samples": [...]}` from the kept series (measuring.py)."""
         try:
             window = parse_window(scope.get("query_string", b""))
         except errors.InvalidArgument as e:
-            await error(send, 400, e.message)
+            await asgi.send_error(send, 400, e.message)
             return
         if window is None:
-            await respond_json(send, 200, self.meter.current().as_json())
+            await asgi.send_json(send, 200, self.meter.current().as_json())
         else:
             samples = self.meter.window(*window)
-            await respond_json(send, 200, {"samples": [s.as_json() for s in samples]})
+            await asgi.send_json(send, 200, {"samples": [s.as_json() for s in samples]})
 
-    async def _rpc(self, app: ASGIApp, scope: Scope, receive: Any, send: Any) -> None:
+    async def _rpc(
+        self, app: asgi.ASGIApp, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
         watch = ClientWatch()
 
-        async def watched() -> MutableMapping[str, Any]:
-            message: MutableMapping[str, Any] = await receive()
+        async def watched() -> asgi.Message:
+            message = await receive()
             if message["type"] == "http.disconnect":
                 watch.mark_gone()
             return message
@@ -204,7 +166,7 @@ class Router:
         limit = self.settings.max_message_bytes
         await app(scope, guard_envelopes(watched, limit) if streaming else watched, send)
 
-    async def _lifespan(self, receive: Any, send: Any) -> None:
+    async def _lifespan(self, receive: asgi.Receive, send: asgi.Send) -> None:
         """For ASGI servers run with lifespan on (picod's own server calls `close`)."""
         while True:
             message = await receive()
@@ -215,16 +177,19 @@ class Router:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _init(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def _init(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         """envd's `/init`: bind the sandbox (see binding.py), then apply the environment."""
-        body = await read_body(receive, INIT_MAX_BYTES)
-        if body is None:
-            await error(send, 413, "request body too large")
+        try:
+            body = await asgi.read_body(receive, INIT_MAX_BYTES)
+        except asgi.BodyTooLarge:
+            await asgi.send_error(send, 413, "request body too large")
+            return
+        except asgi.ClientDisconnected:
             return
         try:
             request = json.loads(body or b"{}")
         except ValueError:
-            await error(send, 400, "body must be JSON")
+            await asgi.send_error(send, 400, "body must be JSON")
             return
         env_vars = request.get("envVars") if isinstance(request, dict) else None
         user = request.get("defaultUser") if isinstance(request, dict) else None
@@ -237,7 +202,7 @@ class Router:
             and (workdir is None or (isinstance(workdir, str) and workdir.startswith("/")))
             and (token is None or isinstance(token, str))
         ):
-            await error(
+            await asgi.send_error(
                 send,
                 400,
                 "expected {envVars?: {str: str}, accessToken?: str, defaultUser?: str, "
@@ -251,10 +216,10 @@ class Router:
             self.binding.bind(session, token)
         except errors.DomainError as e:
             status = next((s for kind, s in _BIND_STATUS if isinstance(e, kind)), 500)
-            await error(send, status, e.message)
+            await asgi.send_error(send, status, e.message)
             return
         self.environment.apply_init(env_vars or {}, user, workdir)
-        await respond(
+        await asgi.respond(
             send, 204, headers=((b"x-envd-version", self.settings.envd_version.encode()),)
         )
 
@@ -285,17 +250,17 @@ def _is_str_map(value: Any) -> bool:
 class CorsMiddleware:
     """envd's CORS: every origin, method and header; Connect headers exposed."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: asgi.ASGIApp) -> None:
         self._app = app
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
             allow_headers = headers.get(b"access-control-request-headers", b"*")
-            await respond(
+            await asgi.respond(
                 send,
                 204,
                 headers=(
@@ -307,7 +272,7 @@ class CorsMiddleware:
             )
             return
 
-        async def with_cors(message: MutableMapping[str, Any]) -> None:
+        async def with_cors(message: asgi.Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [
                     *message.get("headers", []),
@@ -334,7 +299,7 @@ class Picod:
     def close(self) -> None:
         self.router.close()
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         await self._asgi(scope, receive, send)
 
 

@@ -28,11 +28,12 @@ Failures answer 401 JSON that says which credential is missing or wrong, nothing
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.core.asgi import ASGIApp, Receive, Scope, Send, send_error
+from extproc.core.daemon_auth import credentials
 from extproc.core.gateway_jwt import GatewayJwtVerifier, names_sandbox
 from extproc.core.ids import is_sandbox_id
 from extproc.picod.binding import Binding
@@ -53,9 +54,6 @@ MISSING_EITHER = "unauthorized access: missing bearer token or access token"
 NOT_BOUND = "unauthorized access: this sandbox is not bound yet"
 NO_SESSION = "unauthorized access: the bearer token names no valid sandbox id"
 
-Scope = dict[str, Any]
-ASGIApp = Any
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -75,7 +73,7 @@ class AuthMiddleware:
         self._binding = binding
         self._no_auth = settings.no_auth
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
@@ -85,7 +83,7 @@ class AuthMiddleware:
         if path not in OPEN_PATHS:
             verdict = self._check(path, headers)
             if verdict.failure is not None:
-                await _unauthorized(send, verdict.failure)
+                await send_error(send, 401, verdict.failure)
                 return
             jwt_ok = verdict.jwt_ok
             state = scope.setdefault("state", {})
@@ -97,12 +95,8 @@ class AuthMiddleware:
         await self._app(scope, receive, send)
 
     def _check(self, path: str, headers: list[tuple[bytes, bytes]]) -> Verdict:
-        bearer = token = None
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                bearer = value[7:]
-            elif name == b"x-access-token":
-                token = value
+        presented = credentials(headers)
+        bearer, token = presented.bearer, presented.access_token
         binding = self._binding
         has_token = binding.access_token is not None
         token_ok = not has_token or (token is not None and binding.token_matches(token))
@@ -156,18 +150,3 @@ class AuthMiddleware:
         if self._verifier is None:
             return Verdict(BAD_TOKEN)
         return Verdict(MISSING_EITHER if has_token else MISSING_BEARER)
-
-
-async def _unauthorized(send: Any, message: str) -> None:
-    body = json.dumps({"code": 401, "message": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -11,15 +11,16 @@ import gc
 import json
 import math
 import os
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
+from extproc.core.daemon_auth import add_auth_flags, auth_settings
 from extproc.core.flags import (
     EnvDefaults,
     integer_arg,
     listen_address,
     number_arg,
-    sandbox_daemon_auth,
+    usage_error,
 )
 from extproc.core.logs import add_log_flags, log_options, setup_logging
 from extproc.picod.binding import Binding
@@ -37,29 +38,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="address to serve on (default 0.0.0.0:49983, envd's port)",
     )
-    parser.add_argument(
-        "--sandbox-id", default=ENV.text("SANDBOX_ID"), help="refuse JWTs for other sandboxes"
-    )
-    parser.add_argument(
-        "--jwt-public-key",
-        default=ENV.text("JWT_PUBLIC_KEY"),
-        metavar="FILE",
-        help=f"PEM RSA public key of the gateway (or the PEM itself in ${AGENTCUBE_KEY_ENV})",
-    )
-    parser.add_argument(
-        "--access-token", default=ENV.text("ACCESS_TOKEN"), help="envd's X-Access-Token"
+    add_auth_flags(
+        parser,
+        ENV,
+        key_help=f"PEM RSA public key of the gateway (or the PEM itself in ${AGENTCUBE_KEY_ENV})",
+        access_help="envd's X-Access-Token",
     )
     parser.add_argument(
         "--state-dir",
         default=ENV.text("STATE_DIR"),
         metavar="DIR",
         help="keep the binding /init makes here (0600), to survive a restart (default: none)",
-    )
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        default=ENV.flag("NO_AUTH"),
-        help="serve without any auth (local debugging only)",
     )
     parser.add_argument("--user", default=ENV.text("USER") or DEFAULT_USER, help="default user")
     parser.add_argument(
@@ -98,9 +87,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> PicodSettings:
     """Build settings or raise ValueError naming the flag and what was expected."""
     host, port = listen_address(str(args.listen))
-    key_pem = sandbox_daemon_auth(
-        args.jwt_public_key, os.environ.get(AGENTCUBE_KEY_ENV), args.access_token, args.no_auth
-    )
+    auth = auth_settings(args, os.environ.get(AGENTCUBE_KEY_ENV))
     env_vars = _env_json(ENV.text("ENV_JSON"))
     for item in args.env:
         name, eq, value = item.partition("=")
@@ -110,10 +97,7 @@ def settings_from_args(args: argparse.Namespace) -> PicodSettings:
     return PicodSettings(
         host=host,
         port=port,
-        sandbox_id=args.sandbox_id or None,
-        jwt_public_key=key_pem,
-        access_token=args.access_token or None,
-        no_auth=bool(args.no_auth) and not (key_pem or args.access_token),
+        **asdict(auth),
         default_user=args.user,
         home=Path(args.home),
         env_vars=env_vars,
@@ -151,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         log_format, log_level = log_options(args)
     except ValueError as e:
-        print(f"agentcube-e2b picod: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error("picod", f"error: {e}")
     fields = {"sandbox_id": args.sandbox_id} if args.sandbox_id else None
     setup_logging("picod", log_format, log_level, fields=fields)
     try:
@@ -160,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
         settings.home.mkdir(parents=True, exist_ok=True)
         binding = Binding.load(settings.sandbox_id, settings.access_token, settings.state_dir)
     except (ValueError, OSError) as e:
-        print(f"agentcube-e2b picod: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error("picod", f"error: {e}")
     # Off while the server's imports build a heap that only grows; the server freezes
     # that heap and turns collection back on once it serves (see server.py).
     gc.disable()

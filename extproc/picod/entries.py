@@ -21,8 +21,8 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from protobuf.wkt import Timestamp
@@ -36,6 +36,7 @@ from extproc.core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from extproc.core.os_errors import reraised
 
 # User metadata lives in extended attributes under this prefix (envd's convention).
 XATTR_PREFIX = "user.e2b."
@@ -258,16 +259,9 @@ def domain_error(err: OSError, path: Path | str) -> DomainError | None:
     return None
 
 
-@contextmanager
-def os_errors(path: Path | str) -> Iterator[None]:
+def os_errors(path: Path | str) -> AbstractContextManager[None]:
     """Re-raise OSErrors on `path` as domain errors (unknown ones escape unchanged)."""
-    try:
-        yield
-    except OSError as e:
-        mapped = domain_error(e, path)
-        if mapped is None:
-            raise
-        raise mapped from e
+    return reraised(lambda error: domain_error(error, path))
 
 
 # Uploads that replace a file write a hidden sibling first and rename it over the target,

@@ -19,29 +19,24 @@ default; compressing those would spend sandbox CPU on every SDK read for no one'
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import stat
 import time
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from python_multipart.multipart import parse_options_header
 
-from extproc.core import errors, signed_urls
+from extproc.core import asgi, errors, signed_urls
 from extproc.picod.binding import Binding
 from extproc.picod.entries import domain_error, os_errors
 from extproc.picod.environment import Environment
 from extproc.picod.multipart_upload import (
-    ClientDisconnected,
     FileUpload,
     MultipartFiles,
-    UploadTooLarge,
-    body_chunks,
     gunzip,
     write_stream,
 )
@@ -50,25 +45,12 @@ from extproc.picod.users import User, resolve_user
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 READ_CHUNK_BYTES = 1024 * 1024
 ACCESS_TOKEN_OK = "picod.access_token_ok"  # noqa: S105 - a scope key, not a secret
 _METADATA_HEADER = b"x-metadata-"
 
-# Domain error -> HTTP status for /files; first match wins (UploadTooLarge before its base).
-_STATUS: list[tuple[type[errors.DomainError], int]] = [
-    (errors.InvalidArgument, 400),
-    (errors.Unauthenticated, 401),
-    (errors.PermissionDenied, 403),
-    (errors.NotFound, 404),
-    (errors.AlreadyExists, 409),
-    (UploadTooLarge, 413),
-    (errors.ResourceExhausted, 507),
-]
+# A full disk is 507; an upload over --max-upload-bytes 413; no accepted encoding 406.
+_STATUS = {**asgi.ERROR_STATUS, errors.ResourceExhausted: 507, asgi.BodyTooLarge: 413}
 
 
 class NotAcceptable(errors.DomainError):
@@ -83,19 +65,16 @@ class FilesEndpoint:
         # Optional cap on one upload's size in bytes (None: only the disk limits it).
         self._max_upload: int | None = getattr(settings, "max_upload_bytes", None)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         method = scope["method"]
         if method not in ("GET", "HEAD", "POST"):
-            await _json(
-                send,
-                405,
-                {"code": 405, "message": f"method {method} not allowed"},
-                [(b"allow", b"GET, POST")],
+            await asgi.send_error(
+                send, 405, f"method {method} not allowed", ((b"allow", b"GET, POST"),)
             )
             return
         started = False
 
-        async def tracking_send(message: Message) -> None:
+        async def tracking_send(message: asgi.Message) -> None:
             nonlocal started
             started = True
             await send(message)
@@ -112,23 +91,24 @@ class FilesEndpoint:
                 await self._upload(scope, receive, tracking_send, user, query.get("path"))
             else:
                 await self._download(scope, tracking_send, user, query.get("path"))
-        except ClientDisconnected:
+        except asgi.ClientDisconnected:
             return
         except (errors.DomainError, OSError) as e:
             if started:
                 raise  # mid-body: all we can do is drop the connection
-            status, message = _status_of(e)
-            await _json(send, status, {"code": status, "message": message})
+            await asgi.send_error(send, *_status_of(e))
 
     def _authorize(
-        self, scope: Scope, query: dict[str, str], operation: signed_urls.Operation
+        self, scope: asgi.Scope, query: dict[str, str], operation: signed_urls.Operation
     ) -> None:
         if scope.get("state", {}).get(ACCESS_TOKEN_OK, False):
             return
         # The token /init set, if this picod was bound after it started.
         signed_urls.verify(query, operation, self._binding.access_token, time.time())
 
-    async def _download(self, scope: Scope, send: Send, user: User, raw: str | None) -> None:
+    async def _download(
+        self, scope: asgi.Scope, send: asgi.Send, user: User, raw: str | None
+    ) -> None:
         if not raw:
             raise errors.InvalidArgument("the path query parameter is required")
         path = user.resolve_path(raw)
@@ -166,14 +146,19 @@ class FilesEndpoint:
             os.close(fd)
 
     async def _upload(
-        self, scope: Scope, receive: Receive, send: Send, user: User, raw_path: str | None
+        self,
+        scope: asgi.Scope,
+        receive: asgi.Receive,
+        send: asgi.Send,
+        user: User,
+        raw_path: str | None,
     ) -> None:
         content_type, params = parse_options_header(_header(scope, b"content-type") or "")
         encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
             raise errors.InvalidArgument(f"unsupported Content-Encoding {encoding!r}")
         metadata = _metadata(scope)
-        chunks = body_chunks(receive)
+        chunks = asgi.body_chunks(receive)
         if encoding == "gzip":
             chunks = gunzip(chunks)
         if content_type == b"multipart/form-data":
@@ -194,7 +179,7 @@ class FilesEndpoint:
             uploads = [upload]
         else:
             raise errors.InvalidArgument(f"unsupported Content-Type {content_type.decode()!r}")
-        await _json(send, 200, [u.describe() for u in uploads])
+        await asgi.send_json(send, 200, [u.describe() for u in uploads])
 
     async def _receive_multipart(
         self,
@@ -244,19 +229,19 @@ def _open_for_read(path: Path) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _query(scope: Scope) -> dict[str, str]:
+def _query(scope: asgi.Scope) -> dict[str, str]:
     raw: bytes = scope.get("query_string", b"")
     return signed_urls.parse_query(raw.decode("latin-1"))
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _header(scope: asgi.Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
             return bytes(value).decode("latin-1")
     return None
 
 
-def _metadata(scope: Scope) -> dict[str, str] | None:
+def _metadata(scope: asgi.Scope) -> dict[str, str] | None:
     """`X-Metadata-<key>: <value>` headers as {lowercased key: value}; None when absent."""
     found: dict[str, str] = {}
     for key, value in scope.get("headers", []):
@@ -313,23 +298,8 @@ def _status_of(error: errors.DomainError | OSError) -> tuple[int, str]:
             log.error("unexpected error in /files", exc_info=error)
             return 500, "internal error"
         error = mapped
-    if isinstance(error, NotAcceptable):
-        return 406, error.message
-    for kind, status in _STATUS:
-        if isinstance(error, kind):
-            return status, error.message
+    status = 406 if isinstance(error, NotAcceptable) else asgi.status_for(error, _STATUS)
+    if status is not None:
+        return status, error.message
     log.error("unmapped error in /files", exc_info=error)
     return 500, "internal error"
-
-
-async def _json(
-    send: Send, status: int, body: Any, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    data = json.dumps(body).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(data)).encode()),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})

@@ -19,14 +19,15 @@ import os
 import secrets
 import stat
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from extproc.core.errors import InvalidArgument, ResourceExhausted
+from extproc.core.asgi import BodyTooLarge
+from extproc.core.errors import InvalidArgument
 from extproc.picod.entries import (
     XATTR_PREFIX,
     make_dirs,
@@ -36,28 +37,10 @@ from extproc.picod.entries import (
 from extproc.picod.users import User
 
 WRITE_CHUNK_BYTES = 1024 * 1024
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
-class UploadTooLarge(ResourceExhausted):
-    """The body exceeds a size limit (answered 413, unlike a full disk's 507)."""
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the body was complete."""
-
-
-async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body, one ASGI message at a time."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+class UploadTooLarge(BodyTooLarge):
+    """The upload exceeds --max-upload-bytes (answered 413, unlike a full disk's 507)."""
 
 
 async def gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -1,12 +1,8 @@
-"""Serving picod: uvicorn in-process, signals, and a bounded shutdown.
+"""Serving picod: uvicorn in-process (core/asgi_server.py), signals, a bounded shutdown.
 
-uvicorn runs with httptools on the caller's uvloop, with no access log (a command
-stream is one long request; per-request logs would only cost time), no websocket
-protocol (envd has no websocket routes; uvicorn would otherwise import `websockets`) and
-no proxy-headers middleware (picod never looks at the client address). On SIGTERM/SIGINT
-picod first stops its children (SIGTERM to every process group, SIGKILL after the
-grace), so open command streams end with a real `end` event, then uvicorn closes, and
-the app releases its filesystem watchers.
+On SIGTERM/SIGINT picod first stops its children (SIGTERM to every process group, SIGKILL
+after the grace), so open command streams end with a real `end` event, then uvicorn closes,
+and the app releases its filesystem watchers.
 
 The cyclic garbage collector is off while picod imports and builds its app (the command
 turns it off before importing this module): collections over a heap that only grows are
@@ -21,11 +17,8 @@ import contextlib
 import gc
 import os
 import signal
-import socket
-from collections.abc import Iterator
 
-import uvicorn
-
+from extproc.core import asgi_server
 from extproc.core.request_context import AsgiRequestContext
 from extproc.picod.app import build_app
 from extproc.picod.binding import Binding
@@ -35,22 +28,16 @@ from extproc.picod.settings import PicodSettings
 SHUTDOWN_GRACE_SECONDS = 3.0
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn's version re-raises the signal after serving, which would end the
-        # process before picod's own shutdown ran; picod handles the signals itself.
-        yield
+class _ReadyReport:
+    """What picod does once it serves: collect garbage again, and say so on `ready_fd`."""
 
-    def __init__(self, config: uvicorn.Config, ready_fd: int | None) -> None:
-        super().__init__(config)
+    def __init__(self, ready_fd: int | None) -> None:
         self._ready_fd = ready_fd
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+    def __call__(self) -> None:
         gc.freeze()
         gc.enable()
-        if self._ready_fd is not None and self.started:
+        if self._ready_fd is not None:
             with contextlib.suppress(OSError):  # nobody listening any more: fine
                 os.write(self._ready_fd, b"1")
             os.close(self._ready_fd)
@@ -59,25 +46,15 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: PicodSettings, binding: Binding | None = None) -> None:
     app = build_app(settings, binding)
-    config = uvicorn.Config(
+    config = asgi_server.config(
         AsgiRequestContext(app),
-        host=settings.host,
-        port=settings.port,
-        loop="none",
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        interface="asgi3",
-        proxy_headers=False,
-        access_log=False,
-        server_header=False,
-        log_level="warning",
-        log_config=None,  # uvicorn's lines go through the process's handler (core/logs.py)
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+        settings.host,
+        settings.port,
+        grace_s=SHUTDOWN_GRACE_SECONDS,
         # Command streams are idle between keepalives (the SDK asks every 50 s).
         timeout_keep_alive=650,
     )
-    server = _Server(config, settings.ready_fd)
+    server = asgi_server.Server(config, _ReadyReport(settings.ready_fd))
     loop = asyncio.get_running_loop()
     stopping: asyncio.Task[None] | None = None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from extproc.core.daemon_auth import DaemonAuthSettings
+
 # The envd version we report. The SDK gates features on it (notes §4.5): 0.5.7 streamed and
 # gzip uploads, 0.6.2 file metadata, 0.6.3 watch include_entry, 0.6.4 network mounts.
 # Raise it only together with the features it promises.
@@ -22,23 +24,13 @@ USER_HEADER = "x-agentcube-e2b-user"
 
 
 @dataclass(frozen=True)
-class PicodSettings:
+class PicodSettings(DaemonAuthSettings):
     # Address to listen on (default 0.0.0.0; the envd port is 49983).
     host: str = "0.0.0.0"
     port: int = 49983
-    # This sandbox's id; a gateway JWT whose session_id differs is refused. None: unbound
-    # until `POST /init` binds it (with JWT auth on, nothing but /health and /init answers
-    # until then; see binding.py).
-    sandbox_id: str | None = None
-    # PEM of the gateway's RSA public key (RS256). None: JWT auth off.
-    jwt_public_key: str | None = None
-    # E2B's envd access token (X-Access-Token). None: not required until `/init` sets one.
-    access_token: str | None = None
     # Directory (0700) where a binding made by `/init` is kept, so picod restarted in the same
     # pod comes back bound. None (the default): the binding lives in memory only.
     state_dir: Path | None = None
-    # Explicitly serve without any auth (local debugging only).
-    no_auth: bool = False
     # The default user's name and home; relative paths resolve against the user's home.
     default_user: str = DEFAULT_USER
     home: Path = DEFAULT_HOME

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from extproc.core.kernel_files import stat_fields
+
 MIB = 1024 * 1024
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
@@ -73,16 +75,6 @@ def _meminfo() -> dict[str, int]:
     return values
 
 
-def _stat_fields(text: str) -> dict[str, int]:
-    """A cgroup `memory.stat` file's `key value` lines (ValueError for a malformed value)."""
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value:
-            fields[key] = int(value)
-    return fields
-
-
 @dataclass(frozen=True)
 class MemoryCgroup:
     """The memory cgroup of this process: the files one reading takes."""
@@ -130,7 +122,7 @@ class MemoryCgroup:
         """(charge, page cache, limit or None) in bytes; OSError or ValueError when the
         files cannot be read or parsed."""
         charged = int(self.usage.read_text())
-        stat = _stat_fields(self.stat.read_text())
+        stat = stat_fields(self.stat.read_text())
         cache = next((stat[key] for key in self.cache_keys if key in stat), 0)
         try:
             raw_limit = self.limit.read_text().strip()

@@ -25,7 +25,7 @@ from extproc.core.api_keys import KeyEntry, KeyIndex, KeyStatus, hash_api_key
 from extproc.edge.authz import AuthorizationServicer
 from extproc.edge.decision import SandboxDecider
 from extproc.edge.metrics import EdgeMetrics
-from extproc.edge.routes import Directory, Route
+from extproc.edge.sandbox_directory import Directory, Route
 from extproc.edge.settings import DirectorySettings, TokenSettings
 from extproc.edge.tokens import TokenSigner
 from extproc.edge.watching import DirectoryFeed

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi  # noqa: E402
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb  # noqa: E402
-from extproc.edge.routes import Directory, Route  # noqa: E402
+from extproc.edge.sandbox_directory import Directory, Route  # noqa: E402
 from extproc.k8s.informing import Informer  # noqa: E402
 from extproc.k8s.listwatch import KubeObject, WatchTarget  # noqa: E402
 from extproc.k8s.settings import InformerSettings  # noqa: E402

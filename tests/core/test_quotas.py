@@ -89,6 +89,16 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert bucket.take(110.0) and bucket.take(110.0) and not bucket.take(110.0)  # capped
 
 
+def test_token_bucket_takes_a_cost_whole_or_not_at_all() -> None:
+    bucket = TokenBucket(rate=100.0, capacity=250.0, now=0.0)
+    assert bucket.take(0.0, 100) and bucket.take(0.0, 100)
+    assert not bucket.take(0.0, 100)  # 50 left: a refusal spends nothing
+    assert bucket.take(0.0, 50) and not bucket.take(0.0, 1)
+    assert not bucket.take(0.5, 60)  # refilled to 50
+    assert bucket.take(1.0, 100)  # and to 100
+    assert bucket.take(1.0, 0)  # nothing to spend always passes
+
+
 def test_rate_limiter_per_key_follows_rate_changes_and_forgets_idle_keys() -> None:
     limiter = RateLimiter(max_keys=2)
     assert limiter.allow("a", 1.0, 1.0, 0.0)

@@ -24,7 +24,7 @@ from packaging.version import Version
 from extproc.core import signed_urls
 from extproc.core.errors import InvalidArgument, Unauthenticated
 from extproc.edge.decision import Allow, Deny, SandboxDecider
-from extproc.edge.routes import Directory
+from extproc.edge.sandbox_directory import Directory
 from extproc.picod.app import Picod
 from extproc.picod.settings import PicodSettings
 from support.routes import running_route

@@ -3,12 +3,15 @@
 projects as fakes that behave like upstream's, and a fake node (kubelet.py) that runs a real
 picod for each Pod.
 
-`python -m e2e_k8s.cluster --root DIR [--preload FILE] [--agent-sandbox 0.4.6|0.5.6]
-[--agentcube-namespace NS] [--controller-delay SECONDS] [--agentcube-retry SECONDS]`
+`python -m e2e_k8s.cluster --root DIR [--preload FILE] [--images FILE]
+[--agent-sandbox 0.4.6|0.5.6] [--agentcube-namespace NS] [--controller-delay SECONDS]
+[--agentcube-retry SECONDS]`
 (tests/ on PYTHONPATH). It installs the resources, puts the preloaded objects (a JSON list of
 `{"plural": ..., "object": ...}`, in the storage version: v1beta1 agent-sandbox objects on
-0.5.6), prints `listening PORT` and serves until SIGTERM, when it stops the controllers, every
-picod and then the API.
+0.5.6), pulls images from the `--images` file (kubelet.Images: {name: root directory},
+read at each pull, so a test adds images while the cluster runs), prints `listening
+PORT` and serves until SIGTERM, when it stops the controllers, every picod and then the
+API.
 
 The controllers (each in its module): agent-sandbox's Sandbox, SandboxClaim and
 SandboxWarmPool controllers and AgentCube's CodeInterpreter controller. Each waits the
@@ -55,6 +58,7 @@ class ClusterSettings:
     agentcube_namespace: str = "agentcube"  # where picod-router-identity is read
     controller_delay_s: float = 0.05  # before each reconcile's writes
     agentcube_retry_s: float = RETRY_S  # CodeInterpreter retry while the identity is missing
+    images: Path | None = None  # the node's pushed images (kubelet.Images)
 
     @property
     def release(self) -> AgentSandbox:
@@ -75,7 +79,7 @@ class FakeCluster:
     def __init__(self, api: FakeApi, settings: ClusterSettings) -> None:
         release, delay = settings.release, settings.controller_delay_s
         self.api = api
-        self.kubelet = Kubelet(api, settings.root)
+        self.kubelet = Kubelet(api, settings.root, settings.images)
         self.controllers: list[Controller] = [
             SandboxController(api, delay, release),
             ClaimController(api, delay, release),
@@ -138,6 +142,10 @@ def main() -> int:
     parser.add_argument("--root", type=Path, required=True, help="pod homes and picod logs")
     parser.add_argument("--preload", type=Path, help="JSON list of {plural, object}")
     parser.add_argument(
+        "--images", type=Path, metavar="FILE",
+        help="JSON {image name: root directory}, read at each pull (may not exist yet)",
+    )  # fmt: skip
+    parser.add_argument(
         "--agent-sandbox", choices=sorted(RELEASES), default="0.4.6",
         help="the agent-sandbox release: its CRDs and storage version (default 0.4.6)",
     )  # fmt: skip
@@ -164,6 +172,7 @@ def main() -> int:
         agentcube_namespace=args.agentcube_namespace,
         controller_delay_s=args.controller_delay,
         agentcube_retry_s=args.agentcube_retry,
+        images=args.images,
     )
     return asyncio.run(serve(settings, preload))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes.client import ApiClient, CoreV1Api
 
+from extproc.cli import main as cli_main
 from extproc.k8s.client import api_client
 from support.gateway import CLI, envoy_argv, sdk_environment
 from support.processes import free_port, spawn_logged, wait_healthy, wait_until  # noqa: F401
@@ -42,6 +44,7 @@ TENANT = "team-a"
 OTHER_TENANT = "team-b"
 TEMPLATE = "base"
 DOMAIN = "e2b.localhost"
+GATEWAY_IMAGE = "registry.test/agentcube-e2b:test"  # carries picod's bundle
 IDENTITY_SECRET = "picod-router-identity"
 AGENTCUBE_NAMESPACE = "agentcube"  # where AgentCube's router keeps IDENTITY_SECRET
 SANDBOX_API = ("agents.x-k8s.io", "v1alpha1", "sandboxes")
@@ -136,6 +139,7 @@ class Cluster:
     log: Path
     process: subprocess.Popen[bytes]
     release: str  # the agent-sandbox release the fake controllers play
+    images: Path  # the node's pushed images (kubelet.push_image), read at each pull
 
     def client(self) -> ApiClient:
         """The official client, configured from the kubeconfig as the gateway's processes are."""
@@ -171,6 +175,8 @@ def start_cluster(
     argv = [sys.executable, "-m", "e2e_k8s.cluster", "--root", str(root)]
     argv += ["--preload", str(preload_file), "--agent-sandbox", release]
     argv += ["--agentcube-namespace", AGENTCUBE_NAMESPACE]
+    images = directory / "images.json"  # none yet: a test that needs images pushes them
+    argv += ["--images", str(images)]
     with log.open("wb") as err:
         process = subprocess.Popen(
             argv,
@@ -187,7 +193,7 @@ def start_cluster(
         raise RuntimeError(f"fake cluster did not start:\n{log.read_text()[-4000:]}")
     url = f"http://127.0.0.1:{line[1]}"
     kubeconfig = write_kubeconfig(directory / "kubeconfig", url)
-    return Cluster(url, kubeconfig, root, log, process, release)
+    return Cluster(url, kubeconfig, root, log, process, release, images)
 
 
 def stop_cluster(cluster: Cluster) -> None:
@@ -233,6 +239,21 @@ def agentcube_identity() -> dict[str, Any]:
             "public.pem": base64.b64encode(public).decode(),
         },
     }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `newest_release_only` runs against the newest agent-sandbox release
+    alone: deselected (not skipped) for the others."""
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("newest_release_only") is not None
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("cluster", RELEASES[-1]) != RELEASES[-1]  # type: ignore[attr-defined]
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
 
 
 @pytest.fixture(scope="package", params=RELEASES, ids=lambda r: f"agent-sandbox-{r}")
@@ -311,20 +332,30 @@ class Gateway:
         return create_key(self.cluster, namespace)
 
 
+def _keys_argv(cluster: Cluster, *args: str) -> list[str]:
+    return ["keys", *args, "--kubernetes", "--kubeconfig", str(cluster.kubeconfig),
+            "--keys-namespace", SYSTEM_NAMESPACE]  # fmt: skip
+
+
 def keys_cli(cluster: Cluster, *args: str) -> str:
     """`agentcube-e2b keys ... --kubernetes` against the fake cluster; its stdout."""
-    argv = [*CLI, "keys", *args, "--kubernetes", "--kubeconfig", str(cluster.kubeconfig)]
-    argv += ["--keys-namespace", SYSTEM_NAMESPACE]
     done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=30, env=child_env(), check=False
-    )
+        [*CLI, *_keys_argv(cluster, *args)],
+        capture_output=True, text=True, timeout=30, env=child_env(), check=False,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def create_key(cluster: Cluster, namespace: str) -> str:
-    out = keys_cli(cluster, "create", "--namespace", namespace)
-    return next(word for word in out.split() if word.startswith("e2b_"))
+    """`keys create`, run in this process: a CLI process of its own spends seconds importing
+    the Kubernetes client this one has loaded already (its flags name the cluster, so the
+    environment child_env() would clean does not matter)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(_keys_argv(cluster, "create", "--namespace", namespace))
+    assert code == 0, out.getvalue()
+    return next(word for word in out.getvalue().split() if word.startswith("e2b_"))
 
 
 def at(port: int) -> str:
@@ -345,6 +376,9 @@ def _commands(
             "--identity-namespace", AGENTCUBE_NAMESPACE,
             # a pod the fake kubelet cannot start fails the test in seconds, not minutes
             "--ready-timeout", "20",
+            # from_image templates inject picod from this image (a test pushes it to the
+            # node: test_templates_from_image.py)
+            "--picod-bundle-image", GATEWAY_IMAGE,
             # mutual TLS (Secret e2b-lifecycle-tls, made at start), as in the Deployment;
             # plaintext health for the start-up wait, as kubelet's probe
             "--listen", addr["lifecycle"],
@@ -404,17 +438,16 @@ def running_gateway(
     names = ("lifecycle", "lifecycle_health", "edge", "metrics", "listen", "admin")
     ports = {name: free_port() for name in names}
     envoy_yaml = directory / "envoy.yaml"
-    subprocess.run(
-        [
-            *CLI, "envoy-config",
-            "--listen", at(ports["listen"]),
-            "--admin", at(ports["admin"]),
-            "--edge", at(ports["edge"]),
-            "--domain", DOMAIN,
-            "-o", str(envoy_yaml),
-        ],
-        check=True, timeout=30, env=child_env(),
-    )  # fmt: skip
+    # In this process: the command's own interpreter would spend seconds importing what
+    # this one has imported once (envoy-data-plane), for every release.
+    assert cli_main([
+        "envoy-config",
+        "--listen", at(ports["listen"]),
+        "--admin", at(ports["admin"]),
+        "--edge", at(ports["edge"]),
+        "--domain", DOMAIN,
+        "-o", str(envoy_yaml),
+    ]) == 0  # fmt: skip
     commands = _commands(ports, cluster.kubeconfig, envoy_yaml, directory / "edge-state")
     processes: dict[str, subprocess.Popen[bytes]] = {}
 

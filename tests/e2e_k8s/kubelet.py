@@ -30,6 +30,19 @@ survives a scale-down only on a persistent volume, as in a cluster. Everything l
 --root: <root>/<namespace>/<pod>-<uid>/ (picod.log, home, volumes, rootfs) and
 <root>/volumes/<namespace>/<pvc>-<uid>/.
 
+Images. By default every container is "the sandbox image": picod from this venv, as above.
+An image registered in `images` (image name -> a root filesystem directory) is run as a
+container instead: in a copy of that root of the pod's own, under bubblewrap
+(support/python_less.py), with the container's own command and args, its volumeMounts bound
+in, and only its env; picod's port is the pod's address through AGENTCUBE_E2B_PICOD_LISTEN
+(what the pod's own network namespace would give it). Such a pod's initContainers run
+first, in order, each in its own image's root with its volumeMounts; one that exits non-zero
+fails the pod (`Init:Error`), and an image not registered leaves it waiting
+(`ErrImagePull`). Images come in two ways (`Images`): put in `images` by a test in this
+process, or pushed by another one to a JSON file the node reads at each pull (cluster.py's
+--images), as a registry the node pulls from. An `emptyDir` is a directory of the pod's
+own, as any non-PVC volume.
+
 Writes go through the fake's in-process `put` on the loop, so the watch events the gateway
 receives are the ones these writes produce.
 """
@@ -41,8 +54,10 @@ import base64
 import binascii
 import contextlib
 import copy
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -54,6 +69,7 @@ from typing import Any
 import httpx
 
 from e2e_k8s.objects import Obj, Store, get, key_of, now, rfc3339, write
+from support.python_less import in_root
 
 log = logging.getLogger("fake-kubelet")
 
@@ -71,6 +87,37 @@ _OWN_FLAGS = ("--listen", "--home")
 STATE_DIR_FLAG, STATE_DIR_ENV = "--state-dir", "AGENTCUBE_E2B_PICOD_STATE_DIR"
 _READY_TIMEOUT_S = 20.0
 _STOP_GRACE_S = 5.0
+
+
+class Images(dict[str, Path]):
+    """The images this node has: image name -> root filesystem. Besides those put in, the
+    ones in the JSON file `pushed` ({name: root}), read at each look-up: images a process
+    other than the node's pushes while it runs."""
+
+    def __init__(self, pushed: Path | None = None) -> None:
+        super().__init__()
+        self.pushed = pushed
+
+    def _pushed(self) -> dict[str, Path]:
+        if self.pushed is None or not self.pushed.exists():
+            return {}
+        return {str(name): Path(root) for name, root in json.loads(self.pushed.read_text()).items()}
+
+    def __missing__(self, name: str) -> Path:
+        return self._pushed()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self._pushed()
+
+
+def push_image(pushed: Path, name: str, root: Path) -> None:
+    """Add image `name` (a root filesystem) to the node's file of pushed images (`Images`);
+    written whole and renamed, so the node never reads half a file."""
+    images = json.loads(pushed.read_text()) if pushed.exists() else {}
+    images[name] = str(root)
+    partial = pushed.with_name(pushed.name + ".partial")
+    partial.write_text(json.dumps(images))
+    partial.rename(pushed)
 
 
 class ContainerConfigError(Exception):
@@ -174,9 +221,11 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 class Kubelet:
-    def __init__(self, api: Store, root: Path) -> None:
+    def __init__(self, api: Store, root: Path, pushed_images: Path | None = None) -> None:
         self.api = api
         self.root = root
+        # image -> root filesystem, for containers run as such (see the module docstring)
+        self.images = Images(pushed_images)
         self.pods: dict[tuple[str, str], PodProcess] = {}
         self._addresses = loopback_addresses()
         self._events: asyncio.Queue[tuple[str, str, Obj]] = asyncio.Queue()
@@ -260,25 +309,26 @@ class Kubelet:
             log.info("pod %s/%s: %s: %s", pod.namespace, pod.name, error.reason, error.message)
             self._write_status(pod, self._status(pod, obj, "waiting", error.reason, error.message))
             return
-        claimed = [path for path, persistent in volumes.values() if persistent]
-        home = claimed[0] if claimed else pod.directory / "home"
-        host_path = self._host_paths(container, volumes, pod)
-        if STATE_DIR_ENV in env:
-            env[STATE_DIR_ENV] = host_path(env[STATE_DIR_ENV])
-        home.mkdir(parents=True, exist_ok=True)
         pod.directory.mkdir(parents=True, exist_ok=True)
-        process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
-        process_env.update(env)
-        if "PYTHONPATH" in os.environ:
-            process_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        if str(container.get("image")) in self.images:
+            try:
+                await self._run_init_containers(obj, pod, volumes)
+            except ContainerConfigError as error:
+                stage = "terminated" if error.reason == "Init:Error" else "waiting"
+                log.info("pod %s/%s: %s: %s", pod.namespace, pod.name, error.reason, error.message)
+                self._write_status(pod, self._status(pod, obj, stage, error.reason, error.message))
+                return
+            argv, process_env, cwd = self._in_image(container, env, volumes, pod)
+        else:
+            argv, process_env, cwd = self._picod_here(container, env, volumes, pod)
         with (pod.directory / "picod.log").open("ab") as sink:
             pod.process = await asyncio.create_subprocess_exec(
-                *picod_argv(container, pod.ip, home, host_path),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
                 env=process_env,
-                cwd=str(home),
+                cwd=cwd,
                 start_new_session=True,
             )
         pod.started_at = rfc3339(now())
@@ -290,6 +340,74 @@ class Kubelet:
             return
         self._write_status(pod, self._status(pod, obj, "ready"))
         self._spawn(self._watch_exit(pod, obj))
+
+    def _picod_here(
+        self, container: Obj, env: dict[str, str], volumes: dict[str, tuple[Path, bool]],
+        pod: PodProcess,
+    ) -> tuple[list[str], dict[str, str], str]:  # fmt: skip
+        """The sandbox image: this venv's picod, its paths mapped onto this host."""
+        claimed = [path for path, persistent in volumes.values() if persistent]
+        home = claimed[0] if claimed else pod.directory / "home"
+        host_path = self._host_paths(container, volumes, pod)
+        if STATE_DIR_ENV in env:
+            env[STATE_DIR_ENV] = host_path(env[STATE_DIR_ENV])
+        home.mkdir(parents=True, exist_ok=True)
+        process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+        process_env.update(env)
+        if "PYTHONPATH" in os.environ:
+            process_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        return picod_argv(container, pod.ip, home, host_path), process_env, str(home)
+
+    def _rooted(
+        self, container: Obj, env: dict[str, str], volumes: dict[str, tuple[Path, bool]],
+        pod: PodProcess,
+    ) -> list[str]:  # fmt: skip
+        """`container` run in its image's root (a copy per pod and container), its
+        volumeMounts bound in; the argv of bubblewrap."""
+        image = self.images[str(container.get("image"))]
+        root = pod.directory / "containers" / str(container.get("name"))
+        if not root.exists():
+            # Hard links: a fast copy; a container that rewrote an image file in place would
+            # change the image (none of the tests' do: they write new files).
+            shutil.copytree(image, root, symlinks=True, copy_function=os.link)
+        binds: dict[str, Path] = {}
+        read_only = []
+        for mount in container.get("volumeMounts") or []:
+            host = volumes[mount["name"]][0]
+            host.mkdir(parents=True, exist_ok=True)
+            binds[str(mount["mountPath"])] = host
+            if mount.get("readOnly"):
+                read_only.append(str(mount["mountPath"]))
+        words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
+        return in_root(root, binds, words, {"PATH": "/bin:/usr/bin", **env}, read_only)
+
+    def _in_image(
+        self, container: Obj, env: dict[str, str], volumes: dict[str, tuple[Path, bool]],
+        pod: PodProcess,
+    ) -> tuple[list[str], dict[str, str], str]:  # fmt: skip
+        listen = {"AGENTCUBE_E2B_PICOD_LISTEN": f"{pod.ip}:{PICOD_PORT}"}
+        return self._rooted(container, {**env, **listen}, volumes, pod), {}, str(pod.directory)
+
+    async def _run_init_containers(
+        self, obj: Obj, pod: PodProcess, volumes: dict[str, tuple[Path, bool]]
+    ) -> None:
+        """Each init container to its end, in order; ContainerConfigError if one cannot
+        start (ErrImagePull) or fails (Init:Error)."""
+        for container in (obj.get("spec") or {}).get("initContainers") or []:
+            image = str(container.get("image"))
+            if image not in self.images:
+                raise ContainerConfigError("ErrImagePull", f"image {image!r} is not on this node")
+            env = self._container_env(container, obj, pod)
+            with (pod.directory / "init.log").open("ab") as sink:
+                process = await asyncio.create_subprocess_exec(
+                    *self._rooted(container, env, volumes, pod), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=sink, stderr=asyncio.subprocess.STDOUT, env={},
+                    start_new_session=True,
+                )  # fmt: skip
+                code = await process.wait()
+            if code != 0:
+                message = f"init container {container.get('name')} exited with {code}"
+                raise ContainerConfigError("Init:Error", message)
 
     async def _wait_serving(self, pod: PodProcess) -> bool:
         """The readiness probe: GET /health until 204, while the process lives."""

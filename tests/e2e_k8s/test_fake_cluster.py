@@ -767,8 +767,9 @@ def cluster_process(directory: Path, *flags: str) -> Iterator[Cluster]:
     url = f"http://127.0.0.1:{line[1]}" if line[:1] == ["listening"] else ""
     release = flags[flags.index("--agent-sandbox") + 1] if "--agent-sandbox" in flags else "0.4.6"
     running_cluster = Cluster(
-        url, write_kubeconfig(directory / "kubeconfig", url), root, log, process, release
-    )
+        url, write_kubeconfig(directory / "kubeconfig", url), root, log, process, release,
+        directory / "images.json",  # read only with --images among `flags`
+    )  # fmt: skip
     try:
         assert url, log.read_text()[-4000:]
         yield running_cluster

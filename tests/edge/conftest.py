@@ -12,6 +12,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 
 from extproc.core.api_keys import KeyStatus, hash_api_key
+from extproc.core.backoff import Backoff
 from extproc.core.identity import load_or_create_router_identity
 from extproc.edge.server import Edge
 from extproc.edge.settings import DirectorySettings, EdgeSettings
@@ -100,7 +101,9 @@ async def edge(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
         domain=DOMAIN,
-        directory=DirectorySettings(lifecycle_target=fake[1], backoff_initial_s=0.01),
+        directory=DirectorySettings(
+            lifecycle_target=fake[1], backoff=Backoff(initial_s=0.01, max_s=5.0)
+        ),
         shutdown_grace_s=0.5,
     )
     server = Edge(settings)

@@ -15,7 +15,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.edge.authz import AuthorizationServicer
 from extproc.edge.decision import Allow, Deny, Resume, SandboxDecider
-from extproc.edge.routes import Directory
+from extproc.edge.sandbox_directory import Directory
 from extproc.edge.server import Edge
 from support.routes import running_route
 
@@ -203,7 +203,7 @@ async def test_the_deadline_answers_503_and_the_resume_carries_on(
     status, _ = denial(await check(servicer, envd()))
     assert status == 503
 
-    in_flight = edge.feed.resuming("sbxnap")
+    in_flight = edge.feed.resumes.get("sbxnap")
     assert in_flight is not None
     lifecycle.resume_gate.set()
     await in_flight
@@ -220,7 +220,7 @@ async def test_a_failed_resume_is_an_honest_503_and_the_next_request_tries_again
     status, body = denial(await check(edge.authz, envd()))
     assert status == 503
     assert body["message"].startswith("sandbox sbxnap is paused and could not be resumed: ")
-    assert edge.feed.resuming("sbxnap") is None  # finished: nothing left in flight
+    assert edge.feed.resumes.get("sbxnap") is None  # finished: nothing left in flight
     assert upstream(await check(edge.authz, envd())) == "127.0.0.5:49983"
     assert len(calls(lifecycle, "ResumeSandbox")) == 2
 

@@ -23,7 +23,7 @@ from extproc.edge.decision import (
     SandboxDecider,
     normalized_path,
 )
-from extproc.edge.routes import Directory
+from extproc.edge.sandbox_directory import Directory
 from support.routes import running_route
 
 DOMAIN = "e2b.test"

@@ -13,6 +13,7 @@ import grpc
 import httpx
 import pytest
 
+from extproc.core.backoff import Backoff
 from extproc.core.caller_token import new_token, write_token_file
 from extproc.core.errors import Unavailable
 from extproc.edge.server import Edge
@@ -57,7 +58,7 @@ def _edge_settings(state: Path, token_file: Path) -> EdgeSettings:
         directory=DirectorySettings(
             lifecycle_target=f"unix:{state / 'run' / 'lifecycle.sock'}",
             lifecycle_token_file=token_file,
-            backoff_initial_s=0.01,
+            backoff=Backoff(initial_s=0.01, max_s=5.0),
         ),
     )
 

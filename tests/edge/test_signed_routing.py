@@ -18,7 +18,7 @@ from extproc.core import signed_urls
 from extproc.core.errors import ResourceExhausted
 from extproc.edge.authz import AuthorizationServicer
 from extproc.edge.decision import Allow, Deny, Locate, SandboxDecider
-from extproc.edge.routes import Directory, Route
+from extproc.edge.sandbox_directory import Directory, Route
 from extproc.edge.server import Edge
 from extproc.edge.signed_routing import SCAN_SLICE, SignatureRouter
 from support.routes import running_route
@@ -206,6 +206,13 @@ async def test_a_directory_larger_than_the_budget_is_scanned_when_the_budget_is_
         await router.find(signed_query("tok-8"), "read")
     clock.now += 1
     assert await router.find(signed_query("tok-8"), "read") == "sbx8"
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_budget_must_be_positive_and_finite(budget: float) -> None:
+    # An infinite rate would make the token bucket NaN and refuse every scan.
+    with pytest.raises(ValueError, match="budget_per_s must be positive and finite"):
+        SignatureRouter(Directory(), budget_per_s=budget)
 
 
 # --- the decision ---------------------------------------------------------------------------

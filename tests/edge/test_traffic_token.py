@@ -13,7 +13,7 @@ import pytest
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.tokens import traffic_access_token
 from extproc.edge.decision import Allow, Deny, Miss, SandboxDecider
-from extproc.edge.routes import Directory, Route, route_from_proto
+from extproc.edge.sandbox_directory import Directory, Route, route_from_proto
 from support.routes import running_route
 
 DOMAIN = "e2b.test"

@@ -21,7 +21,7 @@ from extproc.core.api_keys import (
     new_api_key,
     parse_key_documents,
 )
-from extproc.core.identity import load_or_create_router_identity
+from extproc.core.identity import TlsIdentity, load_or_create_router_identity
 from extproc.edge.keyfiles import read_key_index
 from extproc.edge.keystore import KeyStore
 from extproc.edge.rest_wire import DEFAULT_STATUS, FROM_GRPC, HTTP_STATUS, error_answer, from_grpc
@@ -161,6 +161,10 @@ def test_identity_files(tmp_path: Path) -> None:
     (tmp_path / "id" / "public.pem").unlink()
     again = load_or_create_router_identity(tmp_path / "id")
     assert again == identity
+    # A private key never reaches a log line or a traceback through repr.
+    assert repr(identity) == "RouterIdentity(<redacted>)"
+    tls = TlsIdentity(ca_pem=b"ca", cert_pem=b"cert", key_pem=identity.private_pem)
+    assert repr(tls) == str(tls) == "TlsIdentity(<redacted>)"
     assert [p.name for p in (tmp_path / "id").iterdir() if p.name.startswith(".")] == []
 
 

@@ -17,6 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth
 
 from edge.fake_lifecycle import FakeLifecycle, start_fake
 from extproc.core.api_keys import hash_api_key
+from extproc.core.backoff import Backoff
 from extproc.core.identity import load_or_create_router_identity
 from extproc.edge.server import Edge
 from extproc.edge.settings import DirectorySettings, EdgeSettings, KubernetesSettings
@@ -33,7 +34,9 @@ KEY_REVOKED = "e2b_" + "c" * 40
 PROOF_KEY = bytes(range(32))
 # Fast retries so the disconnect tests take milliseconds; the logic is the production one.
 FAST = InformerSettings(
-    watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
+    watch_timeout_s=30,
+    connect_timeout_s=1.0,
+    backoff=Backoff(initial_s=0.02, max_s=0.1, jitter=0.5),
 )
 MISS_WAIT_S = 0.1
 # The edge's informers, in Edge.informers order.

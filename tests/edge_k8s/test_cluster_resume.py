@@ -108,7 +108,7 @@ async def test_a_pod_slower_than_the_deadline_gets_503_and_a_later_request_is_se
         503,
         "sandbox sbx7 is paused and being resumed; retry the request shortly",
     )
-    in_flight = edge.feed.resuming("sbx7")
+    in_flight = edge.feed.resumes.get("sbx7")
     assert in_flight is not None and not in_flight.done()  # still waiting for the pod
     await until(edge, "sandboxes", api.put("sandboxes", sandbox("sbx7")))
     api.put("pods", pod("sbx7", "10.1.4.3"))

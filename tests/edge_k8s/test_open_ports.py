@@ -8,7 +8,7 @@ import json
 import pytest
 
 from extproc.edge.decision import Allow, Deny, SandboxDecider
-from extproc.edge.routes import Directory
+from extproc.edge.sandbox_directory import Directory
 from extproc.k8s.directory import parse_ports
 from support.routes import running_route
 

@@ -24,6 +24,7 @@ import uvicorn
 from edge.fake_lifecycle import FakeLifecycle, start_fake
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.api_keys import KeyStatus, hash_api_key
+from extproc.core.backoff import Backoff
 from extproc.edge.server import Edge
 from extproc.edge.settings import DirectorySettings, EdgeSettings, FastPathSettings
 from extproc.envoy_config.bootstrap import render_yaml
@@ -165,7 +166,9 @@ def edge_settings(state: Path, lifecycle: str, *, fast: bool) -> EdgeSettings:
         listen=f"unix:{state / 'edge.sock'}",
         metrics_listen="",
         domain=DOMAIN,
-        directory=DirectorySettings(lifecycle_target=lifecycle, backoff_initial_s=0.01),
+        directory=DirectorySettings(
+            lifecycle_target=lifecycle, backoff=Backoff(initial_s=0.01, max_s=5.0)
+        ),
         shutdown_grace_s=0.5,
         fast_path=FastPathSettings(routes_file=routes_file(state) if fast else None),
     )

@@ -19,7 +19,7 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc.core.identity import load_or_create_router_identity
 from extproc.edge.fast_path import FastPath, fast_route_of
 from extproc.edge.metrics import EdgeMetrics
-from extproc.edge.routes import Directory, Route, route_from_proto
+from extproc.edge.sandbox_directory import Directory, Route, route_from_proto
 from extproc.edge.settings import FastPathSettings, TokenSettings
 from extproc.edge.tokens import TokenSigner
 from extproc.edge.xds_routes import FastRoute, FastRoutes

@@ -42,7 +42,10 @@ async function main() {
   } finally {
     await sbx.kill()
   }
-  console.log(JSON.stringify(out))
+  // Exit once the line is out rather than when the event loop drains: the SDK (2.8.0)
+  // leaves runCode's 60 s request timer armed when the reply is an error (the R call), which
+  // kept node alive a minute after the work was done.
+  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0))
 }
 
 main().catch((error) => {

@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
+from extproc.core.backoff import Backoff
 from extproc.k8s.settings import InformerSettings
 from support.kubeapi import FakeApi, served
 
 # Fast retries so recovery tests take milliseconds; the logic is the production one.
 FAST = InformerSettings(
-    watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
+    watch_timeout_s=30,
+    connect_timeout_s=1.0,
+    backoff=Backoff(initial_s=0.02, max_s=0.1, jitter=0.5),
 )
 WAIT_S = 5.0
 

@@ -9,6 +9,7 @@ from typing import Any
 import kmock
 from kubernetes.client import ApiClient, CoreV1Api
 
+from extproc.core.backoff import Backoff
 from extproc.k8s.informing import Informer
 from extproc.k8s.listwatch import KubeObject, WatchTarget, field_selector_for_name
 from extproc.k8s.settings import InformerSettings
@@ -129,9 +130,7 @@ async def test_bookmark_advances_the_resource_version_for_the_next_watch(
     api.end_watches("configmaps")  # the server's timeoutSeconds: resume, do not relist
     await until(inf, lambda i: len(api.requests(kmock.action.WATCH, "configmaps")) == 2)
 
-    assert api.requests(kmock.action.WATCH, "configmaps")[1].params["resourceVersion"] == str(
-        mark
-    )
+    assert api.requests(kmock.action.WATCH, "configmaps")[1].params["resourceVersion"] == str(mark)
     assert len(api.requests(kmock.action.LIST, "configmaps")) == 1
     assert recorder.calls == [("add", "a", "1")] and inf.status.events == 0
 
@@ -172,9 +171,7 @@ async def test_410_as_an_error_event_relists_and_diffs(
     assert len(api.requests(kmock.action.LIST, "configmaps")) == 3
 
 
-async def test_410_as_an_http_status_relists(
-    api: FakeApi, client: ApiClient, run: Runner
-) -> None:
+async def test_410_as_an_http_status_relists(api: FakeApi, client: ApiClient, run: Runner) -> None:
     api.put("configmaps", config_map("a", "1"))
     api.put("configmaps", config_map("b", "2"))
     recorder = Recorder()
@@ -256,7 +253,12 @@ async def test_list_pages_with_continue_tokens(
 ) -> None:
     for n in range(5):
         api.put("configmaps", config_map(f"m{n}", str(n)))
-    inf = informer(client, settings=InformerSettings(page_size=2, backoff_initial_s=0.02))
+    inf = informer(
+        client,
+        settings=InformerSettings(
+            page_size=2, backoff=Backoff(initial_s=0.02, max_s=30.0, jitter=0.5)
+        ),
+    )
     run(inf.run())
     async with asyncio.timeout(WAIT_S):
         await inf.synced.wait()
@@ -299,7 +301,7 @@ async def test_forbidden_list_retries_with_backoff_and_reports_it(
 
 
 def test_backoff_is_exponential_bounded_and_jittered() -> None:
-    settings = InformerSettings(backoff_initial_s=1.0, backoff_max_s=8.0, backoff_jitter=0.5)
+    settings = InformerSettings(backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.5))
     draws = iter([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.5])
     inf = Informer(
         WatchTarget(name="x", list_call=lambda **_: None), settings, rng=lambda: next(draws)

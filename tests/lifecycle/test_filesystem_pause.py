@@ -249,8 +249,10 @@ async def test_filesystem_pause_without_isolation(tmp_path: Path) -> None:
                 pb.PauseSandboxRequest(**_ident(sandbox), memory=False)
             )
             assert _supervisors(client, sandbox.sandbox_id) == []
+            # a new connection: nothing listens (a kept-alive one may fail reading instead)
             with pytest.raises(httpx.ConnectError):
-                await http.get(url)
+                async with httpx.AsyncClient(timeout=5.0) as fresh:
+                    await fresh.get(url)
             connected = await client.sandboxes.ConnectSandbox(
                 pb.ConnectSandboxRequest(**_ident(sandbox))
             )

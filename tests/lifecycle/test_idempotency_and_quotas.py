@@ -1,4 +1,7 @@
-"""Durable Idempotency-Key (24 h, in SQLite with the sandbox) and the per-tenant quotas."""
+"""Durable Idempotency-Key (24 h, in SQLite with the sandbox) and the per-tenant quotas.
+
+The key is the servicer's (`idempotency.IdempotentCreates` over the backend), as the gRPC
+service runs it."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pytest
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.errors import ResourceExhausted
-from extproc.lifecycle.admission import IDEMPOTENCY_WINDOW_S
+from extproc.lifecycle.idempotency import IDEMPOTENCY_WINDOW_S, IdempotentCreates
 from extproc.lifecycle.local import LocalBackend
 from extproc.lifecycle.sandboxes import CreateSpec, State
 
@@ -32,6 +35,7 @@ class Clock:
 class Running:
     def __init__(self, backend: LocalBackend, tasks: list[asyncio.Task[None]]) -> None:
         self.backend, self.tasks = backend, tasks
+        self.creates = IdempotentCreates(backend)  # a servicer's, made anew with each start
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -59,8 +63,8 @@ async def test_keys_outlive_a_restart_and_a_kill_then_expire_after_24h(state: Pa
     clock = Clock(1_000_000.0)
     first = await _run(state, clock)
     try:
-        a = await first.backend.create(_spec(key="req-1"))
-        b = await first.backend.create(_spec(tenant="u", key="req-1"))
+        a = await first.creates.create(_spec(key="req-1"))
+        b = await first.creates.create(_spec(tenant="u", key="req-1"))
         assert a.sandbox_id != b.sandbox_id  # the key is per tenant
         await first.backend.kill(a.sandbox_id, "t")
     finally:
@@ -69,18 +73,17 @@ async def test_keys_outlive_a_restart_and_a_kill_then_expire_after_24h(state: Pa
     clock.now += 3600
     second = await _run(state, clock)
     try:
-        again = await second.backend.create(_spec(key="req-1"))  # rebuilt from SQLite
+        again = await second.creates.create(_spec(key="req-1"))  # rebuilt from SQLite
         assert again.sandbox_id == a.sandbox_id
         assert again.envd_access_token == a.envd_access_token
         assert again.state is State.ENDED and again.end_reason == "killed"
         assert not second.backend.live  # nothing was started for the retry
 
         clock.now = a.started_at + IDEMPOTENCY_WINDOW_S + 1
-        fresh = await second.backend.create(_spec(key="req-1"))
+        fresh = await second.creates.create(_spec(key="req-1"))
         assert fresh.sandbox_id != a.sandbox_id and fresh.state is State.RUNNING
-        assert (await second.backend.create(_spec(key="req-1"))).sandbox_id == fresh.sandbox_id
-        assert second.backend.idempotency.sandbox_id(("t", "req-1"), 0) is not None
-        assert len(second.backend.idempotency._index) == 1
+        assert (await second.creates.create(_spec(key="req-1"))).sandbox_id == fresh.sandbox_id
+        assert len(second.creates) == 1  # the expired keys were pruned
     finally:
         await second.stop()
 
@@ -132,8 +135,9 @@ async def test_quotas_per_tenant(state: Path) -> None:
             await backend.create(_spec(max_sandboxes=1))
         other = await backend.create(_spec(tenant="u", max_sandboxes=1))  # unaffected
         # An idempotent retry is not a new sandbox: the quota does not apply to it.
-        keyed = await backend.create(_spec(tenant="k", key="x", creates_per_minute=1))
-        assert (await backend.create(_spec(tenant="k", key="x", creates_per_minute=1))) == keyed
+        keyed = await running.creates.create(_spec(tenant="k", key="x", creates_per_minute=1))
+        retried = await running.creates.create(_spec(tenant="k", key="x", creates_per_minute=1))
+        assert retried == keyed
         with pytest.raises(ResourceExhausted, match="createsPerMinute"):
             await backend.create(_spec(tenant="k", creates_per_minute=1))
         clock.now += 60

@@ -50,6 +50,7 @@ from e2e_k8s.cluster import ClusterSettings, FakeCluster, install
 from e2e_k8s.kubelet import PICOD_PORT
 from e2e_k8s.versions import RELEASES, AgentSandbox
 from e2e_k8s.warm_pool_controller import WarmPoolController
+from extproc.core.backoff import Backoff
 from extproc.core.errors import DomainError
 from extproc.k8s.identity import http_status
 from extproc.k8s.listwatch import KubeObject
@@ -71,7 +72,9 @@ COLD = "base"  # a CodeInterpreter without a warm pool, in both namespaces of ev
 POOLED = "pooled"  # one with a warm pool of one (`warm_pool`, `fill_warm_pool`)
 WAIT_S = 30.0  # the longest wait for anything; generous, for a loaded machine
 FAST = InformerSettings(
-    watch_timeout_s=30, connect_timeout_s=1.0, backoff_initial_s=0.02, backoff_max_s=0.1
+    watch_timeout_s=30,
+    connect_timeout_s=1.0,
+    backoff=Backoff(initial_s=0.02, max_s=0.1, jitter=0.5),
 )
 STRICT_WRITES = ("POST", "PATCH")
 ALL_STATES = frozenset(State)

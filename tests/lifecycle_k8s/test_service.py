@@ -152,6 +152,18 @@ async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
         await expect(templates.DeleteTemplate(pb.DeleteTemplateRequest(
             tenant=tenant, template_id=COLD)), grpc.StatusCode.UNIMPLEMENTED)  # fmt: skip
 
+        # The tenant rules are the servicer's, whichever backend: a call for one tenant
+        # refuses an empty one even with the all-tenants scope.
+        every_tenant = (("x-agentcube-e2b-scope", "all-tenants"),)
+        for call in (
+            stub.CreateSandbox(pb.CreateSandboxRequest(template_id=COLD), metadata=every_tenant),
+            stub.RefreshSandbox(pb.RefreshSandboxRequest(sandbox_id=sid), metadata=every_tenant),
+            templates.DeleteTemplate(
+                pb.DeleteTemplateRequest(template_id=COLD), metadata=every_tenant
+            ),
+        ):
+            assert "tenant is required" in await expect(call, grpc.StatusCode.INVALID_ARGUMENT)
+
         await expect(stub.ResumeSandbox(pb.ResumeSandboxRequest(tenant=tenant, sandbox_id=sid)),
                      grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
         paused = await stub.PauseSandbox(pb.PauseSandboxRequest(tenant=tenant, sandbox_id=sid))
@@ -210,3 +222,44 @@ async def test_the_checks_every_test_ends_with_can_fail(cluster: Cluster) -> Non
     assert any("spec.podTemplate" in p for p in problems)  # required, absent
     api.delete("sandboxes", cluster.tenant, "bad")
     assert invalid_stored_objects(api) == []
+
+
+async def test_idempotency_key(cluster: Cluster, tmp_path: Path) -> None:
+    """As in local mode (the servicer keeps the keys, over either backend): a retry with the
+    same key gets the sandbox the first request made, whatever its body; the key is per
+    tenant; concurrent retries make one sandbox."""
+    api, tenant = cluster.api, cluster.tenant
+    kube = kube_settings(kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url),
+                         lifecycle_tls_secret="")  # fmt: skip
+    config = LifecycleSettings(
+        backend="kubernetes", server=ServerSettings(listen="127.0.0.1:0", grace_s=0.5),
+        kubernetes=kube,
+    )  # fmt: skip
+    async with (
+        serving(config) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = pb_grpc.SandboxServiceStub(channel)
+        request = pb.CreateSandboxRequest(
+            tenant=tenant, template_id=COLD, timeout_seconds=60, idempotency_key="retry-1"
+        )
+        first, second = await asyncio.gather(
+            stub.CreateSandbox(request), stub.CreateSandbox(request))  # fmt: skip
+        sid = first.sandbox.sandbox_id
+        assert second.sandbox.sandbox_id == sid
+        assert second.sandbox.envd_access_token == first.sandbox.envd_access_token
+        other_body = pb.CreateSandboxRequest(
+            tenant=tenant, template_id=COLD, timeout_seconds=120, metadata={"k": "v"},
+            idempotency_key="retry-1",
+        )  # fmt: skip
+        retried = await stub.CreateSandbox(other_body)
+        assert retried.sandbox.sandbox_id == sid and not retried.sandbox.metadata
+        made = [w for w in cluster.writes("secrets")
+                if w.method == "POST" and w.namespace == tenant]  # fmt: skip
+        assert len(made) == 1  # one sandbox (one token Secret), whatever the retries
+        elsewhere = await stub.CreateSandbox(pb.CreateSandboxRequest(
+            tenant=cluster.other, template_id=COLD, timeout_seconds=60,
+            idempotency_key="retry-1"))  # fmt: skip
+        assert elsewhere.sandbox.sandbox_id != sid
+        for made_in, made_id in ((tenant, sid), (cluster.other, elsewhere.sandbox.sandbox_id)):
+            await stub.KillSandbox(pb.KillSandboxRequest(tenant=made_in, sandbox_id=made_id))

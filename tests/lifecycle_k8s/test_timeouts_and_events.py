@@ -116,8 +116,6 @@ async def test_timeouts_move_end_at_and_the_controllers_deletion_time(
     await check_timeouts(cluster, backend, warm)
     with pytest.raises(NotFound):
         await backend.set_timeout(cold.sandbox_id, cluster.other, 60)
-    with pytest.raises(InvalidArgument, match="tenant"):
-        await backend.refresh(cold.sandbox_id, "", 60)
 
 
 async def test_session_timeout_is_the_default_and_max_session_duration_the_cap(

@@ -47,7 +47,8 @@ EXPECTED: dict[str, set[Grant]] = {
         *((CLUSTER, "extensions.agents.x-k8s.io", "sandboxclaims", verb, "*") for verb in WRITE),
         *((CLUSTER, "extensions.agents.x-k8s.io", "sandboxtemplates", v, "*") for v in READ),
         *((CLUSTER, "extensions.agents.x-k8s.io", "sandboxwarmpools", v, "*") for v in READ),
-        *((CLUSTER, "runtime.agentcube.volcano.sh", "codeinterpreters", v, "*") for v in READ),
+        # templates built with from_image (writes narrowed by the admission policy)
+        *((CLUSTER, "runtime.agentcube.volcano.sh", "codeinterpreters", v, "*") for v in WRITE),
         *((CLUSTER, "", "pods", verb, "*") for verb in READ),  # no patch any more
         # per-sandbox Secrets in tenant namespaces (writes narrowed by the admission policy)
         *((CLUSTER, "", "secrets", verb, "*") for verb in ("get", "create", "patch", "delete")),
@@ -164,15 +165,21 @@ def test_admission_policy_limits_lifecycle_secret_writes_to_its_own() -> None:
     assert "matchResources" not in binding["spec"]  # every namespace
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
-    (rule,) = spec["matchConstraints"]["resourceRules"]
-    assert rule["resources"] == ["secrets", "persistentvolumeclaims"]
-    # every write verb RBAC grants it on Secrets and claims goes through the policy
-    written = {
-        g[3] for g in EXPECTED["agentcube-e2b-lifecycle"]
-        if g[2] in rule["resources"]
-    } - {"get", "list"}  # fmt: skip
+    core, templates = spec["matchConstraints"]["resourceRules"]
+    assert (core["apiGroups"], core["resources"]) == ([""], ["secrets", "persistentvolumeclaims"])
+    assert (templates["apiGroups"], templates["resources"]) == (
+        ["runtime.agentcube.volcano.sh"],
+        ["codeinterpreters"],
+    )
+    # every write verb RBAC grants it on Secrets, claims and CodeInterpreters goes through it
     admitted = {"create": "CREATE", "patch": "UPDATE", "update": "UPDATE", "delete": "DELETE"}
-    assert {admitted[verb] for verb in written} <= set(rule["operations"])
+    for rule in (core, templates):
+        written = {
+            g[3] for g in EXPECTED["agentcube-e2b-lifecycle"]
+            if (g[1] in rule["apiGroups"]) and g[2] in rule["resources"]
+        } - {"get", "list", "watch"}  # fmt: skip
+        assert written
+        assert {admitted[verb] for verb in written} <= set(rule["operations"])
     (condition,) = spec["matchConditions"]
     assert f"system:serviceaccount:{NAMESPACE}:agentcube-e2b-lifecycle" in condition["expression"]
     new, old = (validation["expression"] for validation in spec["validations"])

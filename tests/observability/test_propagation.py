@@ -4,6 +4,7 @@ that request and logs one line for it, whatever its status."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ from extproc.core.request_context import (
     begin_request,
     current_request,
     end_request,
+    outside_requests,
 )
 from extproc.edge.lifecycle_channel import lifecycle_channel
 from extproc.lifecycle.server import new_server
@@ -134,6 +136,22 @@ async def test_a_call_outside_a_request_carries_no_id(
     assert seen == RequestContext("", "team-a", "sbx1")
     (line,) = entries(logged, "extproc.lifecycle.rpc_logging")
     assert "request_id" not in line and line["grpc_status"] == "OK"
+
+
+async def test_background_work_a_request_starts_can_leave_it() -> None:
+    async def seen() -> RequestContext | None:
+        return current_request()
+
+    token = begin_request("req-1", tenant="team-a")
+    try:
+        inherited = await asyncio.create_task(seen())
+        detached = await asyncio.create_task(seen(), context=outside_requests())
+        still = current_request()
+    finally:
+        end_request(token)
+    assert inherited == RequestContext("req-1", "team-a", "")
+    assert detached is None
+    assert still == RequestContext("req-1", "team-a", "")  # the request itself keeps its id
 
 
 async def test_a_refused_caller_is_logged_too(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
-from extproc.edge.routes import Route
+from extproc.edge.sandbox_directory import Route
 
 
 def running_route(sandbox_id: str, access_token: str, **fields: Any) -> Route:

@@ -1,8 +1,8 @@
-"""The routing directory: sandbox id -> where its ports listen and who may reach it.
+"""The sandbox directory: sandbox id -> where its ports listen and who may reach it (a `Route`).
 
 Pure data, fed by the lifecycle watcher (watching.py) or, in Kubernetes mode, by the
 cluster informers (cluster_watching.py), corrected at once by the platform API's own replies
-(a pause, a kill, a new timeout: platform.py), and read by the Check decision. Paused
+(a pause, a kill, a new timeout: sandbox_api.py), and read by the Check decision. Paused
 sandboxes stay in the map, so a request to one is answered as paused (or resumes it), never
 routed to a stopped daemon. Observers (the fast path) hear of every change, synchronously,
 so nothing can read the new state before they do. The
