@@ -16,6 +16,29 @@ from pathlib import Path
 import pytest
 
 import support.rootfs  # noqa: F401 (one base rootfs cache for every test and its processes)
+from e2e_k8s.versions import RELEASES
+
+# The fixtures that run a test once per agent-sandbox release (tests/e2e_k8s, lifecycle_k8s).
+_RELEASE_FIXTURES = ("cluster", "release")
+_NEWEST_RELEASE = max(RELEASES, key=lambda name: tuple(int(part) for part in name.split(".")))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `newest_release_only` runs against the newest agent-sandbox release
+    alone: deselected (not skipped) for the others. For tests where nothing past the Sandbox
+    CR, which other tests write in every release's schema, depends on the release."""
+    dropped = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.get_closest_marker("newest_release_only") is None or callspec is None:
+            continue
+        releases = {callspec.params[name] for name in _RELEASE_FIXTURES if name in callspec.params}
+        if releases and releases != {_NEWEST_RELEASE}:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
 
 # How long a child may take to exit after the test's own teardown asked it to.
 _EXIT_GRACE_SECONDS = 3.0

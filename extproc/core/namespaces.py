@@ -13,6 +13,7 @@ import os
 import platform
 from pathlib import Path
 
+CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -34,6 +35,7 @@ OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_RECURSIVE = 0x8000
 AT_EMPTY_PATH = 0x1000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
@@ -46,6 +48,7 @@ PR_SET_MM_MAP = 14
 
 _AT_FDCWD = -100
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_SYS_PIDFD_SEND_SIGNAL, _SYS_PIDFD_OPEN = 424, 434
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -129,6 +132,28 @@ def attach(tree: int, target: str) -> None:
                       MOVE_MOUNT_F_EMPTY_PATH),
         f"move_mount to {target}",
     )  # fmt: skip
+
+
+def attach_at(tree: int, target_fd: int, what: str) -> None:
+    """Mount the detached tree `tree` on the directory open as `target_fd` (an O_PATH fd
+    held from a walk that followed no symlink, so nothing can swap the path meanwhile)."""
+    _check(
+        _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", target_fd, b"",
+                      MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+        f"move_mount({what})",
+    )  # fmt: skip
+
+
+def pidfd_open(pid: int) -> int | None:
+    """A pidfd of `pid`, or None when it is gone. While it is open, `pid` names that very
+    process."""
+    pidfd = _libc.syscall(_SYS_PIDFD_OPEN, pid, 0)
+    return int(pidfd) if pidfd >= 0 else None
+
+
+def pidfd_alive(pidfd: int) -> bool:
+    """The process of `pidfd` has not exited (signal 0 through the pidfd)."""
+    return bool(_libc.syscall(_SYS_PIDFD_SEND_SIGNAL, pidfd, 0, None, 0) == 0)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

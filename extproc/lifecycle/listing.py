@@ -21,7 +21,7 @@ MAX_PAGE = 100
 def _micros(seconds: float) -> int:
     """A time at the precision the API shows it (RFC 3339 with microseconds), so a bound
     copied from a sandbox's startedAt includes that sandbox."""
-    return round(int(seconds * 1e9) / 1000)  # as service._ts and then RFC 3339 round it
+    return round(int(seconds * 1e9) / 1000)  # as messages.timestamp and then RFC 3339 round it
 
 
 def encode_token(sandbox: Sandbox, ascending: bool) -> str:

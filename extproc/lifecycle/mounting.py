@@ -40,8 +40,6 @@ from extproc.core import namespaces
 from extproc.core.errors import Conflict, Unavailable
 
 # volume_mounting's own system calls share namespaces' libc handle and errno check.
-from extproc.core.namespaces import _check as _check
-from extproc.core.namespaces import _libc as _libc
 from extproc.lifecycle import writable_layer
 
 # ids 0..65535 of each sandbox map to host ids (8 + index) * 65536 onwards: the block

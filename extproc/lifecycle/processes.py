@@ -145,7 +145,7 @@ class Watched:
         pidfd: int | None = None, ready_fd: int | None = None,
     ) -> None:  # fmt: skip
         """`pidfd`, if given, is `pid`'s; `ready_fd` the read end of a pipe its picod
-        writes to once it serves (`spawning.wait_ready`). Both are taken over: closed by
+        writes to once it serves (`probing.Probe.wait_ready`). Both are taken over: closed by
         `close`."""
         self.pid = pid
         self.ticks = ticks

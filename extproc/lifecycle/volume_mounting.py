@@ -38,18 +38,16 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from extproc.core import namespaces
 from extproc.core.errors import InvalidArgument, Unavailable
 from extproc.lifecycle import mounting
-from extproc.lifecycle.mounting import _check, _libc  # the one ctypes handle and check
 from extproc.lifecycle.processes import children, is_alive
 
 IMAGE = "volume.img"
 MOUNT = "mnt"
 USER_ID = 1000
-_MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
-_CLONE_FS, _CLONE_NEWNS = 0x200, 0x20000
-_MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
-_SYS_PIDFD_OPEN, _SYS_MOVE_MOUNT, _SYS_PIDFD_SEND_SIGNAL = 434, 429, 424
+# a volume holds data, never a setuid program or a device node that works
+_VOLUME_ATTRIBUTES = namespaces.MOUNT_ATTR_NOSUID | namespaces.MOUNT_ATTR_NODEV
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # How far below its supervisor to look for a sandbox's first process in its own mount
 # namespace (spawning: its init, one level below today; a little slack for changes there).
@@ -96,8 +94,12 @@ def unmount_image(directory: Path) -> None:
     """Unmount the host's mount (blocking; idempotent). Sandboxes' copies stay, and with them
     the filesystem, until the last one goes."""
     target = mount_point(directory)
-    if os.path.ismount(target) and _libc.umount2(str(target).encode(), 0) != 0:
-        _libc.umount2(str(target).encode(), 2)  # busy (a transfer in flight): detach lazily
+    if not os.path.ismount(target):
+        return
+    try:
+        namespaces.unmount(str(target), 0)
+    except OSError:
+        namespaces.unmount(str(target))  # busy (a transfer in flight): detach lazily
 
 
 def remove(directory: Path) -> None:
@@ -131,10 +133,6 @@ def _parent(pid: int) -> int | None:
     return int(raw[raw.rindex(")") + 2 :].split()[1])
 
 
-def _alive(pidfd: int) -> bool:
-    return bool(_libc.syscall(_SYS_PIDFD_SEND_SIGNAL, pidfd, 0, None, 0) == 0)
-
-
 def _descends_from(pid: int, supervisor: int, ticks: int) -> bool:
     """`pid` descends from `supervisor`, which is still the process started at `ticks`."""
     for _ in range(_SEARCH_DEPTH):
@@ -161,11 +159,15 @@ def _sandbox_process(
         for pid in level:
             if not matches(pid):
                 continue
-            pidfd = _libc.syscall(_SYS_PIDFD_OPEN, pid, 0)
-            if pidfd < 0:
+            pidfd = namespaces.pidfd_open(pid)
+            if pidfd is None:
                 continue
-            if matches(pid) and _descends_from(pid, supervisor, ticks) and _alive(pidfd):
-                return pid, int(pidfd)
+            if (
+                matches(pid)
+                and _descends_from(pid, supervisor, ticks)
+                and namespaces.pidfd_alive(pidfd)
+            ):
+                return pid, pidfd
             os.close(pidfd)
     raise Unavailable("the sandbox has no running processes to attach volumes to")
 
@@ -180,7 +182,7 @@ def _user_namespace(supervisor: int, ticks: int, uid_base: int) -> int:
         return mounting.new_user_namespace(uid_base)
     try:
         fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        if _alive(pidfd):
+        if namespaces.pidfd_alive(pidfd):
             return fd
         os.close(fd)
     finally:
@@ -221,16 +223,12 @@ def _mount_point_in(path: str, owner: int) -> int:
 def _attach_inside(pidfd: int, trees: Sequence[tuple[int, str]], owner: int) -> None:
     """In this (dedicated) thread: enter the sandbox's mount namespace and attach each
     detached tree at its path. The thread's namespace dies with it."""
-    _check(_libc.unshare(_CLONE_FS), "unshare(CLONE_FS)")
-    _check(_libc.setns(pidfd, _CLONE_NEWNS), "setns(mount namespace)")
+    namespaces.unshare(namespaces.CLONE_FS)  # this thread's root and cwd its own
+    namespaces.setns(pidfd, namespaces.CLONE_NEWNS)
     for tree, path in trees:
         target = _mount_point_in(path, owner)
         try:
-            _check(
-                _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", target, b"",
-                              _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH),
-                f"move_mount({path})",
-            )  # fmt: skip
+            namespaces.attach_at(tree, target, path)
         finally:
             os.close(target)
 
@@ -244,9 +242,7 @@ def attach(supervisor: int, ticks: int, uid_base: int, mounts: Sequence[tuple[Pa
     trees: list[tuple[int, str]] = []
     try:
         for directory, path in mounts:
-            tree = mounting.open_idmapped_tree(
-                mount_point(directory), userns, _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV
-            )
+            tree = mounting.open_idmapped_tree(mount_point(directory), userns, _VOLUME_ATTRIBUTES)
             trees.append((tree, path))
     except BaseException:
         for tree, _ in trees:

@@ -79,8 +79,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         parser,
         "--histogram-wait",
         "6",
-        "seconds to wait for Envoy's histograms to take in the last requests (its stats flush "
-        "interval is 5 s by default)",
+        "seconds to wait for Envoy's histograms to take in the last requests (at once with the "
+        "gateway's bootstrap, which flushes on admin reads; else up to Envoy's flush interval, "
+        "5 s by default)",
         metavar="SECONDS",
     )
     parser.add_argument(

@@ -1,11 +1,12 @@
 """Reading the gateway's Envoy admin interfaces: snapshots, settled snapshots, gauge peaks.
 
 Counters and gauges are live, but Envoy merges histogram samples from its worker threads
-only on its stats flush (every `stats_flush_interval`, 5 s by default), and asking the admin
-does not flush. A snapshot whose histograms lag its counters would put the run's last
-requests into no window at all, so the snapshots a report compares are "settled": taken once
-the HTTP connection manager's request-time histogram holds as many samples as its
-completed-requests counter, or when the wait runs out (and the report says so).
+only on its stats flush. The gateway's bootstrap sets `stats_flush_on_admin`, so reading the
+admin flushes; an Envoy without it flushes every `stats_flush_interval` (5 s by default). A
+snapshot whose histograms lag its counters would put the run's last requests into no window
+at all, so the snapshots a report compares are "settled": taken once the HTTP connection
+manager's request-time histogram holds as many samples as its completed-requests counter, or
+when the wait runs out (and the report says so).
 """
 
 from __future__ import annotations

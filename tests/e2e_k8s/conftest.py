@@ -241,21 +241,6 @@ def agentcube_identity() -> dict[str, Any]:
     }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test marked `newest_release_only` runs against the newest agent-sandbox release
-    alone: deselected (not skipped) for the others."""
-    dropped = [
-        item
-        for item in items
-        if item.get_closest_marker("newest_release_only") is not None
-        and getattr(item, "callspec", None) is not None
-        and item.callspec.params.get("cluster", RELEASES[-1]) != RELEASES[-1]  # type: ignore[attr-defined]
-    ]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if item not in dropped]
-
-
 @pytest.fixture(scope="package", params=RELEASES, ids=lambda r: f"agent-sandbox-{r}")
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -5,7 +5,9 @@ Secret), every status code a client can meet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -106,16 +108,10 @@ def kubeconfig(path: Path, url: str) -> Path:
     return path
 
 
-async def expect(call: object, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call  # type: ignore[misc]
-    assert error.value.code() is code, error.value.details()
-    return str(error.value.details())
-
-
-async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
-    api, tenant = cluster.api, cluster.tenant
-    kube = kube_settings(kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url),
+@contextlib.asynccontextmanager
+async def served(cluster: Cluster, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    """The Kubernetes-mode lifecycle service on a loopback port, and a channel to it."""
+    kube = kube_settings(kubeconfig=kubeconfig(tmp_path / "kubeconfig", cluster.api.url),
                          lifecycle_tls_secret="")  # fmt: skip
     config = LifecycleSettings(
         backend="kubernetes", server=ServerSettings(listen="127.0.0.1:0", grace_s=0.5),
@@ -125,6 +121,19 @@ async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
         serving(config) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
+        yield channel
+
+
+async def expect(call: object, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call  # type: ignore[misc]
+    assert error.value.code() is code, error.value.details()
+    return str(error.value.details())
+
+
+async def test_grpc_statuses(cluster: Cluster, tmp_path: Path) -> None:
+    api, tenant = cluster.api, cluster.tenant
+    async with served(cluster, tmp_path) as channel:
         stub = pb_grpc.SandboxServiceStub(channel)
         templates = pb_grpc.TemplateServiceStub(channel)
         created = await stub.CreateSandbox(pb.CreateSandboxRequest(
@@ -228,17 +237,8 @@ async def test_idempotency_key(cluster: Cluster, tmp_path: Path) -> None:
     """As in local mode (the servicer keeps the keys, over either backend): a retry with the
     same key gets the sandbox the first request made, whatever its body; the key is per
     tenant; concurrent retries make one sandbox."""
-    api, tenant = cluster.api, cluster.tenant
-    kube = kube_settings(kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url),
-                         lifecycle_tls_secret="")  # fmt: skip
-    config = LifecycleSettings(
-        backend="kubernetes", server=ServerSettings(listen="127.0.0.1:0", grace_s=0.5),
-        kubernetes=kube,
-    )  # fmt: skip
-    async with (
-        serving(config) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
+    tenant = cluster.tenant
+    async with served(cluster, tmp_path) as channel:
         stub = pb_grpc.SandboxServiceStub(channel)
         request = pb.CreateSandboxRequest(
             tenant=tenant, template_id=COLD, timeout_seconds=60, idempotency_key="retry-1"

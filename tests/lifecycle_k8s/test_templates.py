@@ -132,6 +132,7 @@ async def test_steps_that_need_a_builder_are_refused_naming_the_step(
     assert cluster.names("codeinterpreters") == {COLD}
 
 
+@pytest.mark.newest_release_only  # the CR's release is covered above
 async def test_start_and_ready_commands_run_before_the_sandbox_is_handed_out(
     cluster: Cluster, images: dict[str, Path]
 ) -> None:
@@ -161,6 +162,7 @@ async def test_start_and_ready_commands_run_before_the_sandbox_is_handed_out(
     assert (code, out) == (0, "hello\n")
 
 
+@pytest.mark.newest_release_only  # the CR's release is covered above
 async def test_a_ready_command_that_never_succeeds_fails_the_create(
     cluster: Cluster, images: dict[str, Path]
 ) -> None:
@@ -205,6 +207,7 @@ async def test_a_bad_image_reference_fails_the_base_step(
     assert cluster.names("codeinterpreters") == {COLD}
 
 
+@pytest.mark.newest_release_only  # the CR's release is covered above
 async def test_names_tags_and_delete_stay_in_the_tenant(
     cluster: Cluster, images: dict[str, Path]
 ) -> None:
