@@ -39,7 +39,10 @@ from .test_restart import _free_port, _serving, _start
 
 TENANT = "team-a"
 # A background writer that proves processes run: one line every 50 ms.
+# The first tick is written before the command returns, so a pause right after it always
+# finds the file; the background loop then keeps writing until its process ends.
 _TICKER = (
+    "echo x >> /home/user/ticks && "
     "nohup sh -c 'while true; do echo x >> /home/user/ticks; sleep 0.05; done' >/dev/null 2>&1 &"
 )
 
