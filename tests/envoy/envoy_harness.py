@@ -7,26 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import httpx
-
 from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.settings import Endpoint, EnvoySettings, HostPort, UnixSocket
-from extproc.up import admin_client
-from support.gateway import ENVOY as ENVOY  # test_bootstrap runs it directly
-from support.gateway import envoy_argv
+from support.gateway import envoy_argv, wait_envoy_ready
 from support.processes import free_port
-
-
-async def wait_ready(admin: Endpoint, process: asyncio.subprocess.Process) -> None:
-    async with admin_client(admin) as client:
-        for _ in range(500):
-            if process.returncode is not None:
-                raise RuntimeError(f"envoy exited with {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.02)  # polling an external process; no event to await
-    raise TimeoutError("envoy did not become ready")
 
 
 def tcp_edges(ports: Sequence[int]) -> tuple[Endpoint, ...]:
@@ -52,7 +36,7 @@ async def running_envoy(
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await wait_ready(settings.admin, process)
+        await wait_envoy_ready(settings.admin, process)
         yield settings
     finally:
         process.terminate()

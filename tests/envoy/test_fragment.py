@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from envoy_harness import ENVOY
 from envoy_standins import DOMAIN
 
 from extproc.cli import main
@@ -23,6 +21,7 @@ from extproc.envoy_config.fragment import (
 )
 from extproc.envoy_config.settings import EnvoySettings, HostPort
 from support.fragment_merging import TEAM_LISTENER, connection_manager, merged_bootstrap
+from support.gateway import assert_envoy_accepts
 
 COMMITTED = Path(__file__).parents[2] / "envoy" / "fragment.yaml"
 COMMITTED_SETTINGS = EnvoySettings(domain="e2b.example.com")
@@ -189,14 +188,7 @@ def test_envoy_validates_the_team_bootstrap_with_the_fragment_merged(tmp_path: P
     )
     config = tmp_path / "envoy.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False))
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(config)
 
 
 def test_the_merge_keeps_the_team_pieces_and_the_router_last() -> None:

@@ -18,13 +18,13 @@ import pytest
 import pytest_asyncio
 import uvicorn
 import yaml
-from envoy_harness import free_port, wait_ready
+from envoy_harness import free_port
 from envoy_standins import DOMAIN, GOOD_KEY, SANDBOX_ID, TENANT, Edge, start_edge, upstream_app
 
 from extproc.envoy_config.settings import HostPort, UnixSocket
 from extproc.up import admin_client
 from support.fragment_merging import merged_bootstrap
-from support.gateway import envoy_argv
+from support.gateway import envoy_argv, wait_envoy_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -96,7 +96,7 @@ async def merged(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Merg
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await wait_ready(UnixSocket(admin), process)
+            await wait_envoy_ready(UnixSocket(admin), process)
             yield MergedEnvoy(f"http://127.0.0.1:{listen}", edge, UnixSocket(admin))
         finally:
             if process.returncode is None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 
 from edge.fake_lifecycle import FakeLifecycle, start_fake
@@ -31,7 +30,7 @@ from extproc.envoy_config.bootstrap import render_yaml
 from extproc.envoy_config.routes import route_configuration
 from extproc.envoy_config.settings import EnvoySettings, HostPort, UnixSocket
 from extproc.up import admin_client
-from support.gateway import envoy_argv
+from support.gateway import envoy_argv, wait_envoy_ready
 from support.processes import free_port
 
 DOMAIN = "e2b.test"
@@ -187,7 +186,7 @@ async def running_envoy(envoy: EnvoySettings, state: Path) -> AsyncIterator[Path
             stderr=asyncio.subprocess.DEVNULL,
         )
     try:
-        await _wait_ready(envoy.admin, process)
+        await wait_envoy_ready(envoy.admin, process)
         yield access_log
     finally:
         process.terminate()
@@ -228,15 +227,3 @@ async def running_gateway(
                 )
         finally:
             await edge.stop(0)
-
-
-async def _wait_ready(admin: UnixSocket, process: asyncio.subprocess.Process) -> None:
-    async with admin_client(admin) as client:
-        for _ in range(1500):
-            if process.returncode is not None:
-                raise RuntimeError(f"envoy exited with {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.02)  # an external process: nothing to await
-    raise TimeoutError("envoy did not become ready")

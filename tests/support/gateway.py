@@ -6,6 +6,7 @@ the way an operator on the same account would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -18,10 +19,37 @@ from pathlib import Path
 import httpx
 
 import support.rootfs  # noqa: F401 (the shared base rootfs for every `up` started here)
+from extproc.envoy_config.settings import Endpoint
+from extproc.up import admin_client
 from support.processes import free_port
 
 CLI = [sys.executable, "-m", "extproc.cli"]
 ENVOY = Path(sys.executable).parent / "envoy"
+
+
+async def wait_envoy_ready(admin: Endpoint, process: asyncio.subprocess.Process) -> None:
+    """Until Envoy's admin answers /ready (30 s at most); an exit first is an error."""
+    async with admin_client(admin) as client:
+        for _ in range(1500):
+            if process.returncode is not None:
+                raise RuntimeError(f"envoy exited with {process.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.02)  # polling an external process; no event to await
+    raise TimeoutError("envoy did not become ready")
+
+
+def assert_envoy_accepts(config: Path) -> None:
+    """`envoy --mode validate` accepts `config` (the pinned wheel's Envoy)."""
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def run_dir(state_dir: Path) -> Path:
