@@ -128,10 +128,45 @@ async def start_child(name: str, argv: list[str], log_format: str = "text") -> C
     return Child(
         name=name,
         process=process,
-        exited=asyncio.create_task(process.wait(), name=f"up-wait-{name}"),
+        exited=asyncio.create_task(_exit_status(process), name=f"up-wait-{name}"),
         pump=asyncio.create_task(_pump(name, process.stdout, log_format), name=f"up-output-{name}"),
         started=time.monotonic(),
     )
+
+
+async def _exit_status(process: asyncio.subprocess.Process) -> int:
+    """The child's exit status as soon as it has exited.
+
+    Not `process.wait()`: on Python 3.11 that also waits for the output pipe to close, and
+    anything the child started and left behind (a helper it was about to kill when it was
+    SIGKILLed) holds that pipe open, so a crash went unnoticed until the helper ended. A
+    pidfd becomes readable when the process itself exits.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:  # already reaped: its status is on its way to `process`
+        pass
+    else:
+        try:
+            exited: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(pidfd, readable)
+            try:
+                await exited
+            finally:
+                loop.remove_reader(pidfd)
+        finally:
+            os.close(pidfd)
+    # asyncio's child watcher reaps it and records the status a moment later; it offers no
+    # event for that short of `wait()`, which is what waits for the pipe
+    while process.returncode is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    return process.returncode
 
 
 def signal_group(child: Child, signum: signal.Signals) -> None:

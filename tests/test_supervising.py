@@ -106,6 +106,47 @@ async def test_a_crashed_child_is_restarted_alone(tmp_path: Path) -> None:
     assert all(c.exited.done() for c in supervisor.children.values())
 
 
+def _crash_leaving_a_helper(marker: Path, helper_pid: Path) -> list[str]:
+    """The first time: starts a helper in its own group that inherits its output (as the
+    lifecycle's `unshare` did) and is SIGKILLed, the helper left sleeping; then a sleeper."""
+    script = (
+        "import os, pathlib, signal, subprocess, sys, time\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n"
+        "    m.touch()\n"
+        "    helper = subprocess.Popen(['sleep', '60'])\n"
+        f"    pathlib.Path({str(helper_pid)!r}).write_text(str(helper.pid))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "time.sleep(60)\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+async def test_a_crash_is_seen_at_once_though_a_helper_it_left_holds_its_output(
+    tmp_path: Path,
+) -> None:
+    said: list[str] = []
+    helper_pid = tmp_path / "helper.pid"
+    supervisor = Supervisor(
+        {"flaky": _crash_leaving_a_helper(tmp_path / "crashed", helper_pid)}, FAST, said.append
+    )
+    stop = asyncio.Event()
+    await supervisor.start_all()
+    supervising = asyncio.create_task(supervisor.supervise(stop))
+    try:
+        # the helper sleeps 60 s: a supervisor waiting for the pipe would not restart in time
+        await _wait_for(lambda: supervisor.restarts == 1, timeout_s=30)
+        assert said[0] == "flaky was killed by signal 9; restarting it in 0.01 s"
+        # and what it left in its group went with it
+        helper = int(helper_pid.read_text())
+        await _wait_for(lambda: not Path(f"/proc/{helper}").exists(), timeout_s=10)
+        stop.set()
+        assert await supervising == 0
+    finally:
+        stop.set()
+        await supervisor.stop(grace_s=5)
+
+
 async def test_a_child_that_keeps_crashing_is_given_up_on_by_name() -> None:
     said: list[str] = []
     supervisor = Supervisor({"steady": SLEEPER, "broken": CRASHER}, FAST, said.append)

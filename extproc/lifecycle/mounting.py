@@ -59,22 +59,35 @@ def new_user_namespace(base: int) -> int:
     """An fd of a new user namespace mapping 0..65535 to base..base+65535 (caller closes).
 
     The namespace needs a process to be made in; `unshare -U sleep` is that process, and
-    the open fd keeps the namespace alive after it is killed.
+    the open fd keeps the namespace alive after it is killed. It gets none of our output
+    fds: were we killed before killing it, it would hold `up`'s pipe for its whole sleep.
     """
-    holder = subprocess.Popen(["unshare", "--user", "sleep", "60"], stdin=subprocess.DEVNULL)
-    try:
-        ours = Path("/proc/self/ns/user").readlink()
-        deadline = time.monotonic() + 5
-        while Path(f"/proc/{holder.pid}/ns/user").readlink() == ours:
-            if holder.poll() is not None or time.monotonic() > deadline:
-                raise Unavailable("could not create a user namespace (unshare --user failed)")
-            time.sleep(0.0002)
-        for name in ("uid_map", "gid_map"):
-            Path(f"/proc/{holder.pid}/{name}").write_text(f"0 {base} {ID_BLOCK}\n")
-        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        holder.kill()
-        holder.wait()
+    with subprocess.Popen(
+        ["unshare", "--user", "sleep", "60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as holder:
+        try:
+            ours = Path("/proc/self/ns/user").readlink()
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{holder.pid}/ns/user").readlink() == ours:
+                if holder.poll() is not None or time.monotonic() > deadline:
+                    said = _stderr_of_ended(holder) or "no user namespace within 5 s"
+                    raise Unavailable(f"could not create a user namespace (unshare --user: {said})")
+                time.sleep(0.0002)
+            for name in ("uid_map", "gid_map"):
+                Path(f"/proc/{holder.pid}/{name}").write_text(f"0 {base} {ID_BLOCK}\n")
+            return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            holder.kill()  # leaving `with` closes its pipe and reaps it
+
+
+def _stderr_of_ended(holder: subprocess.Popen[bytes]) -> str:
+    """What an ended `unshare` said; nothing while it still runs (its pipe would block)."""
+    if holder.poll() is None or holder.stderr is None:
+        return ""
+    return holder.stderr.read().decode(errors="replace").strip()[-500:]
 
 
 def open_idmapped_tree(source: Path, userns_fd: int, attributes: int) -> int:
