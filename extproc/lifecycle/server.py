@@ -242,9 +242,8 @@ async def serving(
     assembly = await assemble(settings)
     backend, tls = assembly.backend, assembly.tls
     server = new_server(tls, caller_token)
-    pb_grpc.add_SandboxServiceServicer_to_server(
-        SandboxServicer(backend, settings.max_timeout_s), server
-    )
+    sandboxes = SandboxServicer(backend, settings.max_timeout_s)
+    pb_grpc.add_SandboxServiceServicer_to_server(sandboxes, server)
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(backend), server)
     pb_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(backend), server)
     pb_grpc.add_TemplateBuildServiceServicer_to_server(TemplateBuildServicer(backend), server)
@@ -286,6 +285,7 @@ async def serving(
         for name in SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.server.grace_s)
+        await sandboxes.creates_settled()
         await content.aclose()
         if probes is not None:
             await probes.server.stop(0)

@@ -18,9 +18,10 @@ from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.errors import ResourceExhausted
 from extproc.lifecycle.idempotency import IDEMPOTENCY_WINDOW_S, IdempotentCreates
 from extproc.lifecycle.local import LocalBackend
+from extproc.lifecycle.processes import scan_supervisors
 from extproc.lifecycle.sandboxes import CreateSpec, State
 
-from .conftest import _assert_no_leak, make_settings
+from .conftest import Client, _assert_no_leak, make_settings
 from .test_restart import _free_port, _serving, _start
 
 
@@ -147,3 +148,50 @@ async def test_quotas_per_tenant(state: Path) -> None:
         await backend.create(_spec(max_sandboxes=1))  # the slot is free again
     finally:
         await running.stop()
+
+
+async def _started_then_left(
+    lifecycle: Client, state: Path, request: pb.CreateSandboxRequest
+) -> None:
+    """CreateSandbox, its caller gone once the sandbox's processes run (before it is ready)."""
+    call = lifecycle.sandboxes.CreateSandbox(request)
+    marker = f"agentcube-sandbox:{state.resolve()}:"
+    async with asyncio.timeout(30):
+        while not scan_supervisors(marker):
+            await asyncio.sleep(0.005)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
+async def _listed(lifecycle: Client, tenant: str) -> list[str]:
+    """The tenant's sandboxes once there are any (a create whose caller left may still run)."""
+    async with asyncio.timeout(30):
+        while True:
+            page = await lifecycle.sandboxes.ListSandboxes(pb.ListSandboxesRequest(tenant=tenant))
+            if page.sandboxes:
+                return [s.sandbox_id for s in page.sandboxes]
+            await asyncio.sleep(0.05)
+
+
+async def test_a_create_whose_caller_leaves_halfway_is_the_tenants_sandbox(
+    lifecycle: Client, tmp_path: Path
+) -> None:
+    # finished, not cut off: a half-made sandbox nobody knows of would escape every quota
+    # and expiry; finished, it is listed, counted and killable like any other
+    await _started_then_left(lifecycle, tmp_path / "state", pb.CreateSandboxRequest(tenant="t"))
+    [made] = await _listed(lifecycle, "t")
+    await lifecycle.sandboxes.KillSandbox(pb.KillSandboxRequest(sandbox_id=made, tenant="t"))
+    # and the fixture finds no sandbox process left behind
+
+
+async def test_a_keyed_create_whose_caller_left_is_what_its_retry_gets(
+    lifecycle: Client, tmp_path: Path
+) -> None:
+    request = pb.CreateSandboxRequest(tenant="t", idempotency_key="client-timed-out")
+    await _started_then_left(lifecycle, tmp_path / "state", request)
+    retried = (await lifecycle.sandboxes.CreateSandbox(request)).sandbox
+    assert await _listed(lifecycle, "t") == [retried.sandbox_id]
+    await lifecycle.sandboxes.KillSandbox(
+        pb.KillSandboxRequest(sandbox_id=retried.sandbox_id, tenant="t")
+    )
