@@ -32,9 +32,11 @@ host-packages:
 	sh packaging/install-host-packages
 
 # and for the tests: busybox-static is the image without Python (or libc) that the injected
-# picod bundle is tested in (tests/picod_bundle, tests/lifecycle_k8s/test_templates.py)
+# picod bundle is tested in (tests/picod_bundle, tests/lifecycle_k8s/test_templates.py), and
+# bubblewrap runs it as a container would (tests/support/python_less.py); nghttp2-client's
+# h2load loads the gateway (tests/e2e/test_up.py and the benchmarks)
 test-host-packages:
-	sh packaging/install-host-packages busybox-static
+	sh packaging/install-host-packages busybox-static bubblewrap nghttp2-client
 
 # Building needs root, as sandbox isolation does; as another user the tests that need the
 # base skip and say so. The code interpreter's data stack (numpy, pandas, ...; a layer of

@@ -44,6 +44,8 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 _KEY = re.compile(r"[0-9a-f]{32}")
 _HEADER_LIMIT = 64 * 1024
 _CHUNK = 1024 * 1024
+# seconds a refused request's body is read and dropped before its connection closes
+LINGER_S = 2.0
 
 
 def tenant_key(tenant: str) -> str:
@@ -129,6 +131,7 @@ class UploadServer:
         self._store = store
         self._socket_path = socket_path
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -141,8 +144,13 @@ class UploadServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._connections:  # let answered ones finish lingering rather than cut them off
+            await asyncio.wait(self._connections, timeout=LINGER_S)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.current_task()
+        assert connection is not None
+        self._connections.add(connection)
         try:
             status, message = 200, "uploaded"
             try:
@@ -161,9 +169,8 @@ class UploadServer:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            await _close_lingering(reader, writer)
+            self._connections.discard(connection)
 
     async def _upload(self, reader: asyncio.StreamReader) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -202,6 +209,20 @@ class UploadServer:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
+
+
+async def _close_lingering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close once the client has sent all it meant to, for up to `LINGER_S`. A refused
+    upload is answered before its body is read; closed at once, the socket fails Envoy's
+    write of that body (EPIPE), and Envoy drops the answer unread: a 403 became a 503."""
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            while await reader.read(_CHUNK):
+                pass
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 async def _copy_exact(reader: asyncio.StreamReader, out: BinaryIO, size: int) -> None:

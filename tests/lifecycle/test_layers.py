@@ -175,6 +175,27 @@ async def test_the_upload_server_stores_signed_uploads_only(tmp_path: Path) -> N
         await server.close()
 
 
+async def test_a_refused_upload_is_answered_though_its_body_comes_after(tmp_path: Path) -> None:
+    # Envoy forwards the headers, then the body as it arrives; the answer comes before the
+    # body is read, and a server that closed at once failed that write: Envoy made a 503
+    store = UploadStore(tmp_path / "uploads")
+    store.use_seed(b"s" * 32)
+    server = UploadServer(store, tmp_path / "uploads.sock")
+    await server.start()
+    try:
+        forged = store.link("t", hashlib.sha256(b"x").hexdigest(), time.time()) + "0"
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "uploads.sock"))
+        writer.write(f"PUT {forged} HTTP/1.1\r\ncontent-length: 65536\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403")
+        writer.write(b"x" * 65536)
+        await writer.drain()  # no broken pipe
+        assert b'"code":403' in await reader.read()
+        writer.close()
+    finally:
+        await server.close()
+
+
 def _catalog(tmp_path: Path) -> Catalog:
     return Catalog.load(tmp_path / "templates.json")
 
