@@ -6,10 +6,18 @@ that), so a handler refuses one with INVALID_ARGUMENT unless the call carries
 `x-agentcube-e2b-scope: all-tenants` (`caller_auth`; `unary`); a call that acts for one
 tenant (`one_tenant`) refuses it whatever the scope. Every error becomes a status through the
 one table in `status`.
+
+A call, once begun, runs to its end even when its caller leaves first (a client timeout, a
+reset connection; grpc cancels the handler). Cut off halfway, a Create or a fork would leave
+started processes, an address and a root filesystem that no list, quota or expiry knows of,
+and a pause or a snapshot a sandbox half stopped; finished, the outcome is the tenant's like
+any other (a sandbox counted and expiring on its timeout, which a keyed retry gets). A
+stopping server waits for such calls (`settle`) before its backend closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import logging
@@ -29,6 +37,14 @@ B = TypeVar("B")
 
 # A servicer's method: (the servicer, the request, the context) -> the response.
 Handler = Callable[[Any, Any, Any], Awaitable[R]]
+
+# The unary calls of this process still running, their callers there or gone.
+_running: set[asyncio.Future[Any]] = set()
+
+
+async def settle() -> None:
+    """Wait for the calls still running; for a server that takes no new ones."""
+    await asyncio.gather(*_running, return_exceptions=True)
 
 
 def _domain(exc: BaseException) -> BaseException:
@@ -69,7 +85,10 @@ def _handling(handler: Handler[R], one_tenant: bool) -> Handler[R]:
                         "x-agentcube-e2b-scope: all-tenants says"
                     )
                 require_all_tenants(context)
-            return await handler(self, request, context)
+            call: asyncio.Future[R] = asyncio.ensure_future(handler(self, request, context))
+            _running.add(call)
+            call.add_done_callback(_running.discard)
+            return await asyncio.shield(call)
         except (DomainError, Exception) as exc:
             await abort(context, exc)
             raise  # abort raises; this line is for type checkers

@@ -10,11 +10,8 @@ from the front, so it never grows without bound. A backend that keeps keys acros
 hands them back at the first keyed Create (`recorded_keys`: the local backend stores the
 key with the sandbox's row in SQLite); the sandbox a known key names is asked of the
 backend (`keyed_sandbox`), and a key whose sandbox the backend has forgotten starts anew.
-
-A Create, once begun, runs to its end even when its caller leaves first (a client timeout,
-a reset connection). Cut off halfway it would leave started processes, an address and a
-root filesystem that no list, quota or expiry knows of; finished, the sandbox is the
-tenant's, counted and expiring like any other, and a retry with the key gets it.
+A Create whose caller left halfway still finishes (as every unary call does, `handling`)
+and records its key, so the retry gets what it made.
 """
 
 from __future__ import annotations
@@ -60,25 +57,12 @@ class IdempotentCreates:
         self._creates: SingleFlight[Key, Sandbox] = SingleFlight()
         self._loaded = False
         self._loading = asyncio.Lock()
-        self._running: set[asyncio.Task[Sandbox]] = set()
 
     def __len__(self) -> int:
         return len(self._index)
 
     async def create(self, spec: CreateSpec) -> Sandbox:
-        """The backend's create, once per (tenant, Idempotency-Key) within the window; it
-        goes on if the caller is cancelled."""
-        running = asyncio.create_task(self._create_once(spec), name="create")
-        self._running.add(running)
-        running.add_done_callback(self._running.discard)
-        return await asyncio.shield(running)
-
-    async def settle(self) -> None:
-        """Wait for the creates still running, whose callers left (before the backend
-        closes: a create finishing after that would start a sandbox nobody stops)."""
-        await asyncio.gather(*self._running, return_exceptions=True)
-
-    async def _create_once(self, spec: CreateSpec) -> Sandbox:
+        """The backend's create, once per (tenant, Idempotency-Key) within the window."""
         if not spec.idempotency_key:
             return await self._backend.create(spec)
         key = (spec.tenant, spec.idempotency_key)

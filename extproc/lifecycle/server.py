@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
 from extproc.core.flags import unix_socket_path
 from extproc.core.identity import TlsIdentity
+from extproc.lifecycle import handling
 from extproc.lifecycle.backend import Backend
 from extproc.lifecycle.build_service import SnapshotServicer, TemplateBuildServicer
 from extproc.lifecycle.caller_auth import CallerAuth
@@ -242,8 +243,9 @@ async def serving(
     assembly = await assemble(settings)
     backend, tls = assembly.backend, assembly.tls
     server = new_server(tls, caller_token)
-    sandboxes = SandboxServicer(backend, settings.max_timeout_s)
-    pb_grpc.add_SandboxServiceServicer_to_server(sandboxes, server)
+    pb_grpc.add_SandboxServiceServicer_to_server(
+        SandboxServicer(backend, settings.max_timeout_s), server
+    )
     pb_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(backend), server)
     pb_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(backend), server)
     pb_grpc.add_TemplateBuildServiceServicer_to_server(TemplateBuildServicer(backend), server)
@@ -285,7 +287,7 @@ async def serving(
         for name in SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.server.grace_s)
-        await sandboxes.creates_settled()
+        await handling.settle()
         await content.aclose()
         if probes is not None:
             await probes.server.stop(0)

@@ -118,10 +118,6 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):  # type: ignore[misc]
         self._creates = IdempotentCreates(backend)
         self._max_timeout_s = max_timeout_s
 
-    async def creates_settled(self) -> None:
-        """Once the server has stopped: wait for the creates whose callers left."""
-        await self._creates.settle()
-
     @one_tenant
     async def CreateSandbox(self, request: Any, context: Any) -> pb.CreateSandboxResponse:
         timeout_s = timeouts.create_timeout(
