@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from extproc.core.backoff import Backoff
 from extproc.core.logs import child_line
+from extproc.core.readable import when_readable
 
 RESTART_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
 
@@ -142,24 +143,14 @@ async def _exit_status(process: asyncio.subprocess.Process) -> int:
     SIGKILLed) holds that pipe open, so a crash went unnoticed until the helper ended. A
     pidfd becomes readable when the process itself exits.
     """
-    loop = asyncio.get_running_loop()
     try:
         pidfd = os.pidfd_open(process.pid)
     except ProcessLookupError:  # already reaped: its status is on its way to `process`
         pass
     else:
         try:
-            exited: asyncio.Future[None] = loop.create_future()
-
-            def readable() -> None:
-                if not exited.done():
-                    exited.set_result(None)
-
-            loop.add_reader(pidfd, readable)
-            try:
+            async with when_readable(pidfd) as exited:
                 await exited
-            finally:
-                loop.remove_reader(pidfd)
         finally:
             os.close(pidfd)
     # asyncio's child watcher reaps it and records the status a moment later; it offers no

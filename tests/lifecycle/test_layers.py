@@ -9,6 +9,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -144,56 +145,60 @@ async def _http(socket: Path, request: bytes) -> bytes:
     return answer
 
 
-async def test_the_upload_server_stores_signed_uploads_only(tmp_path: Path) -> None:
+@pytest.fixture
+async def upload_store(tmp_path: Path) -> AsyncIterator[UploadStore]:
+    """A store whose server listens on `tmp_path / "uploads.sock"`."""
     store = UploadStore(tmp_path / "uploads")
     store.use_seed(b"s" * 32)
     server = UploadServer(store, tmp_path / "uploads.sock")
     await server.start()
     try:
-        files_hash = hashlib.sha256(b"x").hexdigest()
-        link = store.link("t", files_hash, time.time())
-        sock = tmp_path / "uploads.sock"
-        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-        plain = await _http(sock, f"PUT {link} HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello".encode())
-        assert plain.startswith(b"HTTP/1.1 200")
-        assert store.path("t", files_hash).read_bytes() == b"hello"
-        chunked = (f"PUT {link} HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
-                   "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").encode()  # fmt: skip
-        assert (await _http(sock, chunked)).startswith(b"HTTP/1.1 200")
-        assert store.path("t", files_hash).read_bytes() == b"abcde"
-        forged = link.replace("signature=", "signature=f")
-        cases = {
-            f"PUT {forged} HTTP/1.1\r\ncontent-length: 1\r\n\r\nx": b"403",
-            f"GET {link} HTTP/1.1\r\n\r\n": b"405",
-            f"PUT {link} HTTP/1.1\r\n\r\n": b"411",
-            "PUT /elsewhere HTTP/1.1\r\ncontent-length: 1\r\n\r\nx": b"404",
-        }
-        for request, status in cases.items():
-            assert (await _http(sock, request.encode())).split(b" ")[1] == status, request
-        assert store.path("t", files_hash).read_bytes() == b"abcde"  # untouched
+        yield store
     finally:
         await server.close()
 
 
-async def test_a_refused_upload_is_answered_though_its_body_comes_after(tmp_path: Path) -> None:
+async def test_the_upload_server_stores_signed_uploads_only(
+    upload_store: UploadStore, tmp_path: Path
+) -> None:
+    store = upload_store
+    files_hash = hashlib.sha256(b"x").hexdigest()
+    link = store.link("t", files_hash, time.time())
+    sock = tmp_path / "uploads.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    plain = await _http(sock, f"PUT {link} HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello".encode())
+    assert plain.startswith(b"HTTP/1.1 200")
+    assert store.path("t", files_hash).read_bytes() == b"hello"
+    chunked = (f"PUT {link} HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+               "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").encode()  # fmt: skip
+    assert (await _http(sock, chunked)).startswith(b"HTTP/1.1 200")
+    assert store.path("t", files_hash).read_bytes() == b"abcde"
+    forged = link.replace("signature=", "signature=f")
+    cases = {
+        f"PUT {forged} HTTP/1.1\r\ncontent-length: 1\r\n\r\nx": b"403",
+        f"GET {link} HTTP/1.1\r\n\r\n": b"405",
+        f"PUT {link} HTTP/1.1\r\n\r\n": b"411",
+        "PUT /elsewhere HTTP/1.1\r\ncontent-length: 1\r\n\r\nx": b"404",
+    }
+    for request, status in cases.items():
+        assert (await _http(sock, request.encode())).split(b" ")[1] == status, request
+    assert store.path("t", files_hash).read_bytes() == b"abcde"  # untouched
+
+
+async def test_a_refused_upload_is_answered_though_its_body_comes_after(
+    upload_store: UploadStore, tmp_path: Path
+) -> None:
     # Envoy forwards the headers, then the body as it arrives; the answer comes before the
     # body is read, and a server that closed at once failed that write: Envoy made a 503
-    store = UploadStore(tmp_path / "uploads")
-    store.use_seed(b"s" * 32)
-    server = UploadServer(store, tmp_path / "uploads.sock")
-    await server.start()
-    try:
-        forged = store.link("t", hashlib.sha256(b"x").hexdigest(), time.time()) + "0"
-        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "uploads.sock"))
-        writer.write(f"PUT {forged} HTTP/1.1\r\ncontent-length: 65536\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 403")
-        writer.write(b"x" * 65536)
-        await writer.drain()  # no broken pipe
-        assert b'"code":403' in await reader.read()
-        writer.close()
-    finally:
-        await server.close()
+    forged = upload_store.link("t", hashlib.sha256(b"x").hexdigest(), time.time()) + "0"
+    reader, writer = await asyncio.open_unix_connection(str(tmp_path / "uploads.sock"))
+    writer.write(f"PUT {forged} HTTP/1.1\r\ncontent-length: 65536\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403")
+    writer.write(b"x" * 65536)
+    await writer.drain()  # no broken pipe
+    assert b'"code":403' in await reader.read()
+    writer.close()
 
 
 def _catalog(tmp_path: Path) -> Catalog:
