@@ -102,6 +102,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help=f"size of each volume, a sparse filesystem image (default {local.volume_mb})")
     add("--max-volumes", default=ENV.text("MAX_VOLUMES", local.max_volumes), metavar="N",
         help=f"most volumes, every tenant's together (default {local.max_volumes})")
+    add("--max-volumes-per-tenant", metavar="N",
+        default=ENV.text("MAX_VOLUMES_PER_TENANT", local.max_volumes_per_tenant),
+        help=f"most volumes of one tenant (default {local.max_volumes_per_tenant})")
+    add("--max-templates-per-tenant", metavar="N",
+        default=ENV.text("MAX_TEMPLATES_PER_TENANT", local.max_templates_per_tenant),
+        help="most templates and snapshots of one tenant, together (default "
+             f"{local.max_templates_per_tenant})")
     add("--volume-content-listen", default=ENV.text("VOLUME_CONTENT_LISTEN",
         server.volume_content_listen), metavar="unix:PATH|HOST:PORT",
         help="serve the volume content API (HTTP/1.1, for Envoy) here; a unix socket is made "
@@ -227,6 +234,8 @@ def settings_from_args(args: argparse.Namespace) -> LifecycleSettings:
         layer_mb=integer_arg(args, "layer_mb", 64),
         volume_mb=integer_arg(args, "volume_mb", 64),
         max_volumes=integer_arg(args, "max_volumes", 0),
+        max_volumes_per_tenant=integer_arg(args, "max_volumes_per_tenant", 0),
+        max_templates_per_tenant=integer_arg(args, "max_templates_per_tenant", 0),
         rootfs_cache_dir=Path(args.rootfs_cache_dir) if args.rootfs_cache_dir else None,
         address_space_factor=integer_arg(args, "address_space_factor", 1),
         ready_timeout_s=number_arg(args, "ready_timeout", 0.1) if ready_given

@@ -138,6 +138,7 @@ class LocalBackend:
         self.admission = Admission(settings.max_sandboxes, clock)
         self.volumes = LocalVolumes(
             self.dir, settings.volume_mb, settings.max_volumes, clock,
+            max_per_tenant=settings.max_volumes_per_tenant,
             unavailable="" if self.isolation else
             "volumes need sandbox isolation (--isolation namespaces): each is a filesystem "
             "image mounted into sandboxes' own mount namespaces",
@@ -162,7 +163,9 @@ class LocalBackend:
         self.seed = load_or_create_seed(self.dir / "token-seed")
         self.uploads.use_seed(self.seed)
         await asyncio.to_thread(self.layers.load)
-        self.catalog = Catalog.load(self.dir / "templates.json")
+        self.catalog = Catalog.load(
+            self.dir / "templates.json", max_per_tenant=self.settings.max_templates_per_tenant
+        )
         if self.isolation is not None:
             await asyncio.to_thread(self.isolation.start)
         else:

@@ -103,6 +103,11 @@ class LocalSettings:
     # Most volumes on this gateway, every tenant's together (default 1000; each holds a loop
     # device and a mount).
     max_volumes: int = 1000
+    # What one tenant may keep, so that no tenant fills the disk for the others: volumes
+    # (default 100, each up to `volume_mb`), and templates and snapshots together (default
+    # 100, each layers of up to `layer_mb` a build or a snapshot wrote). Built-ins not counted.
+    max_volumes_per_tenant: int = 100
+    max_templates_per_tenant: int = 100
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,8 @@ async def create(backend: Host, entry: Source, tenant: str, name: str) -> Templa
         existing = catalog.named(tenant, name)
         if existing is not None and existing.kind != SNAPSHOT:
             raise AlreadyExists(f"{name!r} is the name of a template, not of a snapshot")
+    if existing is None:  # before the copy, not after it
+        catalog.check_room(tenant)
     layer_id = layers.new_layer_id()
     with backend.layers.pin([layer_id]):
         async with entry.lock:

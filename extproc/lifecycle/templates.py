@@ -30,7 +30,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from extproc.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from extproc.core.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 
 # picod's reported envd version (extproc/picod/settings.py ENVD_VERSION); surfaces do not
 # import each other, so the default template repeats it.
@@ -261,19 +267,23 @@ def _interrupted(template: Template, now: float) -> Template:
 class Catalog:
     """The templates of one state dir. Every change is written to disk before it is visible."""
 
-    def __init__(self, path: Path, templates: list[Template], disk_mb: int) -> None:
+    def __init__(
+        self, path: Path, templates: list[Template], disk_mb: int, max_per_tenant: int | None
+    ) -> None:
         self._path = path
         self._disk_mb = disk_mb
+        # templates and snapshots one tenant may keep (None: as many as it likes)
+        self._max_per_tenant = max_per_tenant
         self._templates = {t.template_id: t for t in templates}
         # Why interpreter templates cannot run on this machine ('' when they can).
         self.interpreter_missing = ""
 
     @classmethod
-    def load(cls, path: Path) -> Catalog:
+    def load(cls, path: Path, max_per_tenant: int | None = None) -> Catalog:
         stat = os.statvfs(path.parent)
         disk_mb = stat.f_bavail * stat.f_frsize // (1024 * 1024)
         if not path.exists():
-            catalog = cls(path, default_templates(time.time()), disk_mb)
+            catalog = cls(path, default_templates(time.time()), disk_mb, max_per_tenant)
             catalog._save()
             return catalog
         try:
@@ -287,7 +297,7 @@ class Catalog:
             _interrupted(_from_json(t, f"{path}: templates[{i}]"), now)
             for i, t in enumerate(doc["templates"])
         ]
-        catalog = cls(path, templates, disk_mb)
+        catalog = cls(path, templates, disk_mb, max_per_tenant)
         catalog._save()
         return catalog
 
@@ -395,12 +405,23 @@ class Catalog:
                 taken.update(t.aliases)
         return set(names) & taken
 
+    def check_room(self, tenant: str) -> None:
+        """A tenant's next template or snapshot must fit its share (built-ins are nobody's)."""
+        if not tenant or self._max_per_tenant is None:
+            return
+        if sum(t.tenant == tenant for t in self._templates.values()) >= self._max_per_tenant:
+            raise ResourceExhausted(
+                f"a tenant keeps at most {self._max_per_tenant} templates and snapshots "
+                "together; delete one first"
+            )
+
     def create(self, tenant: str, template: Template) -> Template:
         now = time.time()
         template = validate(replace(template, tenant=tenant, created_at=now, updated_at=now))
         clash = self._names_taken(tenant, (template.template_id, *template.aliases))
         if clash:
             raise AlreadyExists(f"template name(s) {sorted(clash)} already in use")
+        self.check_room(tenant)
         self._templates[template.template_id] = template
         self._save()
         return self._effective(template)
@@ -456,6 +477,7 @@ class Catalog:
             clash = self._names_taken(tenant, (template.template_id, *template.aliases))
             if clash:
                 raise AlreadyExists(f"template name(s) {sorted(clash)} already in use")
+            self.check_room(tenant)
             current = validate(replace(template, tenant=tenant, created_at=now))
         elif current.tenant != tenant:
             raise NotFound(f"template {template.template_id!r} not found")

@@ -70,11 +70,13 @@ class _Mounted:
 class LocalVolumes:
     def __init__(
         self, state_dir: Path, size_mb: int, max_volumes: int, clock: Callable[[], float],
-        unavailable: str = "",
+        unavailable: str = "", max_per_tenant: int | None = None,
     ) -> None:  # fmt: skip
         self.dir = state_dir / "volumes"
         self._size_mb = size_mb
         self._max = max_volumes
+        # each tenant's share of `max_volumes` (None: no share of its own)
+        self._max_per_tenant = max_per_tenant
         self._clock = clock
         # Why this backend cannot have volumes ("" when it can).
         self._unavailable = unavailable
@@ -159,6 +161,13 @@ class LocalVolumes:
         if len(self._volumes) + len(self._creating) >= self._max:
             raise ResourceExhausted(
                 f"this gateway keeps at most {self._max} volumes; delete one or raise --max-volumes"
+            )
+        held = sum(v.tenant == tenant for v in self._volumes.values()) + sum(
+            creating == tenant for creating, _ in self._creating
+        )
+        if self._max_per_tenant is not None and held >= self._max_per_tenant:
+            raise ResourceExhausted(
+                f"a tenant keeps at most {self._max_per_tenant} volumes; delete one first"
             )
         volume_id = new_volume_id()
         while volume_id in self._volumes:

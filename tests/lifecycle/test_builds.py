@@ -118,3 +118,33 @@ async def test_templates_and_their_builds_survive_a_restart(tmp_path: Path) -> N
         assert [b.build_id for b in kept.builds] == [build.build_id]
         await templates.DeleteTemplate(pb.DeleteTemplateRequest(tenant=TENANT, template_id="kept"))
         assert list((tmp_path / "state" / "layers").iterdir()) == []
+
+
+async def test_templates_and_snapshots_past_the_tenants_share_are_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    settings = make_settings(state, max_templates_per_tenant=1)
+    async with (
+        serving(settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        sandboxes = pb_grpc.SandboxServiceStub(channel)
+        snapshots = pb_grpc.SnapshotServiceStub(channel)
+        builds = pb_grpc.TemplateBuildServiceStub(channel)
+        sandbox = (await sandboxes.CreateSandbox(pb.CreateSandboxRequest(tenant=TENANT))).sandbox
+        snapshot = pb.CreateSnapshotRequest(tenant=TENANT, sandbox_id=sandbox.sandbox_id)
+        await snapshots.CreateSnapshot(snapshot)
+        layers = sorted((state / "layers").iterdir())
+        for refused in (
+            snapshots.CreateSnapshot(snapshot),
+            builds.RequestTemplateBuild(pb.RequestTemplateBuildRequest(tenant=TENANT, name="t")),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await refused
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 1 templates and snapshots" in (error.value.details() or "")
+        assert sorted((state / "layers").iterdir()) == layers  # refused before any copy
+        # another tenant has a share of its own
+        await builds.RequestTemplateBuild(pb.RequestTemplateBuildRequest(tenant="u", name="t"))
+        await sandboxes.KillSandbox(
+            pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sandbox.sandbox_id)
+        )

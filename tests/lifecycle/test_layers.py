@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from extproc.core.errors import AlreadyExists, Conflict, NotFound
+from extproc.core.errors import AlreadyExists, Conflict, NotFound, ResourceExhausted
 from extproc.lifecycle import build_steps as steps
 from extproc.lifecycle.layers import NOBODY, shift_ownership
 from extproc.lifecycle.mounting import check_root
-from extproc.lifecycle.templates import DEFAULT_TAG, READY, Build, Catalog, Template
+from extproc.lifecycle.templates import DEFAULT_TAG, READY, SNAPSHOT, Build, Catalog, Template
 from extproc.lifecycle.uploads import LINK_TTL_S, UploadServer, UploadStore
 
 BOOKWORM = ("bookworm", "12")
@@ -227,6 +227,29 @@ def test_names_are_per_tenant_and_other_tenants_see_nothing(tmp_path: Path) -> N
     with pytest.raises(AlreadyExists):
         catalog.start_build("a", Template("cccccccccccccccccccc", aliases=("base",)), Build("x"))
     assert catalog.layers_in_use() == {"layer-a", "layer-b"}
+
+
+def test_a_tenant_keeps_at_most_its_share_of_templates_and_snapshots(tmp_path: Path) -> None:
+    # each keeps layers of up to a sandbox's disk: uncapped, one tenant fills the host's
+    catalog = Catalog.load(tmp_path / "templates.json", max_per_tenant=2)
+    catalog.create("a", Template("aaaaaaaaaaaaaaaaaaa1", public=False))
+    snapshot = Template("aaaaaaaaaaaaaaaaaaa2", public=False, kind=SNAPSHOT)
+    catalog.start_build("a", snapshot, Build("s1"))
+    catalog.finish_build(snapshot.template_id, _ready("s1"))
+    for refused in (
+        lambda: catalog.create("a", Template("aaaaaaaaaaaaaaaaaaa3", public=False)),
+        lambda: catalog.start_build("a", Template("aaaaaaaaaaaaaaaaaaa4"), Build("x")),
+    ):
+        with pytest.raises(ResourceExhausted, match="at most 2 templates and snapshots"):
+            refused()
+    catalog.start_build("a", snapshot, Build("s2"))  # a new build of one it has: no new one
+    catalog.create("b", Template("bbbbbbbbbbbbbbbbbbb1", public=False))  # its own share
+    catalog.delete("a", "aaaaaaaaaaaaaaaaaaa1")
+    catalog.create("a", Template("aaaaaaaaaaaaaaaaaaa3", public=False))
+    # the built-ins are nobody's, and a reload keeps the cap it is given
+    reloaded = Catalog.load(tmp_path / "templates.json", max_per_tenant=2)
+    with pytest.raises(ResourceExhausted):
+        reloaded.create("a", Template("aaaaaaaaaaaaaaaaaaa5", public=False))
 
 
 def test_tags_move_to_the_newest_build_and_pick_what_starts(tmp_path: Path) -> None:

@@ -300,3 +300,23 @@ async def test_volumes_and_their_mounts_survive_a_restart(tmp_path: Path) -> Non
     async with lifecycle(kill_on_exit=True) as third:
         # the sandbox was killed with the second service: the volume is free
         await third.volumes.DeleteVolume(delete)
+
+
+async def test_a_tenant_keeps_at_most_its_share_of_volumes(tmp_path: Path) -> None:
+    # each may fill --volume-mb: uncapped, one tenant takes the disk and every volume slot
+    settings = make_settings(tmp_path / "state", volume_mb=64, max_volumes_per_tenant=2)
+    async with (
+        serving(settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = pb_grpc.VolumeServiceStub(channel)
+        made = [
+            (await stub.CreateVolume(pb.CreateVolumeRequest(tenant=A, name=n))).volume
+            for n in ("one", "two")
+        ]
+        third = stub.CreateVolume(pb.CreateVolumeRequest(tenant=A, name="three"))
+        assert await _code(third) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await stub.CreateVolume(pb.CreateVolumeRequest(tenant=B, name="one"))  # its own share
+        await stub.DeleteVolume(pb.DeleteVolumeRequest(tenant=A, volume_id=made[0].volume_id))
+        await stub.CreateVolume(pb.CreateVolumeRequest(tenant=A, name="three"))
+    _assert_no_leak(tmp_path / "state")
