@@ -30,7 +30,7 @@ import logging
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -74,13 +74,18 @@ log = logging.getLogger(__name__)
 
 WAITING = "waiting"
 LEVELS = ("debug", "info", "warn", "error")
-# A build step's own time limit; E2B's builds are limited to an hour in all.
+# A build step's own time limit, and the whole build's (E2B's builds are limited to an hour
+# in all): a build slot is shared, and a build that never ends would hold it for good.
 STEP_TIMEOUT_S = 1800.0
+BUILD_TIMEOUT_S = 3600.0
 # Layers above the base a sandbox may be started from (the overlay's option page bounds it).
 MAX_LAYERS = 48
 # Build sandboxes get at least this much memory: package managers need it.
 MIN_BUILD_MEMORY_MB = 1024
+# Builds at once, and of one tenant at once: no tenant can hold every slot while the
+# others' builds wait.
 _MAX_BUILDS = 2
+_MAX_BUILDS_PER_TENANT = 1
 _MAX_LOG_ENTRIES = 20_000
 
 
@@ -170,6 +175,7 @@ class Builder:
         self._backend = backend
         self.logs = BuildLogs(logs_dir)
         self._slots = asyncio.Semaphore(_MAX_BUILDS)
+        self._tenant_slots: dict[str, asyncio.Semaphore] = {}
 
     # -- the three calls ------------------------------------------------------------------
 
@@ -236,7 +242,7 @@ class Builder:
         # The layers stay pinned until the finished build (which references them) is stored.
         with contextlib.ExitStack() as pins:
             try:
-                async with self._slots:
+                async with self._tenant_slot(tenant), self._slots:
                     finished = await self._build(tenant, build, spec, pins)
                 self.logs.add(build.build_id, "info",
                               f"Build finished in {time.monotonic() - started:.1f} s")  # fmt: skip
@@ -274,9 +280,19 @@ class Builder:
             raise _Failed(BASE_STEP, f"base template {name!r}: {parent.unavailable_reason}")
         return parent
 
+    @contextlib.asynccontextmanager
+    async def _tenant_slot(self, tenant: str) -> AsyncIterator[None]:
+        """One of the tenant's own `_MAX_BUILDS_PER_TENANT` slots, taken before a shared one."""
+        # kept once made (one per tenant that ever built): dropping an idle one races a
+        # waiter that was just handed it
+        slots = self._tenant_slots.setdefault(tenant, asyncio.Semaphore(_MAX_BUILDS_PER_TENANT))
+        async with slots:
+            yield
+
     async def _build(
         self, tenant: str, build: Build, spec: BuildSpec, pins: contextlib.ExitStack
     ) -> Build:
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
         say = self.logs.add
         parent = self._base(tenant, spec)
         origin = spec.from_template or spec.from_image or "e2bdev/base"
@@ -312,7 +328,9 @@ class Builder:
                 say(build.build_id, "info", f"CACHED {label}", name)
             else:
                 say(build.build_id, "info", label, name)
-                await self._make_layer(tenant, build, chain, step, index, context, key)
+                await self._make_layer(
+                    tenant, build, chain, step, index, context, key, deadline
+                )
             chain, below = (key, *chain), key
         say(build.build_id, "info", "[finalize] saving the template", FINALIZE_STEP)
         return replace(
@@ -326,9 +344,12 @@ class Builder:
 
     async def _make_layer(
         self, tenant: str, build: Build, chain: tuple[str, ...], step: Step, index: int,
-        context: Context, key: str,
+        context: Context, key: str, deadline: float,
     ) -> None:  # fmt: skip
         name = step_name(index)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Failed(name, f"step {name}: the build ran past its {BUILD_TIMEOUT_S:g} s")
         files = None
         if step.kind == COPY:
             files = self._backend.uploads.path(tenant, step.files_hash)
@@ -354,7 +375,7 @@ class Builder:
             code = await build_sandbox.run_step(
                 self._backend, chain, script, files=files,
                 memory_mb=max(build.memory_mb, MIN_BUILD_MEMORY_MB), layer_id=key,
-                tenant=tenant, emit=emit, timeout_s=STEP_TIMEOUT_S,
+                tenant=tenant, emit=emit, timeout_s=min(STEP_TIMEOUT_S, left),
             )  # fmt: skip
         except build_sandbox.StepTimedOut as error:
             raise _Failed(name, f"step {name}: {error}") from error

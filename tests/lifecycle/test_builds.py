@@ -12,6 +12,7 @@ import pytest
 
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2 as pb
 from extproc._gen.agentcube.e2b.v1 import lifecycle_pb2_grpc as pb_grpc
+from extproc.lifecycle import building
 from extproc.lifecycle.server import serving
 
 from .conftest import make_settings
@@ -20,29 +21,52 @@ from .helpers import run_command
 TENANT = "t"
 
 
-async def _build(
-    channel: grpc.aio.Channel, name: str, steps: list[pb.TemplateBuildStep]
-) -> tuple[pb.TemplateBuild, list[str]]:
-    """Build `name` from base with `steps`; (the finished build, its log lines)."""
+async def _started(
+    channel: grpc.aio.Channel, name: str, steps: list[pb.TemplateBuildStep], tenant: str = TENANT
+) -> tuple[str, str]:
+    """A build of `name` from base with `steps`, started; (its template id, its build id)."""
     builds = pb_grpc.TemplateBuildServiceStub(channel)
     asked = await builds.RequestTemplateBuild(
-        pb.RequestTemplateBuildRequest(tenant=TENANT, name=name)
+        pb.RequestTemplateBuildRequest(tenant=tenant, name=name)
     )
     template_id = asked.template.template_id
     await builds.StartTemplateBuild(pb.StartTemplateBuildRequest(
-        tenant=TENANT, template_id=template_id, build_id=asked.build_id,
+        tenant=tenant, template_id=template_id, build_id=asked.build_id,
         spec=pb.TemplateBuildSpec(from_image="e2bdev/base", steps=steps)))  # fmt: skip
+    return template_id, asked.build_id
+
+
+async def _status(
+    channel: grpc.aio.Channel, started: tuple[str, str], tenant: str = TENANT, offset: int = 0
+) -> pb.GetTemplateBuildStatusResponse:
+    template_id, build_id = started
+    return await pb_grpc.TemplateBuildServiceStub(channel).GetTemplateBuildStatus(
+        pb.GetTemplateBuildStatusRequest(
+            tenant=tenant, template_id=template_id, build_id=build_id, logs_offset=offset
+        )
+    )
+
+
+async def _ended(
+    channel: grpc.aio.Channel, started: tuple[str, str], tenant: str = TENANT
+) -> tuple[pb.TemplateBuild, list[str]]:
+    """The started build once it has ended, and its log lines."""
     lines: list[str] = []
     for _ in range(600):
-        status = await builds.GetTemplateBuildStatus(pb.GetTemplateBuildStatusRequest(
-            tenant=TENANT, template_id=template_id, build_id=asked.build_id,
-            logs_offset=len(lines)))  # fmt: skip
+        status = await _status(channel, started, tenant, offset=len(lines))
         lines += [e.message for e in status.log_entries]
         ended = status.build.status in (pb.BUILD_STATUS_READY, pb.BUILD_STATUS_ERROR)
         if ended and not status.log_entries:
             return status.build, lines
         await asyncio.sleep(0.1)
-    raise AssertionError(f"build of {name} did not end: {lines}")
+    raise AssertionError(f"build {started} did not end: {lines}")
+
+
+async def _build(
+    channel: grpc.aio.Channel, name: str, steps: list[pb.TemplateBuildStep]
+) -> tuple[pb.TemplateBuild, list[str]]:
+    """Build `name` from base with `steps`; (the finished build, its log lines)."""
+    return await _ended(channel, await _started(channel, name, steps))
 
 
 def _root(command: str) -> pb.TemplateBuildStep:
@@ -148,3 +172,41 @@ async def test_templates_and_snapshots_past_the_tenants_share_are_refused(tmp_pa
         await sandboxes.KillSandbox(
             pb.KillSandboxRequest(tenant=TENANT, sandbox_id=sandbox.sandbox_id)
         )
+
+
+def _run(command: str) -> pb.TemplateBuildStep:
+    return pb.TemplateBuildStep(type="RUN", args=[command])
+
+
+async def test_a_tenant_holds_one_build_slot_so_another_tenants_build_runs(
+    tmp_path: Path,
+) -> None:
+    # two slots on the gateway: a tenant's builds that never end must not hold both
+    async with (
+        serving(make_settings(tmp_path / "state")) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        hogs = [await _started(channel, f"hog-{n}", [_run("sleep 600")]) for n in (1, 2)]
+        quick = await _started(channel, "quick", [_run("true")], tenant="u")
+        other, _ = await _ended(channel, quick, tenant="u")
+        assert other.status == pb.BUILD_STATUS_READY
+        # the tenant's second build waits for its first, not for the gateway
+        statuses = [(await _status(channel, hog)).build.status for hog in hogs]
+        assert statuses == [pb.BUILD_STATUS_BUILDING, pb.BUILD_STATUS_BUILDING]
+        second_log = [e.message for e in (await _status(channel, hogs[1])).log_entries]
+        assert not any("sleep 600" in line for line in second_log), second_log
+
+
+async def test_a_build_ends_at_its_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(building, "BUILD_TIMEOUT_S", 1.0)
+    async with (
+        serving(make_settings(tmp_path / "state")) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        build, lines = await _build(channel, "long", [_run("sleep 0.5; echo one"),
+                                                      _run("sleep 30; echo two")])  # fmt: skip
+        assert build.status == pb.BUILD_STATUS_ERROR
+        assert "did not finish within" in build.reason or "ran past" in build.reason, build.reason
+        assert not any(line == "two" for line in lines)
