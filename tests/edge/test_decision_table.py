@@ -161,6 +161,11 @@ def token(sandbox_id: str) -> dict[str, str]:
     return {"x-access-token": f"tok-{sandbox_id}"}
 
 
+def traffic(value: str) -> dict[str, str]:
+    """A user port's traffic token header, as sent."""
+    return {"e2b-traffic-access-token": value}
+
+
 # An envd RPC: neither `GET /health` nor `/files`, so only X-Access-Token opens it.
 RPC = "/process.Process/Start"
 
@@ -168,6 +173,8 @@ RPC = "/process.Process/Start"
 def host(sandbox_id: str, port: int = 49983) -> str:
     return f"{port}-{sandbox_id}.{DOMAIN}"
 
+
+WRONG_TRAFFIC_TOKEN = traffic_denied("private", missing=False)
 
 # (host, headers, method, path, expected)
 SANDBOX_ROWS = [
@@ -245,51 +252,15 @@ SANDBOX_ROWS = [
     (host("run", 3000), {}, "GET", "/", allow("run", 3000)),
     (host("run", 49999), {}, "POST", "/execute", allow("run", 49999)),
     (host("private", 3000), {}, "GET", "/", traffic_denied("private", missing=True)),
-    (
-        host("private", 3000),
-        {"e2b-traffic-access-token": ""},
-        "GET",
-        "/",
-        traffic_denied("private", missing=True),
-    ),
-    (
-        host("private", 3000),
-        {"e2b-traffic-access-token": "tt-privat"},
-        "GET",
-        "/",
-        traffic_denied("private", missing=False),
-    ),
-    (
-        host("private", 3000),
-        {"e2b-traffic-access-token": "tt-private\x00"},
-        "GET",
-        "/",
-        traffic_denied("private", missing=False),
-    ),
-    (
-        host("private", 3000),
-        {"e2b-traffic-access-token": "tt-private"},
-        "GET",
-        "/",
-        allow("private", 3000),
-    ),
+    (host("private", 3000), traffic(""), "GET", "/", traffic_denied("private", missing=True)),
+    (host("private", 3000), traffic("tt-privat"), "GET", "/", WRONG_TRAFFIC_TOKEN),
+    (host("private", 3000), traffic("tt-private\x00"), "GET", "/", WRONG_TRAFFIC_TOKEN),
+    (host("private", 3000), traffic("tt-private"), "GET", "/", allow("private", 3000)),
     (host("private", 3000), token("private"), "GET", "/", traffic_denied("private", missing=True)),
     (host("private"), token("private"), "POST", RPC, allow("private")),
     # A traffic token never minted matches nothing, not even an empty header.
-    (
-        host("nominted", 3000),
-        {"e2b-traffic-access-token": ""},
-        "GET",
-        "/",
-        traffic_denied("nominted", missing=True),
-    ),
-    (
-        host("nominted", 3000),
-        {"e2b-traffic-access-token": "x"},
-        "GET",
-        "/",
-        traffic_denied("nominted", missing=False),
-    ),
+    (host("nominted", 3000), traffic(""), "GET", "/", traffic_denied("nominted", missing=True)),
+    (host("nominted", 3000), traffic("x"), "GET", "/", traffic_denied("nominted", missing=False)),
     # Kubernetes mode: only the token's digest is known; the template's ports only.
     (host("k8s"), {"x-access-token": K8S_TOKEN}, "POST", RPC, allow("k8s")),
     (host("k8s"), {"x-access-token": "tok-k8"}, "POST", RPC, BAD_TOKEN),
